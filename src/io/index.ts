@@ -1,0 +1,213 @@
+/**
+ * Tensor-set I/O shared by the whole project.
+ *
+ * Two formats:
+ *  - a folder of raw little-endian `.bin` files plus `manifest.json` = { name: { file, dtype, shape } }
+ *  - a NumPy `.npz` archive (zip of `.npy` files, stored or deflated)
+ * A single `.npy` file is also readable (one tensor named after the file).
+ */
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { Tensor } from 'onnxruntime-common';
+import { unzipSync, zipSync, Zippable } from 'fflate';
+import { MoefyError } from '../errors';
+import { DTYPES, IoDType, isIoDType, numElements, parseDType, tensorBytes, tensorFromBytes } from './dtypes';
+import { decodeNpy, encodeNpy } from './npy';
+
+export { IoDType, DTYPES, parseDType, numElements, tensorFromBytes, tensorBytes } from './dtypes';
+export { decodeNpy, encodeNpy } from './npy';
+
+export type TensorSet = Record<string, Tensor>;
+
+export interface ManifestEntry {
+  file: string;
+  dtype: string;
+  shape: number[];
+}
+export type Manifest = Record<string, ManifestEntry>;
+
+export type TensorSetFormat = 'folder' | 'npz';
+
+/** 'npz' for paths ending in .npz (any case), otherwise 'folder'. */
+export function formatOfPath(p: string): TensorSetFormat {
+  return p.toLowerCase().endsWith('.npz') ? 'npz' : 'folder';
+}
+
+async function statOrNull(p: string) {
+  try {
+    return await fsp.stat(p);
+  } catch {
+    return null;
+  }
+}
+
+/** Reads a tensor set from a folder (manifest.json + .bin files), a .npz archive or a single .npy file. */
+export async function readTensorSet(p: string): Promise<TensorSet> {
+  const st = await statOrNull(p);
+  if (!st) throw new MoefyError(`tensor set not found: ${p}`);
+  if (st.isDirectory()) return readFolder(p);
+  const buf = await readFileOrThrow(p);
+  if (buf.length >= 4 && buf[0] === 0x50 && buf[1] === 0x4b) return decodeNpz(buf, p);
+  if (buf.length >= 6 && buf[0] === 0x93 && buf[1] === 0x4e) {
+    return { [path.basename(p).replace(/\.npy$/i, '')]: decodeNpy(buf, p) };
+  }
+  throw new MoefyError(`${p}: not a tensor set (expected a folder with manifest.json, a .npz or a .npy file)`);
+}
+
+async function readFileOrThrow(p: string): Promise<Uint8Array> {
+  try {
+    return await fsp.readFile(p);
+  } catch (e) {
+    throw new MoefyError(`cannot read ${p}: ${(e as Error).message}`);
+  }
+}
+
+async function readFolder(dir: string): Promise<TensorSet> {
+  const mpath = path.join(dir, 'manifest.json');
+  const mtext = await readFileOrThrow(mpath);
+  let manifest: unknown;
+  try {
+    manifest = JSON.parse(Buffer.from(mtext).toString('utf8'));
+  } catch (e) {
+    throw new MoefyError(`${mpath}: invalid JSON (${(e as Error).message})`);
+  }
+  if (!manifest || typeof manifest !== 'object' || Array.isArray(manifest)) {
+    throw new MoefyError(`${mpath}: expected an object {name: {file, dtype, shape}}`);
+  }
+  const out: TensorSet = {};
+  for (const [name, entry] of Object.entries(manifest as Record<string, unknown>)) {
+    const where = `${mpath} [${name}]`;
+    const e = entry as Partial<ManifestEntry> | null;
+    if (!e || typeof e !== 'object' || typeof e.file !== 'string' || typeof e.dtype !== 'string' || !Array.isArray(e.shape)) {
+      throw new MoefyError(`${where}: entry needs "file" (string), "dtype" (string) and "shape" (array)`);
+    }
+    const file = path.resolve(dir, e.file);
+    const rel = path.relative(path.resolve(dir), file);
+    if (rel.startsWith('..') || path.isAbsolute(rel)) throw new MoefyError(`${where}: file "${e.file}" lies outside the folder`);
+    const dtype = parseDType(e.dtype, where);
+    const bytes = await readFileOrThrow(file);
+    out[name] = tensorFromBytes(dtype, e.shape as number[], bytes, `${where} ${e.file}`);
+  }
+  return out;
+}
+
+/** Decodes a .npz archive held in memory. */
+export function decodeNpz(buf: Uint8Array, where: string): TensorSet {
+  let files: Record<string, Uint8Array>;
+  try {
+    files = unzipSync(buf);
+  } catch (e) {
+    throw new MoefyError(`${where}: cannot unzip .npz (${(e as Error).message})`);
+  }
+  const out: TensorSet = {};
+  for (const [fname, data] of Object.entries(files)) {
+    if (fname.endsWith('/')) continue;
+    const name = fname.replace(/\.npy$/i, '');
+    out[name] = decodeNpy(data, `${where} [${fname}]`);
+  }
+  return out;
+}
+
+/** Encodes tensors as a .npz archive in memory (entries stored uncompressed, like numpy.savez). */
+export function encodeNpz(tensors: TensorSet, where = 'npz'): Uint8Array {
+  const files: Zippable = {};
+  for (const [name, t] of Object.entries(tensors)) {
+    files[`${name}.npy`] = [encodeNpy(t, `${where} [${name}]`), { level: 0 }];
+  }
+  try {
+    return zipSync(files, { level: 0 });
+  } catch (e) {
+    throw new MoefyError(`${where}: cannot write .npz (${(e as Error).message})`);
+  }
+}
+
+function tmpName(p: string): string {
+  return `${p}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+}
+
+function safeFileName(name: string, used: Set<string>): string {
+  let base = name.replace(/[^A-Za-z0-9._-]/g, '_').replace(/^\.+/, '_');
+  if (base.length === 0) base = 'tensor';
+  if (base.length > 120) base = base.slice(0, 120);
+  let f = `${base}.bin`;
+  for (let i = 1; used.has(f.toLowerCase()); i++) f = `${base}_${i}.bin`;
+  used.add(f.toLowerCase());
+  return f;
+}
+
+export interface WriteTensorSetOptions {
+  /** Override the format chosen from the path (.npz → npz, otherwise a folder). */
+  format?: TensorSetFormat;
+}
+
+/**
+ * Writes a tensor set to a folder (manifest.json + .bin) or a .npz file. Writes under a temporary name in the same
+ * directory, then renames, so a reader never sees a partial result. An existing folder at `p` is replaced.
+ */
+export async function writeTensorSet(p: string, tensors: TensorSet, options: WriteTensorSetOptions = {}): Promise<void> {
+  const format = options.format ?? formatOfPath(p);
+  for (const [name, t] of Object.entries(tensors)) {
+    if (!(t instanceof Tensor) && (typeof t !== 'object' || t === null || !('dims' in t))) {
+      throw new MoefyError(`writeTensorSet: "${name}" is not a Tensor`);
+    }
+    if (!isIoDType(t.type)) throw new MoefyError(`writeTensorSet: "${name}" has unsupported type ${t.type}`);
+  }
+  const parent = path.dirname(path.resolve(p));
+  await fsp.mkdir(parent, { recursive: true }).catch((e) => {
+    throw new MoefyError(`cannot create ${parent}: ${(e as Error).message}`);
+  });
+  const existing = await statOrNull(p);
+  const tmp = tmpName(p);
+  if (format === 'npz') {
+    if (existing?.isDirectory()) throw new MoefyError(`${p} is a directory; cannot write a .npz there`);
+    const bytes = encodeNpz(tensors, p);
+    try {
+      await fsp.writeFile(tmp, bytes);
+      await fsp.rename(tmp, p);
+    } catch (e) {
+      await fsp.rm(tmp, { force: true }).catch(() => undefined);
+      throw new MoefyError(`cannot write ${p}: ${(e as Error).message}`);
+    }
+    return;
+  }
+  if (existing && !existing.isDirectory()) throw new MoefyError(`${p} exists and is not a folder`);
+  const manifest: Manifest = {};
+  const used = new Set<string>(['manifest.json']);
+  try {
+    await fsp.mkdir(tmp);
+    for (const [name, t] of Object.entries(tensors)) {
+      const file = safeFileName(name, used);
+      await fsp.writeFile(path.join(tmp, file), tensorBytes(t, `writeTensorSet [${name}]`));
+      manifest[name] = { file, dtype: t.type, shape: [...t.dims] };
+    }
+    await fsp.writeFile(path.join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1) + '\n');
+    if (existing) {
+      const old = tmpName(p) + '.old';
+      await fsp.rename(p, old);
+      try {
+        await fsp.rename(tmp, p);
+      } catch (e) {
+        await fsp.rename(old, p).catch(() => undefined);
+        throw e;
+      }
+      await fsp.rm(old, { recursive: true, force: true });
+    } else {
+      await fsp.rename(tmp, p);
+    }
+  } catch (e) {
+    await fsp.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    if (e instanceof MoefyError) throw e;
+    throw new MoefyError(`cannot write ${p}: ${(e as Error).message}`);
+  }
+}
+
+/** One-line description of a tensor: `name float32 [2, 680, 32]`. */
+export function describeTensor(name: string, t: Tensor): string {
+  return `${name} ${t.type} [${t.dims.join(', ')}]`;
+}
+
+/** Size in bytes of a tensor's data (0 for unsupported types). */
+export function tensorByteSize(t: Tensor): number {
+  return isIoDType(t.type) ? numElements(t.dims) * DTYPES[t.type as IoDType].size : 0;
+}
