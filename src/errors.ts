@@ -1,9 +1,7 @@
-/**
- * A user-facing error: its message is one line that the CLI prints without a stack trace.
- */
+/** A problem with the user's input or request: printed as one line, without a stack trace unless --verbose. */
 export class MoefyError extends Error {
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(message: string) {
+    super(message);
     this.name = 'MoefyError';
   }
 }

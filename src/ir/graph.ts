@@ -1,0 +1,329 @@
+// The graph IR: small and mutable. A Value knows its producer and its uses; a Node knows its input and output
+// Values. Everything a pass does not touch keeps the proto fields it was read with, so a round trip is exact.
+import { Tensor } from '../onnx/tensor';
+import { AttributeProto, AttributeType, NodeProto, TypeProto, ValueInfoProto } from '../onnx/schema';
+
+export interface Use {
+  node: Node;
+  index: number;
+}
+
+export class Value {
+  producer: Node | null = null;
+  uses: Use[] = [];
+  /** Set for initializers. */
+  tensor?: Tensor;
+  /** value_info / graph input / graph output entry this value was declared with. */
+  info?: ValueInfoProto;
+
+  constructor(
+    public readonly graph: Graph,
+    public name: string,
+  ) {}
+
+  get isInitializer(): boolean {
+    return this.tensor !== undefined;
+  }
+  get isGraphInput(): boolean {
+    return this.graph.inputs.includes(this);
+  }
+  get isGraphOutput(): boolean {
+    return this.graph.outputs.includes(this);
+  }
+  /** Consumers in node order. */
+  consumers(): Node[] {
+    return [...new Set(this.uses.map((u) => u.node))];
+  }
+  get type(): TypeProto | undefined {
+    return this.info?.type;
+  }
+  /** Static shape when known: numbers for fixed dims, strings for symbolic ones, null for unknown. */
+  shape(): (number | string | null)[] | undefined {
+    if (this.tensor) return [...this.tensor.dims];
+    const dims = this.info?.type?.tensor_type?.shape?.dim;
+    if (!this.info?.type?.tensor_type?.shape) return undefined;
+    return (dims ?? []).map((d) => (d.dim_value !== undefined && d.dim_value !== null && Object.prototype.hasOwnProperty.call(d, 'dim_value') ? Number(d.dim_value) : d.dim_param ? d.dim_param : null));
+  }
+  elemType(): number | undefined {
+    if (this.tensor) return this.tensor.dataType;
+    return this.info?.type?.tensor_type?.elem_type;
+  }
+  /** The tensor behind this value if it is an initializer or the output of a Constant node. */
+  constantTensor(): Tensor | undefined {
+    if (this.tensor) return this.tensor;
+    const p = this.producer;
+    if (p && p.opType === 'Constant' && p.domain === '') {
+      const a = p.attr('value');
+      if (a?.t) return this.graph.tensorFromProto(a.t);
+      if (a && a.f !== undefined && Object.prototype.hasOwnProperty.call(a, 'f')) return Tensor.fromFloat32(Float32Array.of(a.f), []);
+      if (p.attr('value_float')) return Tensor.fromFloat32(Float32Array.of(p.attr('value_float')!.f ?? 0), []);
+      if (p.attr('value_int')) return Tensor.fromInt64([p.attr('value_int')!.i ?? 0], []);
+      if (p.attr('value_ints')) return Tensor.fromInt64(p.attr('value_ints')!.ints ?? [], [p.attr('value_ints')!.ints?.length ?? 0]);
+    }
+    return undefined;
+  }
+  /** A scalar (or one-element) constant's value, else undefined. */
+  scalar(): number | undefined {
+    const t = this.constantTensor();
+    if (!t || t.size !== 1) return undefined;
+    try {
+      return t.numbers()[0];
+    } catch {
+      return undefined;
+    }
+  }
+}
+
+export class Node {
+  inputs: (Value | null)[] = [];
+  outputs: (Value | null)[] = [];
+  attributes: AttributeProto[] = [];
+  /** The NodeProto the node was read from (or a fresh one): fields the IR does not model pass through. */
+  proto: NodeProto;
+
+  constructor(
+    public readonly graph: Graph,
+    public opType: string,
+    public domain: string,
+    public name: string,
+    proto?: NodeProto,
+  ) {
+    this.proto = proto ?? {};
+  }
+
+  /** The producer of input k (onnx-graphsurgeon's i()). */
+  i(k = 0): Node | null {
+    return this.inputs[k]?.producer ?? null;
+  }
+  /** The u-th consumer of output k (onnx-graphsurgeon's o()). */
+  o(k = 0, u = 0): Node | null {
+    return this.outputs[k]?.uses[u]?.node ?? null;
+  }
+  input(k: number): Value | null {
+    return this.inputs[k] ?? null;
+  }
+  output(k = 0): Value {
+    const v = this.outputs[k];
+    if (!v) throw new Error(`node ${this.describe()} has no output ${k}`);
+    return v;
+  }
+  attr(name: string): AttributeProto | undefined {
+    return this.attributes.find((a) => a.name === name);
+  }
+  attrInt(name: string, dflt?: number): number | undefined {
+    const a = this.attr(name);
+    return a ? Number(a.i) : dflt;
+  }
+  attrFloat(name: string, dflt?: number): number | undefined {
+    const a = this.attr(name);
+    return a ? a.f : dflt;
+  }
+  attrInts(name: string): number[] | undefined {
+    const a = this.attr(name);
+    return a ? (a.ints ?? []).map(Number) : undefined;
+  }
+  attrString(name: string, dflt?: string): string | undefined {
+    const a = this.attr(name);
+    return a?.s ? Buffer.from(a.s).toString('utf8') : dflt;
+  }
+  setAttr(a: AttributeProto): void {
+    const k = this.attributes.findIndex((x) => x.name === a.name);
+    if (k >= 0) this.attributes[k] = a;
+    else this.attributes.push(a);
+  }
+  setInput(k: number, v: Value | null): void {
+    const old = this.inputs[k];
+    if (old) {
+      const idx = old.uses.findIndex((u) => u.node === this && u.index === k);
+      if (idx >= 0) old.uses.splice(idx, 1);
+    }
+    while (this.inputs.length <= k) this.inputs.push(null);
+    this.inputs[k] = v;
+    if (v) v.uses.push({ node: this, index: k });
+  }
+  describe(): string {
+    return `'${this.name || '(unnamed)'}' (${this.domain ? this.domain + '::' : ''}${this.opType})`;
+  }
+}
+
+export interface NodeSpec {
+  op: string;
+  inputs: (Value | null)[];
+  /** Output values, or names (hints) for new ones, or a count. */
+  outputs?: (Value | string)[] | number;
+  attrs?: AttributeProto[];
+  name?: string;
+  domain?: string;
+  /** Insert before this node in the node list (default: append). */
+  before?: Node;
+}
+
+export class Graph {
+  nodes: Node[] = [];
+  inputs: Value[] = [];
+  outputs: Value[] = [];
+  /** Initializers in file order. */
+  initializers: Value[] = [];
+  /** value_info entries in file order (values whose info came from value_info). */
+  valueInfo: Value[] = [];
+  readonly values = new Map<string, Value>();
+  private nameCounter = new Map<string, number>();
+
+  constructor(
+    public name: string,
+    /** Converts an attribute's TensorProto (e.g. a Constant's value) into a Tensor. */
+    public tensorFromProto: (t: import('../onnx/schema').TensorProto) => Tensor,
+  ) {}
+
+  value(name: string): Value {
+    const v = this.values.get(name);
+    if (!v) throw new Error(`no value named '${name}'`);
+    return v;
+  }
+  has(name: string): boolean {
+    return this.values.has(name);
+  }
+  getOrCreate(name: string): Value {
+    let v = this.values.get(name);
+    if (!v) {
+      v = new Value(this, name);
+      this.values.set(name, v);
+    }
+    return v;
+  }
+  /** A name not used by any value or node yet, derived from the hint. */
+  uniqueName(hint: string): string {
+    if (!this.values.has(hint)) return hint;
+    let k = this.nameCounter.get(hint) ?? 1;
+    while (this.values.has(`${hint}_${k}`)) k++;
+    this.nameCounter.set(hint, k + 1);
+    return `${hint}_${k}`;
+  }
+  createValue(hint: string): Value {
+    return this.getOrCreate(this.uniqueName(hint));
+  }
+  addInitializer(hint: string, tensor: Tensor): Value {
+    const v = this.createValue(hint);
+    v.tensor = tensor;
+    this.initializers.push(v);
+    return v;
+  }
+  addNode(spec: NodeSpec): Node {
+    const name = spec.name ?? '';
+    const n = new Node(this, spec.op, spec.domain ?? '', name);
+    n.attributes = spec.attrs ?? [];
+    spec.inputs.forEach((v, k) => n.setInput(k, v));
+    const outs = spec.outputs ?? 1;
+    const list: (Value | string)[] = typeof outs === 'number' ? Array.from({ length: outs }, (_, k) => `${name || spec.op}_out${k}`) : outs;
+    for (const o of list) {
+      const v = typeof o === 'string' ? this.createValue(o) : o;
+      if (v.producer) throw new Error(`value '${v.name}' already has a producer`);
+      v.producer = n;
+      n.outputs.push(v);
+    }
+    if (spec.before) {
+      const at = this.nodes.indexOf(spec.before);
+      this.nodes.splice(at < 0 ? this.nodes.length : at, 0, n);
+    } else this.nodes.push(n);
+    return n;
+  }
+  /** Removes a node, detaching its inputs; its outputs lose their producer. */
+  removeNode(n: Node): void {
+    n.inputs.forEach((_, k) => n.setInput(k, null));
+    for (const o of n.outputs) if (o && o.producer === n) o.producer = null;
+    const at = this.nodes.indexOf(n);
+    if (at >= 0) this.nodes.splice(at, 1);
+  }
+  /** Points every use of `from` (and graph outputs) at `to`. */
+  replaceAllUses(from: Value, to: Value): void {
+    for (const u of [...from.uses]) u.node.setInput(u.index, to);
+    this.outputs = this.outputs.map((o) => (o === from ? to : o));
+  }
+  /** Removes nodes whose outputs nobody uses (and that are not graph outputs), then unused initializers. */
+  removeDeadNodes(): number {
+    let removed = 0;
+    for (let changed = true; changed; ) {
+      changed = false;
+      for (let k = this.nodes.length - 1; k >= 0; k--) {
+        const n = this.nodes[k];
+        if (n.outputs.every((o) => !o || (o.uses.length === 0 && !this.outputs.includes(o)))) {
+          this.removeNode(n);
+          removed++;
+          changed = true;
+        }
+      }
+    }
+    this.initializers = this.initializers.filter((v) => v.uses.length > 0 || this.outputs.includes(v) || this.inputs.includes(v));
+    for (const [name, v] of this.values) if (!v.producer && v.uses.length === 0 && !v.tensor && !this.inputs.includes(v) && !this.outputs.includes(v)) this.values.delete(name);
+    for (const [name, v] of this.values) if (v.tensor && !this.initializers.includes(v)) this.values.delete(name);
+    this.valueInfo = this.valueInfo.filter((v) => this.values.get(v.name) === v);
+    return removed;
+  }
+  /** Stable topological sort: keeps the current order wherever it is already valid. */
+  toposort(): void {
+    const index = new Map(this.nodes.map((n, k) => [n, k]));
+    const pending = new Map<Node, number>();
+    const consumers = new Map<Node, Node[]>();
+    for (const n of this.nodes) {
+      const deps = new Set<Node>();
+      for (const v of n.inputs) if (v?.producer && index.has(v.producer) && v.producer !== n) deps.add(v.producer);
+      pending.set(n, deps.size);
+      for (const d of deps) {
+        if (!consumers.has(d)) consumers.set(d, []);
+        consumers.get(d)!.push(n);
+      }
+    }
+    // A min-heap on original position keeps the result stable.
+    const heap: Node[] = [];
+    const push = (n: Node) => {
+      heap.push(n);
+      let i = heap.length - 1;
+      while (i > 0) {
+        const p = (i - 1) >> 1;
+        if (index.get(heap[p])! <= index.get(heap[i])!) break;
+        [heap[p], heap[i]] = [heap[i], heap[p]];
+        i = p;
+      }
+    };
+    const pop = (): Node => {
+      const top = heap[0];
+      const last = heap.pop()!;
+      if (heap.length) {
+        heap[0] = last;
+        let i = 0;
+        for (;;) {
+          const l = 2 * i + 1, r = l + 1;
+          let m = i;
+          if (l < heap.length && index.get(heap[l])! < index.get(heap[m])!) m = l;
+          if (r < heap.length && index.get(heap[r])! < index.get(heap[m])!) m = r;
+          if (m === i) break;
+          [heap[m], heap[i]] = [heap[i], heap[m]];
+          i = m;
+        }
+      }
+      return top;
+    };
+    for (const n of this.nodes) if (pending.get(n) === 0) push(n);
+    const out: Node[] = [];
+    while (heap.length) {
+      const n = pop();
+      out.push(n);
+      for (const c of consumers.get(n) ?? []) {
+        const left = pending.get(c)! - 1;
+        pending.set(c, left);
+        if (left === 0) push(c);
+      }
+    }
+    if (out.length !== this.nodes.length) throw new Error('graph has a cycle');
+    this.nodes = out;
+  }
+}
+
+/** Attribute builders. */
+export const attr = {
+  int: (name: string, i: number): AttributeProto => ({ name, type: AttributeType.INT, i }),
+  float: (name: string, f: number): AttributeProto => ({ name, type: AttributeType.FLOAT, f }),
+  string: (name: string, s: string): AttributeProto => ({ name, type: AttributeType.STRING, s: Buffer.from(s, 'utf8') }),
+  ints: (name: string, ints: number[]): AttributeProto => ({ name, type: AttributeType.INTS, ints }),
+  floats: (name: string, floats: number[]): AttributeProto => ({ name, type: AttributeType.FLOATS, floats }),
+};

@@ -1,0 +1,187 @@
+// Loading and saving ONNX models: the protobuf, external data, and the checks that turn bad files into one line.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { MoefyError } from '../errors';
+import { Model, graphFromProto, graphToProto } from '../ir/model';
+import { Value } from '../ir/graph';
+import { ModelProto, ModelProtoType, StringStringEntryProto, TensorProto } from './schema';
+import { Tensor, readRegion } from './tensor';
+
+/** Protobuf's hard limit on one message; models larger than this must keep weights in external data. */
+export const PROTOBUF_LIMIT = 2 ** 31 - 1;
+
+export interface LoadedModel extends Model {
+  /** The file the model was read from. */
+  path?: string;
+}
+
+export function loadModel(file: string): Model {
+  let buf: Buffer;
+  try {
+    const st = fs.statSync(file);
+    if (st.isDirectory()) throw new MoefyError(`${file}: is a directory, not an ONNX model`);
+    if (st.size > PROTOBUF_LIMIT) throw new MoefyError(`${file}: ${st.size} bytes is over protobuf's 2 GB limit; an ONNX model this large must keep its weights in external data`);
+    buf = fs.readFileSync(file);
+  } catch (e) {
+    if (e instanceof MoefyError) throw e;
+    throw new MoefyError(`${file}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+  }
+  return decodeModel(buf, file);
+}
+
+const MAGIC: [string, number[]][] = [
+  ['a JPEG image', [0xff, 0xd8, 0xff]],
+  ['a PNG image', [0x89, 0x50, 0x4e, 0x47]],
+  ['a GIF image', [0x47, 0x49, 0x46, 0x38]],
+  ['a zip archive (an .npz?)', [0x50, 0x4b, 0x03, 0x04]],
+  ['a PDF document', [0x25, 0x50, 0x44, 0x46]],
+  ['a gzip file', [0x1f, 0x8b]],
+];
+
+export function decodeModel(buf: Uint8Array, file = '<memory>'): Model {
+  if (buf.byteLength === 0) throw new MoefyError(`${file}: empty file (0 bytes), not an ONNX model`);
+  for (const [what, magic] of MAGIC) {
+    if (magic.every((b, k) => buf[k] === b)) throw new MoefyError(`${file}: this is ${what}, not an ONNX model`);
+  }
+  let proto: ModelProto;
+  try {
+    proto = ModelProtoType.decode(buf) as unknown as ModelProto;
+  } catch (e) {
+    const msg = (e as Error).message;
+    if (/index out of range/.test(msg)) throw new MoefyError(`${file}: truncated ONNX model (the data ends inside a field: ${msg})`);
+    throw new MoefyError(`${file}: not an ONNX model (protobuf decoding failed: ${msg})`);
+  }
+  if (!proto.graph || !(Number(proto.ir_version) > 0) || !(proto.opset_import && proto.opset_import.length > 0)) {
+    const missing = [!proto.graph && 'graph', !(Number(proto.ir_version) > 0) && 'ir_version', !(proto.opset_import?.length) && 'opset_import'].filter(Boolean).join(', ');
+    throw new MoefyError(`${file}: not an ONNX model (no ${missing})`);
+  }
+  const baseDir = file === '<memory>' ? process.cwd() : path.dirname(path.resolve(file));
+  const tensorOf = (t: TensorProto) => tensorFromProto(t, baseDir, file);
+  const graph = graphFromProto(proto.graph, tensorOf);
+  const m = new Model(proto, graph);
+  (m as LoadedModel).path = file;
+  return m;
+}
+
+function tensorFromProto(t: TensorProto, baseDir: string, file: string): Tensor {
+  const dims = (t.dims ?? []).map(Number);
+  const dataType = t.data_type ?? 0;
+  let tensor: Tensor;
+  if (t.data_location === 1) {
+    const kv = Object.fromEntries((t.external_data ?? []).map((e) => [e.key, e.value]));
+    if (!kv.location) throw new MoefyError(`${file}: initializer '${t.name}' says external data but names no location`);
+    const loc = path.resolve(baseDir, kv.location);
+    if (path.relative(baseDir, loc).startsWith('..')) throw new MoefyError(`${file}: initializer '${t.name}' points outside the model's folder (${kv.location})`);
+    let size: number;
+    try {
+      size = fs.statSync(loc).size;
+    } catch {
+      throw new MoefyError(`${file}: missing external data file '${kv.location}' (needed by initializer '${t.name}')`);
+    }
+    const offset = Number(kv.offset ?? 0);
+    const length = kv.length !== undefined ? Number(kv.length) : size - offset;
+    if (offset + length > size) throw new MoefyError(`${file}: external data file '${kv.location}' is too short for initializer '${t.name}' (needs ${offset + length} bytes, has ${size})`);
+    tensor = new Tensor(dataType, dims, { kind: 'external', path: loc, offset, length });
+  } else if (t.raw_data && Object.prototype.hasOwnProperty.call(t, 'raw_data')) {
+    tensor = new Tensor(dataType, dims, { kind: 'bytes', bytes: t.raw_data });
+  } else {
+    tensor = new Tensor(dataType, dims, { kind: 'proto', proto: t });
+  }
+  tensor.origin = t;
+  return tensor;
+}
+
+export interface SaveOptions {
+  /** true: weights go to `<name>.data`; false: one file; 'auto' (default): external when the model would pass 2 GB. */
+  externalData?: boolean | 'auto';
+  /** Tensors smaller than this stay inside the model file when saving external data. */
+  sizeThreshold?: number;
+}
+
+/**
+ * Saves atomically: everything is written under temporary names and renamed at the end, so a failure never leaves
+ * a partial model behind.
+ */
+export function saveModel(model: Model, file: string, opts: SaveOptions = {}): { externalData: string | null; bytes: number } {
+  const g = model.graph;
+  const totalBytes = g.initializers.reduce((s, v) => s + (v.tensor?.byteLength ?? 0), 0);
+  const external = opts.externalData === true || ((opts.externalData ?? 'auto') === 'auto' && totalBytes > PROTOBUF_LIMIT - 64 * 1024 * 1024);
+  const threshold = opts.sizeThreshold ?? 1024;
+  const dir = path.dirname(path.resolve(file));
+  const dataName = `${path.basename(file)}.data`;
+  const tmpModel = `${file}.${process.pid}.tmp`;
+  const tmpData = path.join(dir, `${dataName}.${process.pid}.tmp`);
+  let fd: number | null = null;
+  let dataOffset = 0;
+  const tensorProtoOf = (v: Value): TensorProto => {
+    const t = v.tensor!;
+    const inline = !external || t.byteLength < threshold;
+    if (inline) {
+      if (t.origin && t.source.kind !== 'external' && t.origin.name === v.name) return t.origin;
+      return { ...baseTensorProto(v.name, t), raw_data: t.bytes() };
+    }
+    if (fd === null) fd = fs.openSync(tmpData, 'w');
+    // Align large tensors so a reader can map them directly.
+    const align = t.byteLength >= 1 << 20 ? 65536 : 64;
+    const pad = (align - (dataOffset % align)) % align;
+    if (pad) {
+      fs.writeSync(fd, Buffer.alloc(pad));
+      dataOffset += pad;
+    }
+    const offset = dataOffset;
+    copyTensorBytes(t, fd);
+    dataOffset += t.byteLength;
+    const ext: StringStringEntryProto[] = [
+      { key: 'location', value: dataName },
+      { key: 'offset', value: String(offset) },
+      { key: 'length', value: String(t.byteLength) },
+    ];
+    return { ...baseTensorProto(v.name, t), external_data: ext, data_location: 1 };
+  };
+  try {
+    const gp = graphToProto(g, tensorProtoOf);
+    const proto: ModelProto = { ...model.proto, graph: gp };
+    const bytes = ModelProtoType.encode(proto as never).finish();
+    fs.writeFileSync(tmpModel, bytes);
+    if (fd !== null) {
+      fs.closeSync(fd);
+      fd = null;
+      fs.renameSync(tmpData, path.join(dir, dataName));
+    }
+    fs.renameSync(tmpModel, file);
+    return { externalData: external ? path.join(dir, dataName) : null, bytes: bytes.byteLength + (external ? dataOffset : 0) };
+  } catch (e) {
+    if (fd !== null) fs.closeSync(fd);
+    for (const f of [tmpModel, tmpData]) fs.rmSync(f, { force: true });
+    throw e;
+  }
+}
+
+function baseTensorProto(name: string, t: Tensor): TensorProto {
+  const p: TensorProto = { dims: t.dims, data_type: t.dataType, name };
+  if (t.origin?.doc_string) p.doc_string = t.origin.doc_string;
+  if (t.origin?.metadata_props) p.metadata_props = t.origin.metadata_props;
+  return p;
+}
+
+function copyTensorBytes(t: Tensor, fd: number): void {
+  const s = t.source;
+  if (s.kind !== 'external') {
+    fs.writeSync(fd, t.bytes());
+    return;
+  }
+  const chunk = 64 << 20;
+  for (let done = 0; done < s.length; done += chunk) {
+    fs.writeSync(fd, readRegion(s.path, s.offset + done, Math.min(chunk, s.length - done)));
+  }
+}
+
+/** Encodes the model to bytes in memory (small models only: tests, sessions from buffers). */
+export function encodeModel(model: Model): Uint8Array {
+  const gp = graphToProto(model.graph, (v) => {
+    const t = v.tensor!;
+    if (t.origin && t.source.kind !== 'external' && t.origin.name === v.name) return t.origin;
+    return { ...baseTensorProto(v.name, t), raw_data: t.bytes() };
+  });
+  return ModelProtoType.encode({ ...model.proto, graph: gp } as never).finish();
+}
