@@ -81,6 +81,7 @@ export function graphFromProto(gp: GraphProto, tensorOf: (t: TensorProto) => Ten
     const v = g.getOrCreate(vi.name ?? '');
     g.outputs.push(v);
     (v as Value & { outputInfo?: ValueInfoProto }).outputInfo = vi;
+    if (!v.info) v.info = vi;
   }
   return g;
 }

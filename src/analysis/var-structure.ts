@@ -1,0 +1,355 @@
+// What a VAR export holds: its blocks and their FFNs, the graph kind and the token (patch) layout. Computed once per
+// model and handed to every pass; passes never re-derive it.
+import { MoefyError } from '../errors';
+import { Graph, Node, Value } from '../ir/graph';
+import { describeFailure, MatchFailure, matchAny } from '../ir/match';
+import { Model } from '../ir/model';
+import { ACTIVATION_PATTERNS, ActivationKind } from './patterns';
+
+export const VAR_PATCH_NUMS = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16];
+export const MOE_DOMAIN = 'ai.moefy';
+
+/** A linear layer: MatMul(x, W[in,out]) (+ bias Add, either operand order) or Gemm(x, W, b). */
+export interface Linear {
+  node: Node;
+  weight: Value;
+  /** Gemm with transB=1: the weight is stored [out, in]. */
+  transposed: boolean;
+  bias?: Value;
+  biasNode?: Node;
+  input: Value;
+  /** The output after the bias. */
+  output: Value;
+  inFeatures: number;
+  outFeatures: number;
+}
+
+export interface FfnSite {
+  block: number;
+  /** The FFN input: after LayerNorm and the AdaLN scale/shift. Router and experts read it. */
+  ffnIn: Value;
+  fc1: Linear;
+  activation: { kind: ActivationKind; pattern: string; nodes: Node[] };
+  /** The hidden activation (input of fc2). */
+  hidden: Value;
+  fc2: Linear;
+  /** The FFN's output (fc2 with bias). */
+  output: Value;
+  /** The AdaLN gate multiply after the FFN (stays outside the MoE). */
+  gate?: Node;
+  D: number;
+  H: number;
+}
+
+export interface MoeSite {
+  block: number;
+  node: Node;
+  ffnIn: Value;
+  D: number;
+  H: number;
+  experts: number;
+  expertSize: number;
+  activation: string;
+  /** Parameters of the router subgraph that computes the node's norms. */
+  routerParams: number;
+  routerWidth: number | null;
+  /** Thresholds per scale: from the graph input/initializer feeding the node, else the attribute. */
+  thresholds: number[];
+}
+
+export interface Block {
+  index: number;
+  ffn?: FfnSite;
+  moe?: MoeSite;
+}
+
+export interface PatchLayout {
+  patchNums: number[];
+  /** Tokens per scale (pn²). */
+  tokens: number[];
+  /** First token index of each scale in the full sequence. */
+  offsets: number[];
+  /** Σ pn². */
+  L: number;
+  source: 'default' | 'override';
+}
+
+export interface VarStructure {
+  blocks: Block[];
+  /** 'full': the teacher-forcing forward over L = Σ pn² tokens; 'step': one scale of KV-cached generation. */
+  kind: 'full' | 'step';
+  /** For step graphs with a fixed token count, the scale (1-based) it computes; null when dynamic. */
+  stepScale: number | null;
+  /** Transformer rows per input sample: 2 when the graph doubles the batch for classifier-free guidance. */
+  rowsPerSample: number;
+  layout: PatchLayout;
+  D: number;
+  H: number;
+  /** Width of the logits (VQ vocabulary), when found. */
+  vocab: number | null;
+}
+
+export function makeLayout(patchNums: number[], source: PatchLayout['source']): PatchLayout {
+  const tokens = patchNums.map((p) => p * p);
+  const offsets: number[] = [];
+  let L = 0;
+  for (const t of tokens) {
+    offsets.push(L);
+    L += t;
+  }
+  return { patchNums, tokens, offsets, L, source };
+}
+
+const dimsOf = (v: Value) => v.tensor?.dims ?? [];
+
+/** A MatMul/Gemm node with a constant 2-D weight, seen as a linear layer, with its bias if one follows. */
+export function linearAt(n: Node): Linear | null {
+  if (n.domain !== '') return null;
+  if (n.opType === 'MatMul') {
+    const w = n.inputs[1];
+    if (!w?.tensor || w.tensor.dims.length !== 2 || !n.inputs[0]) return null;
+    const [k, m] = w.tensor.dims;
+    const out = n.output(0);
+    let bias: Value | undefined, biasNode: Node | undefined;
+    if (out.uses.length === 1 && !out.isGraphOutput) {
+      const a = out.uses[0].node;
+      if (a.opType === 'Add' && a.domain === '') {
+        const other = a.inputs[1 - out.uses[0].index];
+        if (other?.tensor && other.tensor.size === m && dimsOf(other).length === 1) {
+          bias = other;
+          biasNode = a;
+        }
+      }
+    }
+    return { node: n, weight: w, transposed: false, bias, biasNode, input: n.inputs[0]!, output: biasNode ? biasNode.output(0) : out, inFeatures: k, outFeatures: m };
+  }
+  if (n.opType === 'Gemm') {
+    const w = n.inputs[1];
+    if (!w?.tensor || w.tensor.dims.length !== 2 || !n.inputs[0]) return null;
+    if ((n.attrInt('transA', 0) ?? 0) !== 0) return null;
+    if ((n.attrFloat('alpha', 1) ?? 1) !== 1 || (n.attrFloat('beta', 1) ?? 1) !== 1) return null;
+    const transposed = (n.attrInt('transB', 0) ?? 0) === 1;
+    const [a, b] = w.tensor.dims;
+    const bias = n.inputs[2] ?? undefined;
+    return { node: n, weight: w, transposed, bias: bias ?? undefined, input: n.inputs[0]!, output: n.output(0), inFeatures: transposed ? b : a, outFeatures: transposed ? a : b };
+  }
+  return null;
+}
+
+/** fc1 from the value it produces (with bias Add or Gemm). */
+function linearProducing(v: Value): Linear | null {
+  const p = v.producer;
+  if (!p) return null;
+  if (p.opType === 'Add' && p.domain === '') {
+    for (const k of [0, 1]) {
+      const mm = p.inputs[k]?.producer;
+      if (mm && mm.opType === 'MatMul') {
+        const lin = linearAt(mm);
+        if (lin && lin.biasNode === p) return lin;
+      }
+    }
+    return null;
+  }
+  const lin = linearAt(p);
+  return lin && lin.output === v ? lin : null;
+}
+
+interface FfnCandidateFailure {
+  fc2: Node;
+  failure: MatchFailure;
+  upstreamFc1: Node | null;
+}
+
+/** Walks up from v (at most `depth` nodes) looking for a linear with `out` output features. */
+function findUpstreamLinear(v: Value, out: number, inn: number, depth = 16): Node | null {
+  const seen = new Set<Node>();
+  const queue: [Value, number][] = [[v, 0]];
+  while (queue.length) {
+    const [x, d] = queue.shift()!;
+    const p = x.producer;
+    if (!p || seen.has(p) || d > depth) continue;
+    seen.add(p);
+    const lin = linearAt(p);
+    if (lin && lin.outFeatures === out && lin.inFeatures === inn) return p;
+    for (const i of p.inputs) if (i && !i.tensor) queue.push([i, d + 1]);
+  }
+  return null;
+}
+
+export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandidateFailure[] } {
+  const sites: FfnSite[] = [];
+  const failures: FfnCandidateFailure[] = [];
+  for (const n of g.nodes) {
+    const fc2 = linearAt(n);
+    if (!fc2 || fc2.inFeatures <= fc2.outFeatures) continue;
+    const actNode = fc2.input.producer;
+    if (!actNode) continue;
+    const m = matchAny(actNode, ACTIVATION_PATTERNS.map((a) => ({ name: a.name, pattern: a.pattern })));
+    if (!m.ok) {
+      const up = findUpstreamLinear(fc2.input, fc2.inFeatures, fc2.outFeatures);
+      if (up) failures.push({ fc2: n, failure: m.failure, upstreamFc1: up });
+      continue;
+    }
+    const pre = m.values.pre;
+    const fc1 = linearProducing(pre);
+    if (!fc1 || fc1.outFeatures !== fc2.inFeatures || fc1.inFeatures !== fc2.outFeatures) {
+      const up = findUpstreamLinear(fc2.input, fc2.inFeatures, fc2.outFeatures);
+      if (up)
+        failures.push({
+          fc2: n,
+          failure: { node: pre.producer, predicate: fc1 ? `fc1 is ${fc1.inFeatures}→${fc1.outFeatures}, fc2 is ${fc2.inFeatures}→${fc2.outFeatures}` : `the activation's input '${pre.name}' is not a linear layer (MatMul+Add or Gemm)`, depth: 99 },
+          upstreamFc1: up,
+        });
+      continue;
+    }
+    // Every use of fc1's output must be inside the activation: the MoE replaces the whole chain.
+    const chain = new Set(m.matched);
+    if (pre.uses.some((u) => !chain.has(u.node)) || pre.isGraphOutput) {
+      failures.push({ fc2: n, failure: { node: pre.producer, predicate: `fc1's output '${pre.name}' is used outside the activation`, depth: 99 }, upstreamFc1: fc1.node });
+      continue;
+    }
+    const kind = ACTIVATION_PATTERNS.find((a) => a.name === m.name)!.kind;
+    const outUses = fc2.output.uses;
+    const gate = outUses.length === 1 && outUses[0].node.opType === 'Mul' ? outUses[0].node : undefined;
+    sites.push({
+      block: -1,
+      ffnIn: fc1.input,
+      fc1,
+      activation: { kind, pattern: m.name, nodes: m.matched },
+      hidden: fc2.input,
+      fc2,
+      output: fc2.output,
+      gate,
+      D: fc1.inFeatures,
+      H: fc1.outFeatures,
+    });
+  }
+  return { sites, failures };
+}
+
+function moeSiteOf(n: Node, block: number): MoeSite {
+  const x = n.inputs[0]!;
+  const w1 = n.inputs[2]?.tensor;
+  const E = n.attrInt('num_experts', 1)!;
+  const [D, H] = w1 ? w1.dims : [0, 0];
+  // The router: the weights reached upstream of `norms` before reaching X.
+  let routerParams = 0;
+  let routerWidth: number | null = null;
+  const seen = new Set<Node>();
+  const stack = [n.inputs[1]];
+  while (stack.length) {
+    const v = stack.pop();
+    const p = v?.producer;
+    if (!p || seen.has(p) || v === x) continue;
+    seen.add(p);
+    for (const i of p.inputs) {
+      if (!i || i === x) continue;
+      if (i.tensor) {
+        routerParams += i.tensor.size;
+        if (p.opType === 'MatMul' && i.tensor.dims.length === 2 && i.tensor.dims[0] === D) routerWidth = i.tensor.dims[1];
+      } else stack.push(i);
+    }
+  }
+  let thresholds = (n.attr('threshold')?.floats ?? []).map(Number);
+  const tIn = n.inputs[7];
+  const tt = tIn?.tensor ?? tIn?.constantTensor();
+  if (tt) thresholds = tt.numbers();
+  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, thresholds };
+}
+
+export interface AnalyseOptions {
+  patchNums?: number[];
+}
+
+export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructure {
+  const g = model.graph;
+  const { sites, failures } = findFfnSites(g);
+  const moeNodes = g.nodes.filter((n) => n.domain === MOE_DOMAIN && n.opType === 'DynamicMoE');
+  if (failures.length) {
+    const f = failures[0];
+    throw new MoefyError(
+      `FFN pattern does not match between ${f.upstreamFc1?.describe() ?? '?'} and ${f.fc2.describe()}: ${describeFailure(f.failure)}`,
+    );
+  }
+  if (sites.length === 0 && moeNodes.length === 0) {
+    throw new MoefyError(`not a VAR: no FFN (MatMul/Gemm D→H, GELU or ReLU, MatMul/Gemm H→D) found in graph '${g.name}' (${g.nodes.length} nodes)`);
+  }
+  // Blocks in graph order.
+  const order = new Map(g.nodes.map((n, k) => [n, k]));
+  const items: { pos: number; ffn?: FfnSite; moe?: Node }[] = [
+    ...sites.map((s) => ({ pos: order.get(s.fc1.node)!, ffn: s })),
+    ...moeNodes.map((n) => ({ pos: order.get(n)!, moe: n })),
+  ].sort((a, b) => a.pos - b.pos);
+  const blocks: Block[] = items.map((it, k) => {
+    if (it.ffn) it.ffn.block = k;
+    return { index: k, ffn: it.ffn, moe: it.moe ? moeSiteOf(it.moe, k) : undefined };
+  });
+  const first = blocks[0].ffn ?? blocks[0].moe!;
+  const D = first.D, H = first.H;
+
+  const stepGraph = g.inputs.some((v) => /past_(key|value)/.test(v.name)) || g.outputs.some((v) => /present_(key|value)/.test(v.name));
+  const layoutNums = opts.patchNums ?? VAR_PATCH_NUMS;
+  const layout = makeLayout(layoutNums, opts.patchNums ? 'override' : 'default');
+  if (layout.patchNums.some((p) => !Number.isInteger(p) || p <= 0)) throw new MoefyError(`--patch-nums must be positive integers, got ${layoutNums.join(',')}`);
+  const vocab = findVocab(g);
+  if (!stepGraph) {
+    const L = fullSequenceLength(g, D);
+    if (L === null) throw new MoefyError(`not a VAR: found ${blocks.length} FFN blocks but neither a KV cache (past_key_*/present_key_*) nor a full-sequence token length (Σ pn² = ${layout.L}) in the graph`);
+    if (L !== layout.L)
+      throw new MoefyError(`the model's sequence has ${L} tokens but the patch layout ${layout.patchNums.join(',')} has ${layout.L}; pass --patch-nums to match`);
+    return { blocks, kind: 'full', stepScale: null, rowsPerSample: 1, layout, D, H, vocab };
+  }
+  const l = stepTokens(g);
+  let stepScale: number | null = null;
+  if (l !== null) {
+    const s = layout.tokens.indexOf(l);
+    if (s < 0 || layout.tokens.indexOf(l, s + 1) >= 0) throw new MoefyError(`the step graph computes ${l} tokens, which is not exactly one scale of the patch layout ${layout.patchNums.join(',')}; pass --patch-nums`);
+    stepScale = s + 1;
+  }
+  return { blocks, kind: 'step', stepScale, rowsPerSample: doublesBatch(g) ? 2 : 1, layout, D, H, vocab };
+}
+
+/** L of a full-sequence graph: from a static token axis of an input, the mask [1,1,L,L] or the position table [1,L,C]. */
+function fullSequenceLength(g: Graph, D: number): number | null {
+  for (const v of g.initializers) {
+    const d = v.tensor!.dims;
+    if (d.length === 4 && d[0] === 1 && d[1] === 1 && d[2] === d[3] && d[2] > 1) return d[2];
+  }
+  for (const v of g.initializers) {
+    const d = v.tensor!.dims;
+    if (d.length === 3 && d[0] === 1 && d[2] === D && d[1] > 1) return d[1];
+  }
+  for (const v of g.inputs) {
+    const s = v.shape();
+    // x_BLCv_wo_first_l: [B, L-1, Cvae] (the first token is the class embedding).
+    if (s && s.length === 3 && typeof s[1] === 'number' && /first_l/.test(v.name)) return s[1] + 1;
+  }
+  return null;
+}
+
+/** Tokens of a step graph when static: from the x input's axis 1, or 1 for the first step (no x input). */
+function stepTokens(g: Graph): number | null {
+  const x = g.inputs.find((v) => !/past_|label|cfg/.test(v.name) && (v.shape()?.length ?? 0) === 3);
+  if (!x) return 1;
+  const s = x.shape()!;
+  return typeof s[1] === 'number' ? s[1] : null;
+}
+
+/** Classifier-free guidance inside the graph: the label batch is concatenated with the null class, or tiled ×2. */
+function doublesBatch(g: Graph): boolean {
+  for (const n of g.nodes) {
+    if (n.opType === 'Concat' && n.inputs.some((v) => v?.isGraphInput && /label/.test(v.name))) return true;
+    if (n.opType === 'Tile') {
+      const r = n.inputs[1]?.constantTensor();
+      if (r && r.numbers()[0] === 2) return true;
+    }
+  }
+  return false;
+}
+
+function findVocab(g: Graph): number | null {
+  const out = g.outputs.find((v) => /logit/i.test(v.name)) ?? g.outputs[0];
+  const s = out?.shape();
+  const last = s?.[s.length - 1];
+  return typeof last === 'number' ? last : null;
+}
