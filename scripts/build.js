@@ -1,1 +1,14 @@
-console.log('build placeholder')
+#!/usr/bin/env node
+// `npm install` builds everything: TypeScript, then the kernels and the Node addon (scripts/build-native.js).
+'use strict';
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+const run = (cmd, args) => execFileSync(cmd, args, { cwd: root, stdio: 'inherit' });
+
+console.log('moefy: compiling TypeScript');
+run(process.execPath, [require.resolve('typescript/bin/tsc'), '-p', 'tsconfig.json']);
+const native = path.join(root, 'scripts', 'build-native.js');
+if (fs.existsSync(native)) run(process.execPath, [native]);

@@ -1,0 +1,101 @@
+// The data behind `moefy inspect`: what a model holds, as one JSON-able object (documented in the README).
+import * as fs from 'node:fs';
+import { analyseVar, VarStructure } from './analysis/var-structure';
+import { countFlops, FlopKind, ScaleFlops } from './analysis/flops';
+import { Model } from './ir/model';
+import { dataTypeName } from './onnx/schema';
+
+export interface BlockReport {
+  index: number;
+  D: number;
+  H: number;
+  activation: string;
+  pattern: string;
+  ffnParams: number;
+  ffnIn: string;
+  moe: null | { experts: number; expertSize: number; routerParams: number; routerWidth: number | null; node: string };
+}
+
+export interface InspectReport {
+  file: string;
+  irVersion: number;
+  opsets: Record<string, number>;
+  producer: string;
+  parameters: number;
+  sizeBytes: number;
+  externalData: boolean;
+  inputs: { name: string; type: string; shape: (number | string | null)[] }[];
+  outputs: { name: string; type: string; shape: (number | string | null)[] }[];
+  graph: { kind: 'full' | 'step'; stepScale: number | null; rowsPerSample: number; patchNums: number[]; L: number; layoutSource: string; nodes: number };
+  D: number;
+  H: number;
+  vocab: number | null;
+  blocks: BlockReport[];
+  scales: ScaleFlops[];
+  flops: { batch: number; total: number; totals: Record<FlopKind, number> };
+  moe: null | { experts: number; expertSize: number; routerParams: number; routerWidth: number | null; thresholds: number[]; fromScale: number | null; metadata: Record<string, string> };
+}
+
+export function inspectModel(model: Model, file: string, opts: { patchNums?: number[]; structure?: VarStructure } = {}): InspectReport {
+  const s = opts.structure ?? analyseVar(model, { patchNums: opts.patchNums });
+  const g = model.graph;
+  const flops = countFlops(model, s, 1);
+  let parameters = 0;
+  let external = false;
+  const extFiles = new Set<string>();
+  for (const v of g.initializers) {
+    const d = v.tensor!.dims;
+    // Learned float weights only: not the block-causal mask buffer [1,1,L,L], not integer index tables.
+    const isMask = d.length === 4 && d[0] === 1 && d[1] === 1 && d[2] === d[3];
+    if ([1, 10, 11, 16].includes(v.tensor!.dataType) && !isMask) parameters += v.tensor!.size;
+    if (v.tensor!.source.kind === 'external') {
+      external = true;
+      extFiles.add(v.tensor!.source.path);
+    }
+  }
+  let sizeBytes = 0;
+  try {
+    sizeBytes = fs.statSync(file).size;
+    for (const f of extFiles) sizeBytes += fs.statSync(f).size;
+  } catch {
+    /* in-memory model */
+  }
+  const io = (v: (typeof g.inputs)[number]) => ({ name: v.name, type: dataTypeName(v.elemType() ?? 0), shape: v.shape() ?? [] });
+  const blocks: BlockReport[] = s.blocks.map((b) => {
+    if (b.ffn) {
+      const f = b.ffn;
+      const ffnParams = f.fc1.weight.tensor!.size + (f.fc1.bias?.tensor?.size ?? 0) + f.fc2.weight.tensor!.size + (f.fc2.bias?.tensor?.size ?? 0);
+      return { index: b.index, D: f.D, H: f.H, activation: f.activation.kind, pattern: f.activation.pattern, ffnParams, ffnIn: f.ffnIn.name, moe: null };
+    }
+    const m = b.moe!;
+    const ffnParams = [2, 3, 4, 5].reduce((a, k) => a + (m.node.inputs[k]?.tensor?.size ?? 0), 0);
+    return {
+      index: b.index, D: m.D, H: m.H, activation: m.activation, pattern: 'ai.moefy::DynamicMoE', ffnParams, ffnIn: m.ffnIn.name,
+      moe: { experts: m.experts, expertSize: m.expertSize, routerParams: m.routerParams, routerWidth: m.routerWidth, node: m.node.name },
+    };
+  });
+  const moeBlocks = s.blocks.filter((b) => b.moe).map((b) => b.moe!);
+  let moe: InspectReport['moe'] = null;
+  if (moeBlocks.length) {
+    const m0 = moeBlocks[0];
+    const md = model.metadata();
+    const thresholds = m0.thresholds;
+    const first = thresholds.findIndex((t) => t > 0);
+    moe = {
+      experts: m0.experts, expertSize: m0.expertSize,
+      routerParams: moeBlocks.reduce((a, m) => a + m.routerParams, 0), routerWidth: m0.routerWidth,
+      thresholds, fromScale: md['moefy.from_scale'] ? Number(md['moefy.from_scale']) : first >= 0 ? first + 1 : null,
+      metadata: Object.fromEntries(Object.entries(md).filter(([k]) => k.startsWith('moefy.'))),
+    };
+  }
+  return {
+    file, irVersion: model.irVersion,
+    opsets: Object.fromEntries(model.opsetImports.map((o) => [o.domain ?? '', Number(o.version)])),
+    producer: `${model.proto.producer_name ?? ''} ${model.proto.producer_version ?? ''}`.trim(),
+    parameters, sizeBytes, externalData: external,
+    inputs: g.inputs.filter((v) => !v.tensor).map(io), outputs: g.outputs.map(io),
+    graph: { kind: s.kind, stepScale: s.stepScale, rowsPerSample: s.rowsPerSample, patchNums: s.layout.patchNums, L: s.layout.L, layoutSource: s.layout.source, nodes: g.nodes.length },
+    D: s.D, H: s.H, vocab: s.vocab, blocks, scales: flops.scales,
+    flops: { batch: 1, total: flops.total, totals: flops.totals }, moe,
+  };
+}
