@@ -1,0 +1,146 @@
+/**
+ * Plain TypeScript reference of ai.moefy::DynamicMoE (DESIGN.md section 3), written for clarity, used by tests.
+ * Routing is computed in float32 exactly as the kernels do; the expert math is accumulated in float64.
+ */
+import { Tensor } from 'onnxruntime-common';
+import { MoefyError } from '../errors';
+
+export type Activation = 'relu' | 'gelu_tanh' | 'gelu';
+
+export interface DynamicMoeInputs {
+  X: Tensor; // float32 [B, L, D]
+  norms: Tensor; // float32 [B, L, E]
+  W1: Tensor; // float32 [D, E*S]
+  B1: Tensor; // float32 [E*S]
+  W2: Tensor; // float32 [E*S, D]
+  B2?: Tensor; // float32 [D]
+  scaleIndex?: number | bigint | Tensor;
+  threshold?: Tensor | Float32Array | number[]; // one per scale, overrides the attribute
+}
+
+export interface DynamicMoeAttributes {
+  numExperts: number;
+  activation?: Activation;
+  patchNums: number[];
+  threshold?: number[];
+}
+
+export interface DynamicMoeResult {
+  Y: Tensor; // float32 [B, L, D]
+  active: Tensor; // int32 [B, L]
+}
+
+/** erf(x) via the complementary error function's Chebyshev fit (Numerical Recipes erfcc, |rel err| < 1.2e-7). */
+export function erf(x: number): number {
+  const z = Math.abs(x);
+  const t = 1 / (1 + 0.5 * z);
+  const r =
+    t *
+    Math.exp(
+      -z * z -
+        1.26551223 +
+        t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
+    );
+  return x >= 0 ? 1 - r : r - 1;
+}
+
+export function activate(x: number, act: Activation): number {
+  switch (act) {
+    case 'relu':
+      return x > 0 ? x : 0;
+    case 'gelu_tanh':
+      return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+    case 'gelu':
+      return 0.5 * x * (1 + erf(x / Math.SQRT2));
+  }
+}
+
+/** The scale of each position l of a sequence of length L (the op's layout rule), or throws MoefyError. */
+export function scaleOfPositionsRef(L: number, patchNums: number[], scaleIndex?: number): number[] {
+  if (scaleIndex !== undefined) {
+    if (scaleIndex < 0 || scaleIndex >= patchNums.length) throw new MoefyError(`scale_index ${scaleIndex} out of range`);
+    return new Array(L).fill(scaleIndex);
+  }
+  const full = patchNums.reduce((a, p) => a + p * p, 0);
+  if (L === full) {
+    const out: number[] = [];
+    patchNums.forEach((p, s) => {
+      for (let i = 0; i < p * p; i++) out.push(s);
+    });
+    return out;
+  }
+  const matches = patchNums.map((p, s) => (p * p === L ? s : -1)).filter((s) => s >= 0);
+  if (matches.length !== 1) {
+    throw new MoefyError(`cannot infer the scale of the tokens: L = ${L} (full sequence ${full}, patch_nums ${patchNums.join(',')})`);
+  }
+  return new Array(L).fill(matches[0]);
+}
+
+export function dynamicMoeReference(inputs: DynamicMoeInputs, attrs: DynamicMoeAttributes): DynamicMoeResult {
+  const act = attrs.activation ?? 'relu';
+  const E = attrs.numExperts;
+  const [B, L, D] = inputs.X.dims;
+  const ES = inputs.W1.dims[1];
+  const S = ES / E;
+  if (inputs.X.dims.length !== 3 || inputs.W1.dims[0] !== D || !Number.isInteger(S)) throw new MoefyError('bad shapes');
+  const X = inputs.X.data as Float32Array;
+  const NR = inputs.norms.data as Float32Array;
+  const W1 = inputs.W1.data as Float32Array;
+  const B1 = inputs.B1.data as Float32Array;
+  const W2 = inputs.W2.data as Float32Array;
+  const B2 = inputs.B2 ? (inputs.B2.data as Float32Array) : undefined;
+
+  let thrSrc: ArrayLike<number> = attrs.threshold ?? new Array(attrs.patchNums.length).fill(0);
+  if (inputs.threshold !== undefined) {
+    const th = inputs.threshold;
+    thrSrc = th instanceof Tensor ? (th.data as Float32Array) : (th as ArrayLike<number>);
+  }
+  const thr = Float32Array.from(thrSrc);
+  let si: number | undefined;
+  if (inputs.scaleIndex !== undefined) {
+    const v = inputs.scaleIndex instanceof Tensor ? (inputs.scaleIndex.data as BigInt64Array)[0] : inputs.scaleIndex;
+    si = Number(v);
+  }
+  const scaleOf = scaleOfPositionsRef(L, attrs.patchNums, si);
+
+  const Y = new Float32Array(B * L * D);
+  const active = new Int32Array(B * L);
+  const h = new Float64Array(S);
+  const y = new Float64Array(D);
+  for (let t = 0; t < B * L; t++) {
+    const nr = NR.subarray(t * E, (t + 1) * E);
+    // argmax: first index of the largest norm (NaN never wins unless everything before it is NaN)
+    let am = 0;
+    let m = nr[0];
+    for (let e = 1; e < E; e++) {
+      if (nr[e] > m || (Number.isNaN(m) && !Number.isNaN(nr[e]))) {
+        m = nr[e];
+        am = e;
+      }
+    }
+    const cut = Math.fround(thr[scaleOf[t % L]] * m);
+    y.fill(0);
+    if (B2) for (let d = 0; d < D; d++) y[d] = B2[d];
+    let count = 0;
+    for (let e = 0; e < E; e++) {
+      if (!(nr[e] >= cut) && e !== am) continue;
+      count++;
+      // h = act(x · W1[:, eS:eS+S] + B1[eS:eS+S])
+      for (let j = 0; j < S; j++) {
+        let acc = B1[e * S + j];
+        for (let d = 0; d < D; d++) acc += X[t * D + d] * W1[d * ES + e * S + j];
+        h[j] = activate(acc, act);
+      }
+      // y += h · W2[eS:eS+S, :]
+      for (let j = 0; j < S; j++) {
+        const hv = h[j];
+        if (hv === 0) continue;
+        const row = (e * S + j) * D;
+        for (let d = 0; d < D; d++) y[d] += hv * W2[row + d];
+      }
+    }
+    active[t] = count;
+    for (let d = 0; d < D; d++) Y[t * D + d] = y[d];
+  }
+  return { Y: new Tensor('float32', Y, [B, L, D]), active: new Tensor('int32', active, [B, L]) };
+}

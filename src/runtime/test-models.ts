@@ -1,0 +1,149 @@
+/**
+ * Tiny ONNX models for runtime tests and benchmarks: one DynamicMoE node, or the dense FFN it replaces.
+ * Built directly with onnx-proto (fine for small graphs; the converter uses the project IR).
+ */
+import { onnx } from 'onnx-proto';
+import type { Activation } from './reference';
+
+const FLOAT = 1;
+const INT64 = 7;
+const INT32 = 6;
+
+type Dim = number | string;
+
+function valueInfo(name: string, elemType: number, dims: Dim[] | null): onnx.IValueInfoProto {
+  const t: onnx.TypeProto.ITensor = { elemType };
+  if (dims) t.shape = { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) };
+  return { name, type: { tensorType: t } };
+}
+
+function floatInit(name: string, dims: number[], data: Float32Array): onnx.ITensorProto {
+  return {
+    name,
+    dims,
+    dataType: FLOAT,
+    rawData: new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)),
+  };
+}
+
+export interface MoeModelWeights {
+  W1: Float32Array; // [D, E*S]
+  B1: Float32Array; // [E*S]
+  W2: Float32Array; // [E*S, D]
+  B2?: Float32Array; // [D]
+}
+
+export interface MoeModelSpec {
+  D: number;
+  E: number;
+  S: number;
+  activation?: Activation;
+  patchNums: number[];
+  threshold?: number[];
+  /** Weights as initializers; when absent W1, B1, W2 (and B2 if withB2) are graph inputs. */
+  weights?: MoeModelWeights;
+  withB2?: boolean;
+  /** scale_index (int64 scalar) as a graph input */
+  withScaleIndex?: boolean;
+  /** threshold (float [num scales]) as a graph input */
+  withThresholdInput?: boolean;
+  /** expose the `active` output */
+  withActive?: boolean;
+  /** how to write the dims of X/norms inputs: symbolic by default */
+  batchDim?: Dim;
+  seqDim?: Dim;
+}
+
+function encode(graph: onnx.IGraphProto, opsets: onnx.IOperatorSetIdProto[]): Uint8Array {
+  const model: onnx.IModelProto = {
+    irVersion: 8,
+    producerName: 'moefy-test',
+    opsetImport: opsets,
+    graph,
+  };
+  return onnx.ModelProto.encode(model).finish();
+}
+
+/** A model holding one ai.moefy::DynamicMoE node. Inputs: X, norms [, W1, B1, W2, B2] [, scale_index] [, threshold]. */
+export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
+  const { D, E, S } = spec;
+  const Bd = spec.batchDim ?? 'B';
+  const Ld = spec.seqDim ?? 'L';
+  const inputs: onnx.IValueInfoProto[] = [valueInfo('X', FLOAT, [Bd, Ld, D]), valueInfo('norms', FLOAT, [Bd, Ld, E])];
+  const inits: onnx.ITensorProto[] = [];
+  const withB2 = spec.weights ? spec.weights.B2 !== undefined : !!spec.withB2;
+  if (spec.weights) {
+    inits.push(floatInit('W1', [D, E * S], spec.weights.W1));
+    inits.push(floatInit('B1', [E * S], spec.weights.B1));
+    inits.push(floatInit('W2', [E * S, D], spec.weights.W2));
+    if (spec.weights.B2) inits.push(floatInit('B2', [D], spec.weights.B2));
+  } else {
+    inputs.push(valueInfo('W1', FLOAT, [D, E * S]), valueInfo('B1', FLOAT, [E * S]), valueInfo('W2', FLOAT, [E * S, D]));
+    if (withB2) inputs.push(valueInfo('B2', FLOAT, [D]));
+  }
+  if (spec.withScaleIndex) inputs.push(valueInfo('scale_index', INT64, []));
+  if (spec.withThresholdInput) inputs.push(valueInfo('threshold', FLOAT, [spec.patchNums.length]));
+  const nodeInputs = ['X', 'norms', 'W1', 'B1', 'W2', withB2 ? 'B2' : '', spec.withScaleIndex ? 'scale_index' : '', spec.withThresholdInput ? 'threshold' : ''];
+  while (nodeInputs[nodeInputs.length - 1] === '') nodeInputs.pop();
+  const attrs: onnx.IAttributeProto[] = [
+    { name: 'num_experts', type: onnx.AttributeProto.AttributeType.INT, i: E },
+    { name: 'activation', type: onnx.AttributeProto.AttributeType.STRING, s: new TextEncoder().encode(spec.activation ?? 'relu') },
+    { name: 'patch_nums', type: onnx.AttributeProto.AttributeType.INTS, ints: spec.patchNums },
+  ];
+  if (spec.threshold) attrs.push({ name: 'threshold', type: onnx.AttributeProto.AttributeType.FLOATS, floats: spec.threshold });
+  const outputs = [valueInfo('Y', FLOAT, [Bd, Ld, D])];
+  const nodeOutputs = ['Y'];
+  if (spec.withActive) {
+    outputs.push(valueInfo('active', INT32, [Bd, Ld]));
+    nodeOutputs.push('active');
+  }
+  const graph: onnx.IGraphProto = {
+    name: 'dynamic_moe',
+    node: [{ name: 'moe', opType: 'DynamicMoE', domain: 'ai.moefy', input: nodeInputs, output: nodeOutputs, attribute: attrs }],
+    input: inputs,
+    output: outputs,
+    initializer: inits,
+  };
+  return encode(graph, [
+    { domain: '', version: 17 },
+    { domain: 'ai.moefy', version: 1 },
+  ]);
+}
+
+/** The dense FFN: Y = Relu(X·W1 + B1)·W2 + B2 (MatMul-Add-Relu-MatMul-Add), weights as initializers. */
+export function buildDenseFfnModel(D: number, H: number, w: { W1: Float32Array; B1: Float32Array; W2: Float32Array; B2: Float32Array }): Uint8Array {
+  const graph: onnx.IGraphProto = {
+    name: 'dense_ffn',
+    node: [
+      { name: 'mm1', opType: 'MatMul', input: ['X', 'W1'], output: ['h0'] },
+      { name: 'add1', opType: 'Add', input: ['h0', 'B1'], output: ['h1'] },
+      { name: 'relu', opType: 'Relu', input: ['h1'], output: ['h2'] },
+      { name: 'mm2', opType: 'MatMul', input: ['h2', 'W2'], output: ['y0'] },
+      { name: 'add2', opType: 'Add', input: ['y0', 'B2'], output: ['Y'] },
+    ],
+    input: [valueInfo('X', FLOAT, ['B', 'L', D])],
+    output: [valueInfo('Y', FLOAT, ['B', 'L', D])],
+    initializer: [floatInit('W1', [D, H], w.W1), floatInit('B1', [H], w.B1), floatInit('W2', [H, D], w.W2), floatInit('B2', [D], w.B2)],
+  };
+  return encode(graph, [{ domain: '', version: 17 }]);
+}
+
+/** Deterministic PRNG (mulberry32) for seeded test data. */
+export function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Float32Array of n values uniform in [-scale, scale). */
+export function randomArray(r: () => number, n: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * scale;
+  return a;
+}
+export { INT64, INT32, FLOAT };
