@@ -1,13 +1,13 @@
 // A minimal protobuf wire-format reader, written from the encoding spec, so tests can check what a saved file
 // holds without going through moefy's own schema or decoder. Only what the tests need: varints and
-// length-delimited fields (fixed32/fixed64 are skipped over).
+// length-delimited fields, fixed32/fixed64 as raw bytes.
 
 export interface WireField {
   field: number;
   wire: number;
   /** Varint value (wire type 0). */
   varint?: bigint;
-  /** Payload of a length-delimited field (wire type 2). */
+  /** Payload of a length-delimited field (wire type 2), or the 8/4 bytes of a fixed64/fixed32 (wire types 1, 5). */
   bytes?: Uint8Array;
 }
 
@@ -42,12 +42,10 @@ export function wireFields(buf: Uint8Array): WireField[] {
       if (end > buf.length) throw new Error('length-delimited field runs past the end');
       out.push({ field, wire, bytes: buf.subarray(p2, end) });
       pos = end;
-    } else if (wire === 1) {
-      pos += 8;
-      out.push({ field, wire });
-    } else if (wire === 5) {
-      pos += 4;
-      out.push({ field, wire });
+    } else if (wire === 1 || wire === 5) {
+      const n = wire === 1 ? 8 : 4;
+      out.push({ field, wire, bytes: buf.subarray(pos, pos + n) });
+      pos += n;
     } else throw new Error(`unsupported wire type ${wire}`);
   }
   return out;
