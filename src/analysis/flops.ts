@@ -9,7 +9,7 @@
 //   FFN of one block:                       fc1 + fc2 = 2·D·H + 2·H·D = 4·D·H per token row
 //
 // Rows: the tokens of a scale times the batch times rowsPerSample (2 when the graph doubles the batch for CFG).
-import { Node } from '../ir/graph';
+import { Node, Value } from '../ir/graph';
 import { Model } from '../ir/model';
 import { linearAt, VarStructure } from './var-structure';
 
@@ -79,20 +79,28 @@ function isPerSample(n: Node): boolean {
   return x.opType === 'Sigmoid';
 }
 
-/** The head: the last linear whose output reaches a graph output through elementwise ops only. */
+/**
+ * The head: the linear nearest a graph output (logits first) through elementwise/reshaping ops only. Breadth-first,
+ * because in-graph CFG mixing ((1+t)·cond − t·uncond, with t computed from a `cfg` input) has several paths.
+ */
 function findHead(model: Model): Node | null {
   const g = model.graph;
   const pass = new Set(['Add', 'Cast', 'Mul', 'Sub', 'Reshape', 'Identity', 'Slice', 'Split', 'Concat', 'Squeeze', 'Unsqueeze']);
-  for (const out of g.outputs) {
-    let v = out;
-    for (let d = 0; d < 12 && v.producer; d++) {
-      const p = v.producer;
-      if ((p.opType === 'MatMul' || p.opType === 'Gemm') && linearAt(p)) return p;
-      if (!pass.has(p.opType)) break;
-      // Follow the non-constant input (for CFG mixing Sub/Mul, the first one).
-      const next = p.inputs.find((i) => i && !i.tensor && !i.constantTensor());
-      if (!next) break;
-      v = next;
+  const outs = [...g.outputs.filter((v) => /logit/i.test(v.name)), ...g.outputs.filter((v) => !/logit/i.test(v.name))];
+  for (const out of outs) {
+    const seen = new Set<Node>();
+    let frontier: Value[] = [out];
+    for (let d = 0; d < 12 && frontier.length; d++) {
+      const next: Value[] = [];
+      for (const v of frontier) {
+        const p = v.producer;
+        if (!p || seen.has(p)) continue;
+        seen.add(p);
+        if ((p.opType === 'MatMul' || p.opType === 'Gemm') && linearAt(p)) return p;
+        if (!pass.has(p.opType)) continue;
+        for (const i of p.inputs) if (i && !i.tensor && !i.constantTensor()) next.push(i);
+      }
+      frontier = next;
     }
   }
   return null;
