@@ -1,0 +1,86 @@
+// A tiny builder for the small ONNX graphs the calibration code runs in onnxruntime-node (distance matrices,
+// expert norms, the router's training step). Built on the IR (Graph/Model) and encoded with encodeModel.
+import * as ort from 'onnxruntime-node';
+import { Graph, Value, attr } from '../ir/graph';
+import { Model } from '../ir/model';
+import { encodeModel } from '../onnx/io';
+import { DataType } from '../onnx/schema';
+import { Tensor } from '../onnx/tensor';
+
+export type Dim = number | string;
+
+export class GraphBuilder {
+  readonly graph: Graph;
+  private count = 0;
+
+  constructor(name: string) {
+    this.graph = new Graph(name, () => {
+      throw new Error('calibration graphs carry no proto tensors');
+    });
+  }
+
+  input(name: string, dims: Dim[], elemType: number = DataType.FLOAT): Value {
+    const v = this.graph.getOrCreate(name);
+    v.info = { name, type: { tensor_type: { elem_type: elemType, shape: { dim: dims.map((d) => (typeof d === 'number' ? { dim_value: d } : { dim_param: d })) } } } };
+    this.graph.inputs.push(v);
+    return v;
+  }
+
+  output(v: Value, name?: string, elemType: number = DataType.FLOAT): Value {
+    let out = v;
+    if (name && name !== v.name) out = this.op('Identity', [v], {}, name);
+    out.info = { name: out.name, type: { tensor_type: { elem_type: elemType } } };
+    this.graph.outputs.push(out);
+    return out;
+  }
+
+  constF(data: ArrayLike<number> | Float32Array, dims: number[], hint = 'c'): Value {
+    const a = data instanceof Float32Array ? data : Float32Array.from(data);
+    return this.graph.addInitializer(hint, Tensor.fromFloat32(a, dims));
+  }
+
+  constI64(data: number[], dims: number[] = [data.length], hint = 'shape'): Value {
+    return this.graph.addInitializer(hint, Tensor.fromInt64(data, dims));
+  }
+
+  scalar(x: number, hint = 's'): Value {
+    return this.constF([x], [], hint);
+  }
+
+  /** Adds a node with one output; attrs as {name: number|string|number[]} (ints when integral, floats with `f:` prefix). */
+  op(type: string, inputs: (Value | null)[], attrs: Record<string, number | string | number[]> = {}, outName?: string): Value {
+    const list = Object.entries(attrs).map(([k, v]) => {
+      if (k.startsWith('f:')) return Array.isArray(v) ? attr.floats(k.slice(2), v) : attr.float(k.slice(2), v as number);
+      if (typeof v === 'string') return attr.string(k, v);
+      if (Array.isArray(v)) return attr.ints(k, v);
+      return attr.int(k, v);
+    });
+    const name = outName ?? `${type.toLowerCase()}_${this.count++}`;
+    const n = this.graph.addNode({ op: type, inputs, outputs: [name], attrs: list, name: `${type}_${this.count++}` });
+    return n.output(0);
+  }
+
+  encode(opset = 20): Uint8Array {
+    const model = new Model({ ir_version: 10, producer_name: 'moefy-calib', opset_import: [{ domain: '', version: opset }] } as never, this.graph);
+    return encodeModel(model);
+  }
+
+  async session(opts: ort.InferenceSession.SessionOptions = {}): Promise<ort.InferenceSession> {
+    return ort.InferenceSession.create(this.encode(), { graphOptimizationLevel: 'all', ...opts });
+  }
+}
+
+export function f32(data: Float32Array, dims: number[]): ort.Tensor {
+  return new ort.Tensor('float32', data, dims);
+}
+
+export function f32Scalar(x: number): ort.Tensor {
+  return new ort.Tensor('float32', Float32Array.of(x), []);
+}
+
+/** Applies an FFN activation by name: relu, gelu_tanh (tanh approximation), gelu (exact erf). */
+export function activationOp(b: GraphBuilder, x: Value, activation: 'relu' | 'gelu_tanh' | 'gelu'): Value {
+  if (activation === 'relu') return b.op('Relu', [x]);
+  if (activation === 'gelu_tanh') return b.op('Gelu', [x], { approximate: 'tanh' });
+  return b.op('Gelu', [x]);
+}
