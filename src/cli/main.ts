@@ -1,6 +1,7 @@
 // The moefy command line. Errors a user can fix print as one line (stack with --verbose) and exit non-zero.
 import yargs from 'yargs';
 import { MoefyError } from '../errors';
+
 import inspect from './commands/inspect';
 
 const verbose = process.argv.includes('--verbose');

@@ -1,0 +1,18 @@
+// Activations emitted into the IR with standard ops (the router's GELU, reference FFNs for reports).
+import type { ActivationKind } from '../analysis/patterns';
+import { attr, Graph, Value } from '../ir/graph';
+import { Tensor } from '../onnx/tensor';
+
+export function emitActivationIR(g: Graph, kind: ActivationKind, x: Value, opset: number, hint = 'act'): Value {
+  const c = (v: number) => g.addInitializer(`${hint}_c`, Tensor.fromFloat32(Float32Array.of(v), []));
+  const op = (o: string, inputs: Value[], attrs = [] as ReturnType<typeof attr.int>[]) => g.addNode({ op: o, inputs, attrs, outputs: [`${hint}/${o}`], name: `${hint}/${o}` }).output(0);
+  if (kind === 'relu') return op('Relu', [x]);
+  if (opset >= 20) return op('Gelu', [x], kind === 'gelu_tanh' ? [attr.string('approximate', 'tanh')] : []);
+  if (kind === 'gelu') {
+    const e = op('Erf', [op('Div', [x, c(Math.SQRT2)])]);
+    return op('Mul', [op('Mul', [x, op('Add', [e, c(1)])]), c(0.5)]);
+  }
+  const x3 = op('Mul', [x, op('Mul', [x, x])]);
+  const inner = op('Mul', [c(0.7978845608028654), op('Add', [x, op('Mul', [c(0.044715), x3])])]);
+  return op('Mul', [c(0.5), op('Mul', [x, op('Add', [c(1), op('Tanh', [inner])])])]);
+}

@@ -1,0 +1,102 @@
+// The model-local function body of ai.moefy::DynamicMoE in standard ONNX ops (masked dense compute), so that any
+// stock runtime runs a converted model correctly; moefy's kernels replace it where registered. Semantics are the
+// op contract of DESIGN.md §3: expert e runs for a token iff norms[e] >= threshold[scale] · max_k norms[k].
+import { MoefyError } from '../errors';
+import { AttributeType, AttributeProto, FunctionProto, NodeProto } from '../onnx/schema';
+import type { ActivationKind } from '../analysis/patterns';
+
+export const MOE_DOMAIN = 'ai.moefy';
+export const MOE_OP = 'DynamicMoE';
+export const MOE_OPSET = 1;
+export const MOE_INPUTS = ['X', 'norms', 'W1', 'B1', 'W2', 'B2', 'scale_index', 'threshold'];
+export const MOE_OUTPUTS = ['Y', 'active'];
+
+const DT_FLOAT = 1, DT_INT32 = 6, DT_INT64 = 7;
+
+class Body {
+  nodes: NodeProto[] = [];
+  private k = 0;
+  constructor(public opset: number) {}
+  op(op: string, inputs: string[], attrs: AttributeProto[] = [], out?: string): string {
+    const o = out ?? `t${this.k++}`;
+    const n: NodeProto = { input: inputs, output: [o], op_type: op };
+    if (attrs.length) n.attribute = attrs;
+    this.nodes.push(n);
+    return o;
+  }
+  ints(vals: number[]): string {
+    return this.op('Constant', [], [{ name: 'value', type: AttributeType.TENSOR, t: { dims: [vals.length], data_type: DT_INT64, raw_data: new Uint8Array(BigInt64Array.from(vals.map(BigInt)).buffer) } }]);
+  }
+  scalarInt(v: number): string {
+    return this.op('Constant', [], [{ name: 'value', type: AttributeType.TENSOR, t: { dims: [], data_type: DT_INT64, raw_data: new Uint8Array(BigInt64Array.of(BigInt(v)).buffer) } }]);
+  }
+  scalarFloat(v: number): string {
+    return this.op('Constant', [], [{ name: 'value', type: AttributeType.TENSOR, t: { dims: [], data_type: DT_FLOAT, raw_data: new Uint8Array(Float32Array.of(v).buffer) } }]);
+  }
+  reduce(op: 'ReduceMax' | 'ReduceSum', x: string, axes: number[], keepdims: number, out?: string): string {
+    const kd = { name: 'keepdims', type: AttributeType.INT, i: keepdims };
+    // ReduceSum takes axes as an input from opset 13, ReduceMax from opset 18.
+    const axesAsInput = op === 'ReduceSum' ? this.opset >= 13 : this.opset >= 18;
+    if (axesAsInput) return this.op(op, [x, this.ints(axes)], [kd], out);
+    return this.op(op, [x], [{ name: 'axes', type: AttributeType.INTS, ints: axes }, kd], out);
+  }
+  unsqueeze(x: string, axes: number[]): string {
+    return this.op('Unsqueeze', [x, this.ints(axes)]);
+  }
+}
+
+/** Emits act(x) with standard ops for the given opset. */
+export function emitActivation(b: Body, kind: ActivationKind, x: string): string {
+  if (kind === 'relu') return b.op('Relu', [x]);
+  if (b.opset >= 20) return b.op('Gelu', [x], kind === 'gelu_tanh' ? [{ name: 'approximate', type: AttributeType.STRING, s: Buffer.from('tanh') }] : []);
+  if (kind === 'gelu') {
+    const e = b.op('Erf', [b.op('Div', [x, b.scalarFloat(Math.SQRT2)])]);
+    return b.op('Mul', [b.op('Mul', [x, b.op('Add', [e, b.scalarFloat(1)])]), b.scalarFloat(0.5)]);
+  }
+  const x3 = b.op('Mul', [x, b.op('Mul', [x, x])]);
+  const inner = b.op('Mul', [b.scalarFloat(0.7978845608028654), b.op('Add', [x, b.op('Mul', [b.scalarFloat(0.044715), x3])])]);
+  const t = b.op('Add', [b.scalarFloat(1), b.op('Tanh', [inner])]);
+  return b.op('Mul', [b.scalarFloat(0.5), b.op('Mul', [x, t])]);
+}
+
+export { Body as FunctionBodyBuilder };
+
+/**
+ * The function body for the way moefy emits the node: X, norms, W1, B1, W2, B2 and threshold connected,
+ * scale_index absent (the token's scale comes from the layout). `activation` must match the nodes' attribute.
+ */
+export function dynamicMoeFunction(activation: ActivationKind, opset: number): FunctionProto {
+  if (opset < 13) throw new MoefyError(`the model's opset ${opset} is below 13, which the DynamicMoE function body needs`);
+  const b = new Body(opset);
+  // Experts: act(X·W1 + B1), masked per (token, expert), then ·W2 + B2.
+  const h = emitActivation(b, activation, b.op('Add', [b.op('MatMul', ['X', 'W1']), 'B1']));
+  // The scale of every token: position in the full sequence (L = Σ pn²) or the one scale with pn² = L.
+  const pn = b.op('Constant', [], [{ name: 'value_ints', type: AttributeType.INTS, ref_attr_name: 'patch_nums' }]);
+  const tok = b.op('Mul', [pn, pn]);
+  const ends = b.op('CumSum', [tok, b.scalarInt(0)]);
+  const L = b.op('Gather', [b.op('Shape', ['X']), b.scalarInt(1)], [{ name: 'axis', type: AttributeType.INT, i: 0 }]);
+  const pos = b.op('Range', [b.scalarInt(0), L, b.scalarInt(1)]);
+  const ge = b.op('Cast', [b.op('GreaterOrEqual', [b.unsqueeze(pos, [1]), ends])], [{ name: 'to', type: AttributeType.INT, i: DT_INT64 }]);
+  const posScale = b.reduce('ReduceSum', ge, [1], 0);
+  const eq = b.op('Cast', [b.op('Equal', [tok, L])], [{ name: 'to', type: AttributeType.INT, i: DT_FLOAT }]);
+  const single = b.op('ArgMax', [eq], [{ name: 'axis', type: AttributeType.INT, i: 0 }, { name: 'keepdims', type: AttributeType.INT, i: 0 }]);
+  const isFull = b.op('Equal', [L, b.reduce('ReduceSum', tok, [0], 0)]);
+  const scale = b.op('Where', [isFull, posScale, b.op('Expand', [single, b.op('Shape', [pos])])]);
+  const thr = b.unsqueeze(b.op('Gather', ['threshold', scale], [{ name: 'axis', type: AttributeType.INT, i: 0 }]), [0, 2]);
+  const mx = b.reduce('ReduceMax', 'norms', [-1], 1);
+  const run = b.op('Cast', [b.op('GreaterOrEqual', ['norms', b.op('Mul', [thr, mx])])], [{ name: 'to', type: AttributeType.INT, i: DT_FLOAT }]);
+  b.op('Cast', [b.reduce('ReduceSum', run, [-1], 0)], [{ name: 'to', type: AttributeType.INT, i: DT_INT32 }], 'active');
+  const perExpert = b.op('Reshape', [h, b.op('Concat', [b.op('Shape', ['norms']), b.ints([-1])], [{ name: 'axis', type: AttributeType.INT, i: 0 }])]);
+  const masked = b.op('Reshape', [b.op('Mul', [perExpert, b.unsqueeze(run, [3])]), b.op('Shape', [h])]);
+  b.op('Add', [b.op('MatMul', [masked, 'W2']), 'B2'], [], 'Y');
+  return {
+    name: MOE_OP,
+    domain: MOE_DOMAIN,
+    input: MOE_INPUTS,
+    output: MOE_OUTPUTS,
+    attribute: ['num_experts', 'activation', 'patch_nums', 'threshold'],
+    node: b.nodes,
+    opset_import: [{ domain: '', version: opset }],
+    doc_string: 'DynamicMoE in standard ops (masked dense compute): correct on any runtime; moefy\'s kernels run only the selected experts.',
+  };
+}

@@ -1,0 +1,83 @@
+// Pass: each FFN's GELU becomes ReLU (DMoE-VAR expects a model fine-tuned with ReLU), or with --activation keep the
+// model's own activation stays and the experts use it. The change each layer's FFN output suffers on the
+// calibration data is measured later (relufyReport), once the inputs have been captured.
+import * as ort from 'onnxruntime-node';
+import { ActivationKind } from '../analysis/patterns';
+import { Graph } from '../ir/graph';
+import { Model } from '../ir/model';
+import { encodeModel } from '../onnx/io';
+import { Tensor } from '../onnx/tensor';
+import { emitActivationIR } from './activation-ir';
+import { ConversionState, PassResult } from './types';
+
+export function relufy(st: ConversionState): PassResult {
+  st.originalActivation = st.sites.map((s) => s.activation.kind);
+  if (st.options.activation === 'keep') {
+    st.expertActivation = [...st.originalActivation];
+    return { name: 'relufy', summary: `kept the model's activation (${[...new Set(st.originalActivation)].join(', ')}) in the experts` };
+  }
+  const g = st.model.graph;
+  let changed = 0;
+  for (const s of st.sites) {
+    if (s.activation.kind === 'relu') continue;
+    const pre = s.fc1.output;
+    const relu = g.addNode({ op: 'Relu', inputs: [pre], outputs: [`${s.hidden.name}_relu`], name: `${s.fc2.node.name || 'ffn'}_relufy/Relu`, before: s.fc2.node });
+    s.fc2.node.setInput(0, relu.output(0));
+    s.hidden = relu.output(0);
+    s.activation = { kind: 'relu', pattern: 'Relu', nodes: [relu] };
+    changed++;
+  }
+  g.removeDeadNodes();
+  st.expertActivation = st.sites.map(() => 'relu' as ActivationKind);
+  return { name: 'relufy', summary: changed ? `replaced ${changed} GELU activation(s) by ReLU` : 'activations already ReLU' };
+}
+
+/** Relative change ‖FFN_relu(x) − FFN_orig(x)‖ / ‖FFN_orig(x)‖ per layer on the captured inputs, computed in ORT. */
+export async function relufyReport(st: ConversionState): Promise<(number | null)[]> {
+  const out: (number | null)[] = [];
+  for (let k = 0; k < st.sites.length; k++) {
+    const orig = st.originalActivation[k];
+    if (orig === st.expertActivation[k]) {
+      out.push(null);
+      continue;
+    }
+    const w = st.weights[k] ?? null;
+    const site = st.sites[k];
+    const c = st.captures[k];
+    const W1 = w?.W1 ?? site.fc1.weight.tensor!.floats();
+    const g = new Graph('relufy_check', () => { throw new Error('unused'); });
+    const x = g.getOrCreate('X');
+    x.info = { name: 'X', type: { tensor_type: { elem_type: 1, shape: { dim: [{}, { dim_value: c.D }] } } } };
+    g.inputs.push(x);
+    const D = c.D, H = site.H;
+    const w1 = g.addInitializer('W1', Tensor.fromFloat32(site.fc1.transposed ? transpose(W1, H, D) : W1, [D, H]));
+    const b1 = g.addInitializer('B1', Tensor.fromFloat32(site.fc1.bias?.tensor?.floats() ?? new Float32Array(H), [H]));
+    const w2 = g.addInitializer('W2', Tensor.fromFloat32(site.fc2.transposed ? transpose(site.fc2.weight.tensor!.floats(), D, H) : site.fc2.weight.tensor!.floats(), [H, D]));
+    const pre = g.addNode({ op: 'Add', inputs: [g.addNode({ op: 'MatMul', inputs: [x, w1] }).output(0), b1] }).output(0);
+    const model = new Model({ ir_version: 8, opset_import: [{ version: 17 }], graph: {} } as never, g);
+    const ys = [orig, st.expertActivation[k]].map((kind, j) => g.addNode({ op: 'MatMul', inputs: [emitActivationIR(g, kind, pre, 17, `a${j}`), w2], outputs: [`Y${j}`] }).output(0).name);
+    const diff = g.addNode({ op: 'Sub', inputs: [g.value(ys[1]), g.value(ys[0])] }).output(0);
+    const num = g.addNode({ op: 'ReduceSumSquare', inputs: [diff], attrs: [{ name: 'keepdims', type: 2, i: 0 }], outputs: ['num'] }).output(0);
+    const den = g.addNode({ op: 'ReduceSumSquare', inputs: [g.value(ys[0])], attrs: [{ name: 'keepdims', type: 2, i: 0 }], outputs: ['den'] }).output(0);
+    g.outputs.push(num, den);
+    const sess = await ort.InferenceSession.create(encodeModel(model));
+    let sn = 0, sd = 0;
+    const chunk = 4096;
+    for (let t = 0; t < c.N; t += chunk) {
+      const n = Math.min(chunk, c.N - t);
+      const r = await sess.run({ X: new ort.Tensor('float32', c.X.subarray(t * D, (t + n) * D), [n, D]) });
+      sn += Number(r.num.data[0]);
+      sd += Number(r.den.data[0]);
+    }
+    await sess.release();
+    out.push(sd > 0 ? Math.sqrt(sn / sd) : 0);
+  }
+  return out;
+}
+
+export function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c];
+  return out;
+}
+
