@@ -1,0 +1,17 @@
+#!/usr/bin/env node
+// `npm run bench`: every benchmark in one run (dense and MoE side by side, as ratios). Not part of `npm test`.
+'use strict';
+const { execFileSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+const only = process.argv[2];
+const benches = ['kernel-bench', 'foundation-bench', 'calib-bench', 'pipeline-bench'];
+for (const b of benches) {
+  if (only && !b.startsWith(only)) continue;
+  const file = path.join(root, 'dist', 'bench', `${b}.js`);
+  if (!fs.existsSync(file)) continue;
+  console.log(`\n=== ${b} ===`);
+  execFileSync(process.execPath, ['--expose-gc', file], { cwd: root, stdio: 'inherit' });
+}
