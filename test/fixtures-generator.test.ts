@@ -223,3 +223,15 @@ test('fixtures: committed small-var.onnx and its calibration set are up to date 
   assertFinite(out.logits_BLV, 'small-var');
   await s.release();
 });
+
+test('fixtures generator: a block has the op sequence of the real PyTorch export (Constants aside)', (t) => {
+  const shared = '/work/shared/fixtures';
+  if (!fs.existsSync(path.join(shared, 'var_tiny_full.onnx'))) return t.skip('real exports not available');
+  for (const [file, kind] of [['var_tiny_full.onnx', 'full'], ['var_tiny_step.onnx', 'step']] as const) {
+    const real = loadModel(path.join(shared, file));
+    const ours = generateVar({ kind, depth: 2, width: 64, heads: 4, vocab: 4096 });
+    const ops = (m: typeof real) => m.graph.nodes.filter((n) => n.name.startsWith('/blocks.1/') && n.opType !== 'Constant').map((n) => n.opType);
+    assert.deepStrictEqual(ops(ours), ops(real), file);
+    assert.strictEqual(ours.graph.initializers.length, real.graph.initializers.length, `${file}: initializer count`);
+  }
+});
