@@ -1,0 +1,160 @@
+import { test } from 'node:test';
+import assert from 'node:assert';
+import { buildTrainStep, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
+import { computeExpertNorms, erf } from '../src/calib/expert-norms';
+import { f32, f32Scalar } from '../src/calib/ort-graph';
+import { gaussian, rng } from '../src/calib/random';
+import { MoefyError } from '../src/errors';
+
+const gelu = (a: number) => 0.5 * a * (1 + erf(a / Math.SQRT2));
+
+/** Float64 forward loss of the router: mean((|gelu(X·W1)·W2| − T)²). */
+function lossJS(X: Float32Array, T: Float32Array, W1: Float64Array, W2: Float64Array, B: number, D: number, Wd: number, E: number): number {
+  let s = 0;
+  for (let b = 0; b < B; b++) {
+    const g = new Float64Array(Wd);
+    for (let j = 0; j < Wd; j++) {
+      let a = 0;
+      for (let d = 0; d < D; d++) a += X[b * D + d] * W1[d * Wd + j];
+      g[j] = gelu(a);
+    }
+    for (let e = 0; e < E; e++) {
+      let p = 0;
+      for (let j = 0; j < Wd; j++) p += g[j] * W2[j * E + e];
+      s += (Math.abs(p) - T[b * E + e]) ** 2;
+    }
+  }
+  return s / (B * E);
+}
+
+test('training step: backward matches finite differences; Adam update matches the formula', async () => {
+  const B = 7, D = 5, Wd = 4, E = 3;
+  const r = rng(12), g = gaussian(r);
+  const X = Float32Array.from({ length: B * D }, () => g());
+  const T = Float32Array.from({ length: B * E }, () => Math.abs(g()));
+  const W1 = Float32Array.from({ length: D * Wd }, () => g() * 0.7);
+  const W2 = Float32Array.from({ length: Wd * E }, () => g() * 0.7);
+  const M1 = Float32Array.from({ length: D * Wd }, () => g() * 0.01), V1 = Float32Array.from({ length: D * Wd }, () => Math.abs(g()) * 0.01);
+  const M2 = Float32Array.from({ length: Wd * E }, () => g() * 0.01), V2 = Float32Array.from({ length: Wd * E }, () => Math.abs(g()) * 0.01);
+  const betas: [number, number] = [0.9, 0.95];
+  const sess = await buildTrainStep(D, E, Wd, betas).session();
+  const c1 = 0.01, c2 = 1.3;
+  const out = await sess.run({
+    X: f32(X, [B, D]), T: f32(T, [B, E]), W1: f32(W1, [D, Wd]), W2: f32(W2, [Wd, E]),
+    M1: f32(M1, [D, Wd]), V1: f32(V1, [D, Wd]), M2: f32(M2, [Wd, E]), V2: f32(V2, [Wd, E]),
+    c1: f32Scalar(c1), c2: f32Scalar(c2), gscale: f32Scalar(2 / (B * E)), clip: f32Scalar(3e38),
+  });
+  await sess.release();
+  const w1 = Float64Array.from(W1), w2 = Float64Array.from(W2);
+  const loss0 = lossJS(X, T, w1, w2, B, D, Wd, E);
+  assert.ok(Math.abs((out.loss.data as Float32Array)[0] - loss0) < 1e-5 * (1 + loss0));
+  const h = 1e-5;
+  const check = (w: Float64Array, grad: Float32Array, what: string) => {
+    let maxG = 0;
+    for (const v of grad) maxG = Math.max(maxG, Math.abs(v));
+    for (let i = 0; i < w.length; i++) {
+      const keep = w[i];
+      w[i] = keep + h;
+      const lp = lossJS(X, T, w1, w2, B, D, Wd, E);
+      w[i] = keep - h;
+      const lm = lossJS(X, T, w1, w2, B, D, Wd, E);
+      w[i] = keep;
+      const fd = (lp - lm) / (2 * h);
+      assert.ok(Math.abs(fd - grad[i]) <= 2e-3 * maxG + 1e-6, `${what}[${i}]: analytic ${grad[i]} vs finite difference ${fd}`);
+    }
+  };
+  check(w1, out.gW1.data as Float32Array, 'dW1');
+  check(w2, out.gW2.data as Float32Array, 'dW2');
+  // Adam: m' = β1 m + (1−β1) g, v' = β2 v + (1−β2) g², w' = w − c1·m'/(sqrt(v')·c2 + eps).
+  const adam = (W: Float32Array, M: Float32Array, V: Float32Array, G: Float32Array, Wo: Float32Array, Mo: Float32Array, Vo: Float32Array) => {
+    for (let i = 0; i < W.length; i++) {
+      const m = betas[0] * M[i] + (1 - betas[0]) * G[i];
+      const v = betas[1] * V[i] + (1 - betas[1]) * G[i] * G[i];
+      const w = W[i] - (c1 * m) / (Math.sqrt(v) * c2 + 1e-8);
+      assert.ok(Math.abs(Mo[i] - m) < 1e-6 && Math.abs(Vo[i] - v) < 1e-6 && Math.abs(Wo[i] - w) < 1e-5, `adam ${i}`);
+    }
+  };
+  adam(W1, M1, V1, out.gW1.data as Float32Array, out.W1_out.data as Float32Array, out.M1_out.data as Float32Array, out.V1_out.data as Float32Array);
+  adam(W2, M2, V2, out.gW2.data as Float32Array, out.W2_out.data as Float32Array, out.M2_out.data as Float32Array, out.V2_out.data as Float32Array);
+});
+
+test('gradient clipping scales the update direction to the clip norm', async () => {
+  const B = 4, D = 3, Wd = 2, E = 2;
+  const r = rng(2);
+  const X = Float32Array.from({ length: B * D }, () => r() * 4), T = new Float32Array(B * E).fill(5);
+  const W1 = kaimingUniform(D * Wd, D, r), W2 = kaimingUniform(Wd * E, Wd, r);
+  const sess = await buildTrainStep(D, E, Wd, [0.9, 0.999]).session();
+  const feeds = (clip: number) => ({
+    X: f32(X, [B, D]), T: f32(T, [B, E]), W1: f32(W1, [D, Wd]), W2: f32(W2, [Wd, E]),
+    M1: f32(new Float32Array(D * Wd), [D, Wd]), V1: f32(new Float32Array(D * Wd), [D, Wd]), M2: f32(new Float32Array(Wd * E), [Wd, E]), V2: f32(new Float32Array(Wd * E), [Wd, E]),
+    c1: f32Scalar(0), c2: f32Scalar(1), gscale: f32Scalar(2 / (B * E)), clip: f32Scalar(clip),
+  });
+  const a = await sess.run(feeds(3e38)), b = await sess.run(feeds(0.01));
+  await sess.release();
+  const g = [...(a.gW1.data as Float32Array), ...(a.gW2.data as Float32Array)];
+  const norm = Math.sqrt(g.reduce((s, v) => s + v * v, 0));
+  const m = [...(b.M1_out.data as Float32Array), ...(b.M2_out.data as Float32Array)];
+  const mnorm = Math.sqrt(m.reduce((s, v) => s + v * v, 0));
+  assert.ok(norm > 0.01);
+  assert.ok(Math.abs(mnorm - 0.1 * 0.01) < 1e-5, `${mnorm}`);
+});
+
+/** A planted layer: tokens from a mixture of E Gaussians; component c drives expert group c's neurons. */
+function plantedLayer(N: number, seed: number) {
+  const E = 4, S = 8, H = E * S, D = 24;
+  const r = rng(seed), g = gaussian(r);
+  const r0 = rng(99), g0 = gaussian(r0); // the layer itself does not depend on the token seed
+  const mu = Float32Array.from({ length: E * D }, () => g0() * 1.5);
+  const W1 = new Float32Array(D * H), B1 = new Float32Array(H), W2 = new Float32Array(H * D);
+  for (let e = 0; e < E; e++) for (let s = 0; s < S; s++) {
+    const h = e * S + s;
+    let nn = 0;
+    for (let d = 0; d < D; d++) nn += mu[e * D + d] ** 2;
+    for (let d = 0; d < D; d++) W1[d * H + h] = mu[e * D + d] / Math.sqrt(nn) + 0.2 * g0();
+    B1[h] = -2;
+    for (let d = 0; d < D; d++) W2[h * D + d] = g0() * 0.5;
+  }
+  const X = new Float32Array(N * D);
+  for (let n = 0; n < N; n++) {
+    const c = Math.floor(r() * E), amp = 0.5 + r();
+    for (let d = 0; d < D; d++) X[n * D + d] = amp * mu[c * D + d] + 0.5 * g();
+  }
+  return { E, S, H, D, X, W1, B1, W2 };
+}
+
+test('router trained on a planted layer reaches held-out R² ≥ 0.9; deterministic; predictNorms agrees', async () => {
+  const N = 2400;
+  const L = plantedLayer(N, 5);
+  const targets = await computeExpertNorms(L.X, N, L.D, L.W1, L.B1, L.W2, L.E, 'relu');
+  const opts = { seed: 3, epochs: 25, batchSize: 64, width: 64 };
+  const res = await trainRouter(L.X, targets, N, L.D, L.E, opts);
+  assert.ok(res.heldOutR2 >= 0.9, `held-out R² ${res.heldOutR2}`);
+  if (process.env.MOEFY_CALIB_VERBOSE) console.log(JSON.stringify({ r2: res.heldOutR2, r2e: res.heldOutR2PerExpert, recall: res.recallAt, s: res.seconds }));
+  assert.ok(res.heldOutR2PerExpert >= 0.85, `per-expert R² ${res.heldOutR2PerExpert}`);
+  assert.strictEqual(res.heldOutTokens, 240);
+  assert.ok(res.recallAt.length === 3 && res.recall >= 0.8, `recall ${res.recall}`);
+  assert.ok(res.trainMse > 0 && res.heldOutMse > 0);
+  const again = await trainRouter(L.X, targets, N, L.D, L.E, opts);
+  assert.deepStrictEqual(Buffer.from(again.W1.buffer), Buffer.from(res.W1.buffer));
+  assert.deepStrictEqual(Buffer.from(again.W2.buffer), Buffer.from(res.W2.buffer));
+  // predictNorms = |gelu(x·W1)·W2| on raw inputs.
+  const p = await predictNorms(L.X.subarray(0, 10 * L.D), 10, L.D, res.W1, res.W2, L.E, res.width);
+  for (let n = 0; n < 10; n++) {
+    const W1 = Float64Array.from(res.W1), W2 = Float64Array.from(res.W2);
+    for (let e = 0; e < L.E; e++) {
+      let s = 0;
+      for (let j = 0; j < res.width; j++) {
+        let a = 0;
+        for (let d = 0; d < L.D; d++) a += L.X[n * L.D + d] * W1[d * res.width + j];
+        s += gelu(a) * W2[j * L.E + e];
+      }
+      assert.ok(Math.abs(Math.abs(s) - p[n * L.E + e]) < 1e-4 * (1 + Math.abs(s)));
+    }
+  }
+});
+
+test('trainRouter rejects bad inputs', async () => {
+  await assert.rejects(trainRouter(new Float32Array(10), new Float32Array(9), 5, 2, 2, { seed: 1 }), MoefyError);
+  await assert.rejects(trainRouter(new Float32Array(10), new Float32Array(10), 5, 2, 2, { seed: NaN }), MoefyError);
+  await assert.rejects(trainRouter(new Float32Array(10), new Float32Array(5), 5, 2, 1, { seed: 1, heldOutFraction: 1 }), MoefyError);
+});
