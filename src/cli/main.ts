@@ -2,6 +2,7 @@
 import yargs from 'yargs';
 import { MoefyError } from '../errors';
 
+import convert from './commands/convert';
 import inspect from './commands/inspect';
 
 const verbose = process.argv.includes('--verbose');
@@ -16,7 +17,7 @@ function fail(e: unknown): never {
 process.on('unhandledRejection', fail);
 
 export async function main(argv: string[]): Promise<void> {
-  const commands = [inspect];
+  const commands = [inspect, convert];
   let y = yargs(argv)
     .scriptName('moefy')
     .usage('moefy <model.onnx> --experts N --from-scale S [options]   convert a dense VAR into a dynamic-MoE VAR\nmoefy <command> ...')

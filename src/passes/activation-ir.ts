@@ -5,7 +5,11 @@ import { Tensor } from '../onnx/tensor';
 
 export function emitActivationIR(g: Graph, kind: ActivationKind, x: Value, opset: number, hint = 'act'): Value {
   const c = (v: number) => g.addInitializer(`${hint}_c`, Tensor.fromFloat32(Float32Array.of(v), []));
-  const op = (o: string, inputs: Value[], attrs = [] as ReturnType<typeof attr.int>[]) => g.addNode({ op: o, inputs, attrs, outputs: [`${hint}/${o}`], name: `${hint}/${o}` }).output(0);
+  const op = (o: string, inputs: Value[], attrs = [] as ReturnType<typeof attr.int>[]) => {
+    // Node names must be unique in a graph: name each node after its (unique) output.
+    const out = g.createValue(`${hint}/${o}`);
+    return g.addNode({ op: o, inputs, attrs, outputs: [out], name: out.name }).output(0);
+  };
   if (kind === 'relu') return op('Relu', [x]);
   if (opset >= 20) return op('Gelu', [x], kind === 'gelu_tanh' ? [attr.string('approximate', 'tanh')] : []);
   if (kind === 'gelu') {

@@ -57,7 +57,8 @@ export function insert(st: ConversionState): PassResult {
     const moe = g.addNode({
       op: MOE_OP, domain: MOE_DOMAIN, name: `${prefix}/DynamicMoE`,
       inputs: [X, norms, W1, B1, W2, B2, null, thr],
-      outputs: [`${prefix}/moe_out`],
+      // `active` is always wired: the function body computes it, and the runtime's per-scale summary reads it.
+      outputs: [`${prefix}/moe_out`, `${prefix}/active`],
       attrs: [attr.int('num_experts', E), attr.string('activation', activation), attr.ints('patch_nums', st.structure.layout.patchNums), attr.floats('threshold', st.thresholds)],
     });
     const Y = moe.output(0);

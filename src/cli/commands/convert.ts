@@ -1,0 +1,76 @@
+import * as cliProgress from 'cli-progress';
+import type { CommandModule } from 'yargs';
+import { convert, ProgressUi } from '../../pipeline';
+import { human, pct, table } from '../format';
+import { parseNumberList, parsePatchNums } from '../options';
+
+interface Args {
+  model: string;
+  experts: number;
+  'from-scale': number;
+  output?: string;
+  calib?: string;
+  threshold?: string;
+  tau?: string;
+  budget?: number;
+  seed: number;
+  activation: string;
+  'cluster-by': string;
+  'patch-nums'?: string;
+  'router-width': number;
+  'router-epochs': number;
+  'synth-samples': number;
+  'max-tokens': number;
+}
+
+function ui(): ProgressUi {
+  const tty = process.stderr.isTTY;
+  return {
+    stage(name, total) {
+      if (!tty) return { tick: () => {}, stop: () => {} };
+      const bar = new cliProgress.SingleBar({ format: `${name.padEnd(10)} [{bar}] {value}/{total}`, stream: process.stderr, clearOnComplete: true, hideCursor: true }, cliProgress.Presets.shades_classic);
+      bar.start(total, 0);
+      return { tick: (d) => bar.update(d), stop: () => bar.stop() };
+    },
+    log: (line) => process.stdout.write(line + '\n'),
+  };
+}
+
+const command: CommandModule<object, Args> = {
+  command: '$0 <model>',
+  describe: 'Convert a dense VAR into a dynamic-MoE VAR (DMoE-VAR)',
+  builder: (y) =>
+    y
+      .positional('model', { type: 'string', demandOption: true, describe: 'dense VAR ONNX model' })
+      .option('experts', { type: 'number', demandOption: true, describe: 'experts per FFN (must divide the hidden size)' })
+      .option('from-scale', { type: 'number', demandOption: true, describe: 'first scale (1-based) that runs as MoE' })
+      .option('output', { alias: 'o', type: 'string', describe: 'output model (default <model>.moe.onnx); the report goes beside it as .json' })
+      .option('calib', { type: 'string', describe: 'calibration inputs: a folder of .bin + manifest.json, or an .npz' })
+      .option('threshold', { type: 'string', describe: 'thresholds for scales from-scale…last, comma-separated (or one for all)' })
+      .option('tau', { type: 'string', describe: "DMoE-VAR's tau per scale (threshold = 1 − tau)" })
+      .option('budget', { type: 'number', describe: 'fraction of the dense FFN FLOPs the MoE scales may spend (default 0.6)' })
+      .option('seed', { type: 'number', default: 0, describe: 'seed of every random choice' })
+      .option('activation', { choices: ['relu', 'keep'], default: 'relu', describe: "experts' activation: ReLU (DMoE-VAR) or keep the model's" })
+      .option('cluster-by', { choices: ['weights', 'activations'], default: 'weights', describe: 'cluster neurons by fc1 weights (reference) or by co-activation' })
+      .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' })
+      .option('router-width', { type: 'number', default: 128, describe: 'router hidden width' })
+      .option('router-epochs', { type: 'number', default: 10, describe: 'router training epochs' })
+      .option('synth-samples', { type: 'number', default: 16, describe: 'samples to synthesise without --calib' })
+      .option('max-tokens', { type: 'number', default: 65536, describe: 'captured tokens per layer (seeded subsample above this)' }),
+  handler: async (a) => {
+    const r = await convert(a.model, {
+      experts: a.experts, fromScale: a['from-scale'], output: a.output, calib: a.calib,
+      thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
+      seed: a.seed, activation: a.activation as 'relu' | 'keep', clusterBy: a['cluster-by'] as 'weights' | 'activations',
+      patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'],
+      synthSamples: a['synth-samples'], maxTokens: a['max-tokens'],
+    }, ui());
+    const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.tokens, s.moe ? s.threshold.toFixed(3) : 'dense', s.activeFraction === null ? '-' : pct(s.activeFraction), human(s.ffnFlopsDense), human(s.ffnFlopsMoe), pct(s.ffnFlopsMoe / s.ffnFlopsDense)]);
+    process.stdout.write(table(['scale', 'patch', 'tokens', 'threshold', 'active', 'FFN dense', 'FFN MoE', 'MoE/dense'], rows) + '\n');
+    const t = r.totals;
+    process.stdout.write(`FFN FLOPs per sample: dense ${human(t.ffnFlopsDense)}, MoE ${human(t.ffnFlopsMoe)} (${pct(t.ffnFlopsMoe / t.ffnFlopsDense)})\n`);
+    process.stdout.write(`router held-out R²: ${r.layers.map((l) => l.routerR2?.toFixed(3)).join(', ')}\n`);
+    process.stdout.write(`wrote ${r.output} and ${r.output.replace(/\.onnx$/, '')}.json\n`);
+  },
+};
+export default command;
