@@ -56,7 +56,7 @@ export interface MatchFailure {
   node: Node | null;
   /** What was expected there. */
   predicate: string;
-  /** How many pattern nodes had matched before the failure (higher = closer). */
+  /** How close the partial match came: pattern nodes matched before the failure (×1000) plus its depth (higher = closer). */
   depth: number;
 }
 
@@ -68,49 +68,55 @@ export function describeFailure(f: MatchFailure): string {
 
 class Matcher {
   best: MatchFailure = { node: null, predicate: 'no match attempted', depth: -1 };
-  fail(node: Node | null, predicate: string, depth: number): false {
-    if (depth > this.best.depth) this.best = { node, predicate, depth };
+  /**
+   * Records a failure; the closest one is the one with the most pattern nodes matched (`matched`), then the deepest.
+   * (Counting only the depth made a pattern that failed on its first constant lose to another that matched one more
+   * node before failing, even when the rest of the first pattern matched completely.)
+   */
+  fail(node: Node | null, predicate: string, depth: number, matched: Node[] = []): false {
+    const score = matched.length * 1000 + depth;
+    if (score > this.best.depth) this.best = { node, predicate, depth: score };
     return false;
   }
 
   /** Matches a value against a pattern; on success returns the new captures/matched lists. */
   value(v: Value | null, p: Pattern, c: Captures, matched: Node[], depth: number, from: Node | null, slot: number): { c: Captures; matched: Node[] } | false {
     const where = from ? `input ${slot}` : 'root';
-    if (!v) return this.fail(from, `${where} is missing`, depth);
+    if (!v) return this.fail(from, `${where} is missing`, depth, matched);
     switch (p.kind) {
       case 'any': {
         if (p.where) {
           const r = p.where(v);
-          if (r) return this.fail(from, `${where} ('${v.name}'): ${r}`, depth);
+          if (r) return this.fail(from, `${where} ('${v.name}'): ${r}`, depth, matched);
         }
-        if (p.capture && c.values[p.capture] && c.values[p.capture] !== v) return this.fail(from, `${where} should be '${c.values[p.capture].name}', found '${v.name}'`, depth);
+        if (p.capture && c.values[p.capture] && c.values[p.capture] !== v) return this.fail(from, `${where} should be '${c.values[p.capture].name}', found '${v.name}'`, depth, matched);
         return { c: p.capture ? { ...c, values: { ...c.values, [p.capture]: v } } : c, matched };
       }
       case 'same': {
         const want = c.values[p.name];
-        if (want !== v) return this.fail(from, `${where} should be the same value as ${p.name} ('${want?.name}'), found '${v.name}'`, depth);
+        if (want !== v) return this.fail(from, `${where} should be the same value as ${p.name} ('${want?.name}'), found '${v.name}'`, depth, matched);
         return { c, matched };
       }
       case 'scalar': {
         const s = v.scalar();
-        if (s === undefined) return this.fail(from, `${where} should be the constant ${p.value}, found a non-constant '${v.name}'`, depth);
-        if (Math.abs(s - p.value) > p.tol * Math.max(1, Math.abs(p.value))) return this.fail(from, `${where} should be the constant ${p.value}, found ${s}`, depth);
+        if (s === undefined) return this.fail(from, `${where} should be the constant ${p.value}, found a non-constant '${v.name}'`, depth, matched);
+        if (Math.abs(s - p.value) > p.tol * Math.max(1, Math.abs(p.value))) return this.fail(from, `${where} should be the constant ${p.value}, found ${s}`, depth, matched);
         return { c, matched };
       }
       case 'init': {
-        if (!v.tensor) return this.fail(from, `${where} should be an initializer (a weight), found '${v.name}'${v.producer ? ` computed by ${v.producer.describe()}` : ''}`, depth);
+        if (!v.tensor) return this.fail(from, `${where} should be an initializer (a weight), found '${v.name}'${v.producer ? ` computed by ${v.producer.describe()}` : ''}`, depth, matched);
         if (p.where) {
           const r = p.where(v);
-          if (r) return this.fail(from, `${where} ('${v.name}'): ${r}`, depth);
+          if (r) return this.fail(from, `${where} ('${v.name}'): ${r}`, depth, matched);
         }
         return { c: p.capture ? { ...c, values: { ...c.values, [p.capture]: v } } : c, matched };
       }
       case 'op': {
         const n = v.producer;
         const ops = Array.isArray(p.op) ? p.op : [p.op];
-        if (!n) return this.fail(from, `${where} should be computed by ${ops.join('|')}, but '${v.name}' is ${v.tensor ? 'an initializer' : 'a graph input'}`, depth);
-        if (!ops.includes(n.opType) || n.domain !== '') return this.fail(from, `${where} should be computed by ${ops.join('|')}, found ${n.describe()}`, depth);
-        if (from && (p.singleUse ?? true) && (v.uses.length !== 1 || v.isGraphOutput)) return this.fail(n, `its output '${v.name}' is also used elsewhere (${v.uses.length} uses)`, depth);
+        if (!n) return this.fail(from, `${where} should be computed by ${ops.join('|')}, but '${v.name}' is ${v.tensor ? 'an initializer' : 'a graph input'}`, depth, matched);
+        if (!ops.includes(n.opType) || n.domain !== '') return this.fail(from, `${where} should be computed by ${ops.join('|')}, found ${n.describe()}`, depth, matched);
+        if (from && (p.singleUse ?? true) && (v.uses.length !== 1 || v.isGraphOutput)) return this.fail(n, `its output '${v.name}' is also used elsewhere (${v.uses.length} uses)`, depth, matched);
         return this.node(n, p, c, matched, depth);
       }
     }
@@ -130,15 +136,19 @@ class Matcher {
       const commute = p.commute ?? (ins.length === 2 && ['Add', 'Mul'].includes(n.opType));
       if (commute && ins.length === 2) orders.push([1, 0]);
     }
-    if (ins && n.inputs.filter((x) => x).length < ins.length) return this.fail(n, `expected ${ins.length} inputs, found ${n.inputs.length}`, depth);
+    if (ins && n.inputs.filter((x) => x).length < ins.length) return this.fail(n, `expected ${ins.length} inputs, found ${n.inputs.length}`, depth, matched);
+    // Constant operands are checked after the others, so a wrong constant is reported after the rest of the
+    // pattern has matched (scalar patterns capture nothing, so the order does not change what matches).
+    const seq = ins ? [...ins.keys()].sort((a, b) => Number(ins[a].kind === 'scalar') - Number(ins[b].kind === 'scalar')) : [];
     for (const order of orders) {
       let cur: { c: Captures; matched: Node[] } | false = { c, matched: [...matched, n] };
-      for (let k = 0; k < order.length && cur; k++) {
+      for (let j = 0; j < seq.length && cur; j++) {
+        const k = seq[j];
         cur = this.value(n.inputs[order[k]] ?? null, ins![k], cur.c, cur.matched, depth + 1 + k, n, order[k]);
       }
       if (cur && p.where) {
         const r = p.where(n, cur.c);
-        if (r) cur = this.fail(n, r, depth + 1 + order.length);
+        if (r) cur = this.fail(n, r, depth + 1 + order.length, cur.matched);
       }
       if (cur) return cur;
     }
