@@ -1,0 +1,387 @@
+// ONNX Runtime registration of the CUDA DynamicMoE kernel (CUDA execution provider), a thin wrapper over the
+// pure-CUDA launcher in dynamic_moe_cuda.h. Plain C++ (no CUDA headers): built into libmoefy_ops.so when nvcc is
+// found (kernels/cuda/CMakeLists.txt), called from RegisterCustomOps after the CPU op was added to the domain.
+//
+// Opt-in: the CUDA kernel is registered only when the session options carry the config entry
+//   moefy.cuda = "1"        (AddSessionConfigEntry / SessionOptions.add_session_config_entry)
+// because ORT's C API cannot list the execution providers appended to the options, and a CUDA kernel registered
+// in a session that has no CUDA EP is useless at best. Default (no entry, or any other value): CPU kernel only.
+//
+// Same name, domain, inputs, outputs and attributes as the CPU op (DESIGN.md section 3), one OrtCustomOp per
+// element type (float, float16). Everything runs on ORT's compute stream (KernelContext_GetGPUComputeStream);
+// the workspace comes from KernelContext_GetScratchBuffer (ORT's stream-aware CUDA allocator), is released right
+// after the launches (stream-ordered reuse), and the op never synchronises the host with the device.
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <string>
+#include <vector>
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_c_api.h>
+
+#include "dynamic_moe_cuda.h"
+
+namespace {
+
+constexpr uint32_t kApiVersion = 21;  // the C API version this library is written against (ORT >= 1.21)
+constexpr const char* kConfigKey = "moefy.cuda";
+
+enum Input { kX = 0, kNorms, kW1, kB1, kW2, kB2, kScaleIndex, kThreshold, kNumInputs };
+enum Output { kY = 0, kActive, kNumOutputs };
+
+struct MoeCudaKernel {
+  const OrtApi* api;
+  int dtype;
+  int64_t num_experts;
+  int activation;
+  std::vector<int64_t> patch_nums;
+  std::vector<float> threshold;
+};
+
+struct MoeCudaOp : OrtCustomOp {
+  ONNXTensorElementDataType type;
+  explicit MoeCudaOp(ONNXTensorElementDataType t);
+};
+
+const MoeCudaOp* self(const OrtCustomOp* op) { return static_cast<const MoeCudaOp*>(op); }
+
+OrtStatus* fail(const OrtApi* api, OrtErrorCode code, const std::string& msg) {
+  return api->CreateStatus(code, msg.c_str());
+}
+
+// Attribute helpers: a missing attribute leaves the default (the status is released).
+bool attr_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
+  OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, out);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  return true;
+}
+bool attr_string(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
+  size_t size = 0;
+  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  std::string buf(size, '\0');
+  st = api->KernelInfoGetAttribute_string(info, name, &buf[0], &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  buf.resize(strnlen(buf.c_str(), buf.size()));
+  *out = buf;
+  return true;
+}
+template <typename T, typename F>
+bool attr_array(const OrtApi* api, const OrtKernelInfo* info, const char* name, F getter, std::vector<T>* out) {
+  size_t size = 0;
+  OrtStatus* st = (api->*getter)(info, name, nullptr, &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    return false;
+  }
+  out->assign(size, T());
+  if (size == 0) return true;
+  st = (api->*getter)(info, name, out->data(), &size);
+  if (st) {
+    api->ReleaseStatus(st);
+    out->clear();
+    return false;
+  }
+  out->resize(size);
+  return true;
+}
+
+OrtStatus* ORT_API_CALL CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
+                                       void** kernel) {
+  auto* k = new MoeCudaKernel();
+  k->api = api;
+  k->dtype = self(op)->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? MOEFY_CUDA_F16 : MOEFY_CUDA_F32;
+  k->num_experts = 0;
+  attr_int(api, info, "num_experts", &k->num_experts);
+  std::string act = "relu";
+  attr_string(api, info, "activation", &act);
+  if (act == "relu") {
+    k->activation = MOEFY_CUDA_RELU;
+  } else if (act == "gelu_tanh") {
+    k->activation = MOEFY_CUDA_GELU_TANH;
+  } else if (act == "gelu") {
+    k->activation = MOEFY_CUDA_GELU;
+  } else {
+    delete k;
+    return fail(api, ORT_INVALID_ARGUMENT,
+                "DynamicMoE(cuda): activation '" + act + "' is not one of relu, gelu_tanh, gelu");
+  }
+  attr_array<int64_t>(api, info, "patch_nums", &OrtApi::KernelInfoGetAttributeArray_int64, &k->patch_nums);
+  attr_array<float>(api, info, "threshold", &OrtApi::KernelInfoGetAttributeArray_float, &k->threshold);
+  if (k->num_experts < 1) {
+    delete k;
+    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): attribute num_experts must be >= 1");
+  }
+  if (k->patch_nums.size() > MOEFY_CUDA_MAX_SCALES || k->threshold.size() > MOEFY_CUDA_MAX_SCALES) {
+    delete k;
+    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): more than 64 scales");
+  }
+  *kernel = k;
+  return nullptr;
+}
+
+void ORT_API_CALL KernelDestroy(void* kernel) { delete static_cast<MoeCudaKernel*>(kernel); }
+
+struct Shape {
+  std::vector<int64_t> dims;
+  size_t count = 0;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+};
+
+OrtStatus* get_shape(const OrtApi* api, const OrtValue* v, Shape* s) {
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  if (OrtStatus* st = api->GetTensorTypeAndShape(v, &info)) return st;
+  size_t n = 0;
+  OrtStatus* st = api->GetDimensionsCount(info, &n);
+  if (!st) {
+    s->dims.assign(n, 0);
+    st = api->GetDimensions(info, s->dims.data(), n);
+  }
+  if (!st) st = api->GetTensorShapeElementCount(info, &s->count);
+  if (!st) st = api->GetTensorElementType(info, &s->type);
+  api->ReleaseTensorTypeAndShapeInfo(info);
+  return st;
+}
+
+std::string dims_str(const std::vector<int64_t>& d) {
+  std::string s = "[";
+  for (size_t i = 0; i < d.size(); ++i) s += (i ? "," : "") + std::to_string(d[i]);
+  return s + "]";
+}
+
+OrtStatus* ORT_API_CALL KernelComputeV2(void* kernel, OrtKernelContext* ctx) {
+  const MoeCudaKernel* k = static_cast<const MoeCudaKernel*>(kernel);
+  const OrtApi* api = k->api;
+  size_t n_in = 0, n_out = 0;
+  if (OrtStatus* st = api->KernelContext_GetInputCount(ctx, &n_in)) return st;
+  if (OrtStatus* st = api->KernelContext_GetOutputCount(ctx, &n_out)) return st;
+  const OrtValue* in[kNumInputs] = {};
+  for (size_t i = 0; i < n_in && i < kNumInputs; ++i)
+    if (OrtStatus* st = api->KernelContext_GetInput(ctx, i, &in[i])) return st;
+  for (int i = kX; i <= kW2; ++i)
+    if (!in[i]) return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): missing required input " + std::to_string(i));
+
+  Shape sx, sn, sw1, sb1, sw2, sb2, ssi, sth;
+  if (OrtStatus* st = get_shape(api, in[kX], &sx)) return st;
+  if (OrtStatus* st = get_shape(api, in[kNorms], &sn)) return st;
+  if (OrtStatus* st = get_shape(api, in[kW1], &sw1)) return st;
+  if (OrtStatus* st = get_shape(api, in[kB1], &sb1)) return st;
+  if (OrtStatus* st = get_shape(api, in[kW2], &sw2)) return st;
+  if (in[kB2])
+    if (OrtStatus* st = get_shape(api, in[kB2], &sb2)) return st;
+  if (in[kScaleIndex])
+    if (OrtStatus* st = get_shape(api, in[kScaleIndex], &ssi)) return st;
+  if (in[kThreshold])
+    if (OrtStatus* st = get_shape(api, in[kThreshold], &sth)) return st;
+
+  const int64_t E = k->num_experts;
+  if (sx.dims.size() != 3)
+    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): X must be [B,L,D], got " + dims_str(sx.dims));
+  const int64_t B = sx.dims[0], L = sx.dims[1], D = sx.dims[2];
+  if (sn.dims.size() != 3 || sn.dims[0] != B || sn.dims[1] != L || sn.dims[2] != E)
+    return fail(api, ORT_INVALID_ARGUMENT,
+                "DynamicMoE(cuda): norms must be [B,L,E]=[" + std::to_string(B) + "," + std::to_string(L) + "," +
+                    std::to_string(E) + "], got " + dims_str(sn.dims));
+  if (sw1.dims.size() != 2 || sw1.dims[0] != D || sw1.dims[1] % E != 0 || sw1.dims[1] == 0)
+    return fail(api, ORT_INVALID_ARGUMENT,
+                "DynamicMoE(cuda): W1 must be [D, E*S] with D=" + std::to_string(D) + ", E=" + std::to_string(E) +
+                    ", got " + dims_str(sw1.dims));
+  const int64_t S = sw1.dims[1] / E;
+  if (sb1.count != (size_t)(E * S))
+    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): B1 must have E*S=" + std::to_string(E * S) +
+                                               " elements, got " + dims_str(sb1.dims));
+  if (sw2.dims.size() != 2 || sw2.dims[0] != E * S || sw2.dims[1] != D)
+    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): W2 must be [E*S, D]=[" + std::to_string(E * S) + "," +
+                                               std::to_string(D) + "], got " + dims_str(sw2.dims));
+  if (in[kB2] && sb2.count != (size_t)D)
+    return fail(api, ORT_INVALID_ARGUMENT,
+                "DynamicMoE(cuda): B2 must have D=" + std::to_string(D) + " elements, got " + dims_str(sb2.dims));
+  if (in[kScaleIndex] && ssi.count != 1)
+    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): scale_index must be a scalar, got " + dims_str(ssi.dims));
+
+  MoeCudaArgs a;
+  memset(&a, 0, sizeof(a));
+  a.device = -1;
+  a.dtype = k->dtype;
+  a.activation = k->activation;
+  a.B = B, a.L = L, a.D = D, a.E = E, a.S = S;
+  a.num_patch_nums = (int)k->patch_nums.size();
+  for (size_t i = 0; i < k->patch_nums.size(); ++i) a.patch_nums[i] = k->patch_nums[i];
+  if (in[kThreshold]) {
+    if (sth.count < 1 || sth.count > MOEFY_CUDA_MAX_SCALES)
+      return fail(api, ORT_INVALID_ARGUMENT,
+                  "DynamicMoE(cuda): threshold input has " + std::to_string(sth.count) + " values (1..64 scales)");
+    a.num_thresholds = (int)sth.count;
+  } else {
+    a.num_thresholds = (int)k->threshold.size();
+    for (size_t i = 0; i < k->threshold.size(); ++i) a.threshold_attr[i] = k->threshold[i];
+  }
+
+  void* p = nullptr;
+  auto data = [&](int i) -> const void* {
+    p = nullptr;
+    if (!in[i]) return nullptr;
+    OrtStatus* st = api->GetTensorMutableData(const_cast<OrtValue*>(in[i]), &p);
+    if (st) {
+      api->ReleaseStatus(st);
+      return nullptr;
+    }
+    return p;
+  };
+  a.X = data(kX);
+  a.norms = data(kNorms);
+  a.W1 = data(kW1);
+  a.B1 = data(kB1);
+  a.W2 = data(kW2);
+  a.B2 = data(kB2);
+  a.scale_index = static_cast<const int64_t*>(data(kScaleIndex));
+  a.threshold_dev = static_cast<const float*>(data(kThreshold));
+
+  const int64_t ydims[3] = {B, L, D};
+  OrtValue* y = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetOutput(ctx, kY, ydims, 3, &y)) return st;
+  if (OrtStatus* st = api->GetTensorMutableData(y, &a.Y)) return st;
+  if (n_out > kActive) {
+    const int64_t adims[2] = {B, L};
+    OrtValue* av = nullptr;
+    if (OrtStatus* st = api->KernelContext_GetOutput(ctx, kActive, adims, 2, &av)) return st;
+    if (av) {
+      void* ap = nullptr;
+      if (OrtStatus* st = api->GetTensorMutableData(av, &ap)) return st;
+      a.active = static_cast<int32_t*>(ap);
+    }
+  }
+
+  char msg[512];
+  if (moefy_dynamic_moe_cuda_validate(&a, msg, sizeof(msg)) != MOEFY_CUDA_OK)
+    return fail(api, ORT_INVALID_ARGUMENT, msg);
+  if (B * L == 0) return nullptr;
+
+  void* stream = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
+
+  // Workspace from ORT's allocator for the device that holds X, tied to the compute stream.
+  const OrtMemoryInfo* mem = nullptr;
+  if (OrtStatus* st = api->GetTensorMemoryInfo(in[kX], &mem)) return st;
+  int device = -1;
+  if (OrtStatus* st = api->MemoryInfoGetId(mem, &device)) return st;
+  a.device = device;
+  const size_t ws_bytes = moefy_dynamic_moe_cuda_workspace_size(&a);
+  OrtAllocator* alloc = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetAllocator(ctx, mem, &alloc)) return st;
+  void* ws = nullptr;
+  if (OrtStatus* st = api->KernelContext_GetScratchBuffer(ctx, mem, ws_bytes, &ws)) {
+    api->ReleaseAllocator(alloc);
+    return st;
+  }
+  const int rc = moefy_dynamic_moe_cuda(&a, ws, ws_bytes, stream);
+  if (ws) {  // stream-ordered: later users of this block run after our kernels on the same stream
+    if (OrtStatus* st = api->AllocatorFree(alloc, ws)) api->ReleaseStatus(st);
+  }
+  api->ReleaseAllocator(alloc);
+  if (rc != MOEFY_CUDA_OK) return fail(api, ORT_FAIL, moefy_dynamic_moe_cuda_last_error());
+  return nullptr;
+}
+
+const char* ORT_API_CALL GetName(const OrtCustomOp*) { return "DynamicMoE"; }
+const char* ORT_API_CALL GetExecutionProviderType(const OrtCustomOp*) { return "CUDAExecutionProvider"; }
+size_t ORT_API_CALL GetInputTypeCount(const OrtCustomOp*) { return kNumInputs; }
+size_t ORT_API_CALL GetOutputTypeCount(const OrtCustomOp*) { return kNumOutputs; }
+ONNXTensorElementDataType ORT_API_CALL GetInputType(const OrtCustomOp* op, size_t i) {
+  if (i == kScaleIndex) return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+  if (i == kThreshold) return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  return self(op)->type;
+}
+ONNXTensorElementDataType ORT_API_CALL GetOutputType(const OrtCustomOp* op, size_t i) {
+  return i == kActive ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : self(op)->type;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL GetInputCharacteristic(const OrtCustomOp*, size_t i) {
+  return i >= kB2 ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL GetOutputCharacteristic(const OrtCustomOp*, size_t i) {
+  return i == kActive ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+}
+OrtMemType ORT_API_CALL GetInputMemoryType(const OrtCustomOp*, size_t) {
+  return OrtMemTypeDefault;  // every input on the GPU; scale_index and threshold are read by the device
+}
+int ORT_API_CALL GetVariadicInputMinArity(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL GetVariadicInputHomogeneity(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL GetVariadicOutputMinArity(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL GetVariadicOutputHomogeneity(const OrtCustomOp*) { return 1; }
+
+MoeCudaOp::MoeCudaOp(ONNXTensorElementDataType t) : OrtCustomOp(), type(t) {
+  memset(static_cast<OrtCustomOp*>(this), 0, sizeof(OrtCustomOp));
+  version = kApiVersion;
+  CreateKernel = nullptr;  // CreateKernelV2 / KernelComputeV2 are used (API >= 16)
+  GetName = ::GetName;
+  GetExecutionProviderType = ::GetExecutionProviderType;
+  GetInputType = ::GetInputType;
+  GetInputTypeCount = ::GetInputTypeCount;
+  GetOutputType = ::GetOutputType;
+  GetOutputTypeCount = ::GetOutputTypeCount;
+  KernelCompute = nullptr;
+  KernelDestroy = ::KernelDestroy;
+  GetInputCharacteristic = ::GetInputCharacteristic;
+  GetOutputCharacteristic = ::GetOutputCharacteristic;
+  GetInputMemoryType = ::GetInputMemoryType;
+  GetVariadicInputMinArity = ::GetVariadicInputMinArity;
+  GetVariadicInputHomogeneity = ::GetVariadicInputHomogeneity;
+  GetVariadicOutputMinArity = ::GetVariadicOutputMinArity;
+  GetVariadicOutputHomogeneity = ::GetVariadicOutputHomogeneity;
+  CreateKernelV2 = ::CreateKernelV2;
+  KernelComputeV2 = ::KernelComputeV2;
+  InferOutputShapeFn = nullptr;  // shape inference comes from the CPU op (the first op of this name in the domain)
+  GetStartVersion = nullptr;
+  GetEndVersion = nullptr;
+  GetMayInplace = nullptr;
+  ReleaseMayInplace = nullptr;
+  GetAliasMap = nullptr;
+  ReleaseAliasMap = nullptr;
+}
+
+}  // namespace
+
+// True when the session options ask for the CUDA kernel (config entry moefy.cuda = "1").
+extern "C" int moefy_cuda_requested(const OrtSessionOptions* options, const OrtApi* api) {
+  if (!options || !api) return 0;
+  int has = 0;
+  if (OrtStatus* st = api->HasSessionConfigEntry(options, kConfigKey, &has)) {
+    api->ReleaseStatus(st);
+    return 0;
+  }
+  if (!has) return 0;
+  char value[16] = {0};
+  size_t size = sizeof(value);
+  if (OrtStatus* st = api->GetSessionConfigEntry(options, kConfigKey, value, &size)) {
+    api->ReleaseStatus(st);
+    return 0;
+  }
+  return strcmp(value, "1") == 0 ? 1 : 0;
+}
+
+// Adds the CUDA DynamicMoE kernels (float, float16) to `domain` when the session options ask for them
+// (moefy.cuda = "1"); otherwise does nothing. Call after the CPU op was added (its schema and shape inference
+// are the domain's). Returns nullptr on success.
+extern "C" __attribute__((visibility("hidden"))) OrtStatus* moefy_register_cuda_ops(OrtCustomOpDomain* domain,
+                                                                                     OrtSessionOptions* options,
+                                                                                     const OrtApi* api) {
+  if (!api) return nullptr;
+  if (!domain) return api->CreateStatus(ORT_INVALID_ARGUMENT, "moefy_register_cuda_ops: no domain");
+  if (!moefy_cuda_requested(options, api)) return nullptr;
+  static MoeCudaOp op_f32(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT);
+  static MoeCudaOp op_f16(ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16);
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &op_f32)) return st;
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, &op_f16)) return st;
+  return nullptr;
+}
