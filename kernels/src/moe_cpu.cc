@@ -108,6 +108,7 @@ struct Workspace {
     int64_t begin, count;  // range in tokens (or rows on the dense path)
   };
   std::vector<Task> tasks;
+  std::vector<float> hidden;  // dense path [rows, E*S]
   std::vector<std::unique_ptr<Slot>> slots;
   // per call
   std::mutex mu;
@@ -411,45 +412,36 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
     else std::memset(y, 0, sizeof(float) * D);
   }
 
-  const int64_t TM = 128;  // rows per task
+  const int64_t TM = 512;  // max rows per expert task
   if (total_pairs == N * E) {
-    // Dense path: every token runs every expert. Row blocks, no gather, direct accumulation into Y.
-    ws.tasks.clear();
-    const int64_t nblk = (N + TM - 1) / TM;
-    for (int64_t b = 0; b < nblk; ++b) {
-      const int64_t r0 = b * N / nblk, r1 = (b + 1) * N / nblk;
-      ws.tasks.push_back({-1, r0, r1 - r0});
+    // Dense path: every token runs every expert. Row blocks of up to RB rows; phase 1 splits the hidden columns
+    // (H = act(X W1 + B1)), phase 2 splits the output columns (Y += H W2). Each weight block is packed once per row
+    // block, every GEMM keeps the full row count, and no task writes where another one does.
+    const int64_t RB = 512;
+    const int64_t nrb = (N + RB - 1) / RB;
+    const int64_t rows_max = (N + nrb - 1) / nrb;
+    const int64_t HC = std::max<int64_t>(64, std::min<int64_t>(ES, 512));  // hidden columns per phase-1 task
+    const int64_t DC = std::max<int64_t>(64, std::min<int64_t>(D, 256));   // output columns per phase-2 task
+    const int64_t nhc = (ES + HC - 1) / HC, ndc = (D + DC - 1) / DC;
+    grow(ws.hidden, static_cast<size_t>(rows_max * ES));
+    float* Hd = ws.hidden.data();
+    for (int64_t rb = 0; rb < nrb; ++rb) {
+      const int64_t r0 = rb * N / nrb, r1 = (rb + 1) * N / nrb;
+      const int m = static_cast<int>(r1 - r0);
+      parallel_for(pc, static_cast<size_t>(nhc), [&](size_t j) {
+        const int64_t c0 = static_cast<int64_t>(j) * HC, c1 = std::min(ES, c0 + HC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(c1 - c0), static_cast<int>(D), 1.0f,
+                    Xd + r0 * D, static_cast<int>(D), W1d + c0, static_cast<int>(ES), 0.0f, Hd + c0,
+                    static_cast<int>(ES));
+        for (int r = 0; r < m; ++r) bias_act_row(Hd + r * ES + c0, B1d + c0, c1 - c0, k->act);
+      });
+      parallel_for(pc, static_cast<size_t>(ndc), [&](size_t j) {
+        const int64_t c0 = static_cast<int64_t>(j) * DC, c1 = std::min(D, c0 + DC);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(c1 - c0), static_cast<int>(ES),
+                    1.0f, Hd, static_cast<int>(ES), W2d + c0, static_cast<int>(D), 1.0f, Y + r0 * D + c0,
+                    static_cast<int>(D));
+      });
     }
-    const int64_t rows_max = (N + nblk - 1) / nblk;
-    std::mutex& mu = ws.mu;
-    ws.free_slots.clear();
-    ws.used_slots = 0;
-    parallel_for(pc, ws.tasks.size(), [&](size_t i) {
-      const auto task = ws.tasks[i];
-      Slot* slot;
-      int sid;
-      {
-        std::lock_guard<std::mutex> lk(mu);
-        if (!ws.free_slots.empty()) {
-          sid = ws.free_slots.back();
-          ws.free_slots.pop_back();
-        } else {
-          sid = ws.used_slots++;
-          if (static_cast<size_t>(sid) >= ws.slots.size()) ws.slots.emplace_back(new Slot());
-        }
-        slot = ws.slots[sid].get();
-        grow(slot->h, static_cast<size_t>(rows_max * ES));
-      }
-      const int m = static_cast<int>(task.count);
-      float* H = slot->h.data();
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(ES), static_cast<int>(D), 1.0f,
-                  Xd + task.begin * D, static_cast<int>(D), W1d, static_cast<int>(ES), 0.0f, H, static_cast<int>(ES));
-      for (int r = 0; r < m; ++r) bias_act_row(H + r * ES, B1d, ES, k->act);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(D), static_cast<int>(ES), 1.0f, H,
-                  static_cast<int>(ES), W2d, static_cast<int>(D), 1.0f, Y + task.begin * D, static_cast<int>(D));
-      std::lock_guard<std::mutex> lk(mu);
-      ws.free_slots.push_back(sid);
-    });
     return;
   }
 
