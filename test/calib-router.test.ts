@@ -37,7 +37,7 @@ test('training step: backward matches finite differences; Adam update matches th
   const M1 = Float32Array.from({ length: D * Wd }, () => g() * 0.01), V1 = Float32Array.from({ length: D * Wd }, () => Math.abs(g()) * 0.01);
   const M2 = Float32Array.from({ length: Wd * E }, () => g() * 0.01), V2 = Float32Array.from({ length: Wd * E }, () => Math.abs(g()) * 0.01);
   const betas: [number, number] = [0.9, 0.95];
-  const sess = await buildTrainStep(D, E, Wd, betas).session();
+  const sess = await buildTrainStep(D, E, Wd, betas, 1e-8, true).session();
   const c1 = 0.01, c2 = 1.3;
   const out = await sess.run({
     X: f32(X, [B, D]), T: f32(T, [B, E]), W1: f32(W1, [D, Wd]), W2: f32(W2, [Wd, E]),
@@ -83,7 +83,7 @@ test('gradient clipping scales the update direction to the clip norm', async () 
   const r = rng(2);
   const X = Float32Array.from({ length: B * D }, () => r() * 4), T = new Float32Array(B * E).fill(5);
   const W1 = kaimingUniform(D * Wd, D, r), W2 = kaimingUniform(Wd * E, Wd, r);
-  const sess = await buildTrainStep(D, E, Wd, [0.9, 0.999]).session();
+  const sess = await buildTrainStep(D, E, Wd, [0.9, 0.999], 1e-8, true).session();
   const feeds = (clip: number) => ({
     X: f32(X, [B, D]), T: f32(T, [B, E]), W1: f32(W1, [D, Wd]), W2: f32(W2, [Wd, E]),
     M1: f32(new Float32Array(D * Wd), [D, Wd]), V1: f32(new Float32Array(D * Wd), [D, Wd]), M2: f32(new Float32Array(Wd * E), [Wd, E]), V2: f32(new Float32Array(Wd * E), [Wd, E]),

@@ -6,8 +6,14 @@ import { GraphBuilder, activationOp, f32 } from './ort-graph';
 export type FfnActivation = 'relu' | 'gelu_tanh' | 'gelu';
 
 export interface ExpertNormOptions {
-  /** Tokens per ORT run (bounds memory: the [E, chunk, D] expert outputs). Default: about 64 MiB of them. */
+  /** Tokens per ORT run (bounds memory). Default: about 64 MiB of intermediates. */
   chunk?: number;
+  /**
+   * 'gram' (default): ‖h_e·W2_e‖² = h_e·(W2_e·W2_eᵀ)·h_eᵀ with the per-expert Gram matrices [E,S,S] folded once by
+   * ORT: H·S instead of H·D multiply-adds per token for the second half (8× fewer at d16), float32 with the
+   * square clamped at 0. 'direct': the expert outputs [E,n,D] themselves, then ReduceL2.
+   */
+  method?: 'gram' | 'direct';
 }
 
 function checkFfn(X: Float32Array, N: number, D: number, W1: Float32Array, B1: Float32Array, H: number, W2?: Float32Array): void {
@@ -38,11 +44,20 @@ export async function computeExpertNorms(
   const w2 = b.constF(W2, [E, S, D], 'W2'); // rows e·S.. of W2 [H,D] are expert e's [S,D] block: a plain reshape
   const h = activationOp(b, b.op('Add', [b.op('MatMul', [x, w1]), b1]), activation); // [n,H]
   const he = b.op('Transpose', [b.op('Reshape', [h, b.constI64([0, E, S])])], { perm: [1, 0, 2] }); // [E,n,S]
-  const ye = b.op('MatMul', [he, w2]); // [E,n,D]
-  const nrm = b.op('ReduceL2', [ye, b.constI64([2])], { keepdims: 0 }); // [E,n]
+  const gram = (opts.method ?? 'gram') === 'gram';
+  let nrm;
+  if (gram) {
+    const G = b.op('MatMul', [w2, b.op('Transpose', [w2], { perm: [0, 2, 1] })]); // [E,S,S], constant-folded
+    const q = b.op('ReduceSum', [b.op('Mul', [b.op('MatMul', [he, G]), he]), b.constI64([2])], { keepdims: 0 }); // [E,n]
+    nrm = b.op('Sqrt', [b.op('Max', [q, b.scalar(0)])]);
+  } else {
+    const ye = b.op('MatMul', [he, w2]); // [E,n,D]
+    nrm = b.op('ReduceL2', [ye, b.constI64([2])], { keepdims: 0 }); // [E,n]
+  }
   b.output(b.op('Transpose', [nrm], { perm: [1, 0] }), 'norms');
   const sess = await b.session();
-  const chunk = Math.max(1, opts.chunk ?? Math.min(4096, Math.floor((64 << 20) / 4 / Math.max(1, E * D + H))));
+  const perToken = gram ? 3 * H + E : E * D + 2 * H;
+  const chunk = Math.max(1, opts.chunk ?? Math.min(4096, Math.floor((64 << 20) / 4 / perToken)));
   const out = new Float32Array(N * E);
   try {
     for (let s = 0; s < N; s += chunk) {

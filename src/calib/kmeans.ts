@@ -78,18 +78,28 @@ export interface ClusterNeuronsResult extends ExpertLayout {
 // ------------------------------------------------------------------------------------------------------------------
 // Exact balanced assignment.
 
-/** A binary min-heap of (value, id) pairs. */
+/** A binary min-heap of (value, id) pairs in typed arrays (grown by doubling, reusable after clear()). */
 class MinHeap {
-  vals: number[] = [];
-  ids: number[] = [];
-  get size(): number {
-    return this.vals.length;
+  vals: Float64Array;
+  ids: Int32Array;
+  size = 0;
+  constructor(capacity: number) {
+    this.vals = new Float64Array(Math.max(4, capacity));
+    this.ids = new Int32Array(Math.max(4, capacity));
+  }
+  clear(): void {
+    this.size = 0;
   }
   push(v: number, id: number): void {
+    if (this.size === this.vals.length) {
+      const nv = new Float64Array(this.size * 2), ni = new Int32Array(this.size * 2);
+      nv.set(this.vals);
+      ni.set(this.ids);
+      this.vals = nv;
+      this.ids = ni;
+    }
     const vals = this.vals, ids = this.ids;
-    let i = vals.length;
-    vals.push(v);
-    ids.push(id);
+    let i = this.size++;
     while (i > 0) {
       const p = (i - 1) >> 1;
       if (vals[p] < v || (vals[p] === v && ids[p] <= id)) break;
@@ -102,9 +112,9 @@ class MinHeap {
   }
   pop(): void {
     const vals = this.vals, ids = this.ids;
-    const lv = vals.pop()!, li = ids.pop()!;
-    const n = vals.length;
+    const n = --this.size;
     if (n === 0) return;
+    const lv = vals[n], li = ids[n];
     let i = 0;
     for (;;) {
       const l = 2 * i + 1;
@@ -122,17 +132,27 @@ class MinHeap {
   }
 }
 
+/** Reusable heaps for balancedAssign (same n, k across Lloyd iterations). */
+export class AssignWorkspace {
+  readonly heaps: MinHeap[];
+  constructor(readonly n: number, readonly k: number) {
+    this.heaps = Array.from({ length: k * k }, () => new MinHeap(2 * Math.ceil(n / k)));
+  }
+}
+
 /**
  * Optimal assignment of n points to k clusters with exactly cap = n/k points each, minimising Σ cost[p·k + label[p]].
  * `cost` is [n, k] row-major. Deterministic.
  */
-export function balancedAssign(cost: Float64Array | Float32Array, n: number, k: number): Int32Array {
+export function balancedAssign(cost: Float64Array | Float32Array, n: number, k: number, ws?: AssignWorkspace): Int32Array {
   if (n % k !== 0) throw new MoefyError(`balanced assignment: ${k} clusters do not divide ${n} points`);
   const cap = n / k;
   const labels = new Int32Array(n).fill(-1);
   const count = new Int32Array(k);
   if (k === 1) return labels.fill(0);
-  const heaps: MinHeap[] = Array.from({ length: k * k }, () => new MinHeap());
+  const work = ws && ws.n === n && ws.k === k ? ws : new AssignWorkspace(n, k);
+  const heaps = work.heaps;
+  for (const h of heaps) h.clear();
   const W = new Float64Array(k * k).fill(Infinity); // valid heap tops
   const Wid = new Int32Array(k * k).fill(-1);
   const dist = new Float64Array(k);
@@ -275,6 +295,7 @@ async function kmeansOnce(points: Float32Array, n: number, dim: number, k: numbe
   let inertia = Infinity;
   let iterations = 0;
   const cnorm = new Float64Array(k);
+  const ws = new AssignWorkspace(n, k);
   for (let it = 0; it < maxIter; it++) {
     for (let c = 0; c < k; c++) {
       let s = 0;
@@ -283,7 +304,7 @@ async function kmeansOnce(points: Float32Array, n: number, dim: number, k: numbe
     }
     const dots = await engine.dots(centroids, k, dim);
     for (let i = 0; i < n * k; i++) cost[i] = cnorm[i % k] - 2 * dots[i];
-    const next = balancedAssign(cost, n, k);
+    const next = balancedAssign(cost, n, k, ws);
     let newInertia = 0;
     for (let p = 0; p < n; p++) newInertia += Math.max(0, pnorm[p] + cost[p * k + next[p]]);
     iterations = it + 1;

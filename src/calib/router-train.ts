@@ -85,8 +85,8 @@ export interface TrainRouterResult {
 const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
-/** The training-step graph. Exported for the gradient check. */
-export function buildTrainStep(D: number, E: number, width: number, betas: [number, number], eps = 1e-8): GraphBuilder {
+/** The training-step graph (gradOutputs: also output the unclipped gradients gW1, gW2, for the gradient check). */
+export function buildTrainStep(D: number, E: number, width: number, betas: [number, number], eps = 1e-8, gradOutputs = false): GraphBuilder {
   const b = new GraphBuilder('router_train_step');
   const X = b.input('X', ['B', D]);
   const T = b.input('T', ['B', E]);
@@ -109,14 +109,16 @@ export function buildTrainStep(D: number, E: number, width: number, betas: [numb
   b.output(b.op('ReduceMean', [b.op('Mul', [R, R])], { keepdims: 0 }), 'loss');
   // Backward.
   const dP = b.op('Mul', [b.op('Mul', [R, gscale]), b.op('Sign', [P])]);
-  const gW2raw = b.op('MatMul', [b.op('Transpose', [G], { perm: [1, 0] }), dP]);
-  const dG = b.op('MatMul', [dP, b.op('Transpose', [W2], { perm: [1, 0] })]);
+  const gW2raw = b.op('Gemm', [G, dP], { transA: 1 }); // Gᵀ·dP
+  const dG = b.op('Gemm', [dP, W2], { transB: 1 }); // dP·W2ᵀ
   const Phi = b.op('Mul', [b.op('Add', [b.op('Erf', [b.op('Mul', [A, b.scalar(SQRT1_2)])]), b.scalar(1)]), b.scalar(0.5)]);
   const phi = b.op('Mul', [b.op('Exp', [b.op('Mul', [b.op('Mul', [A, A]), b.scalar(-0.5)])]), b.scalar(INV_SQRT_2PI)]);
   const dA = b.op('Mul', [dG, b.op('Add', [Phi, b.op('Mul', [A, phi])])]);
-  const gW1raw = b.op('MatMul', [b.op('Transpose', [X], { perm: [1, 0] }), dA]);
-  b.output(gW1raw, 'gW1');
-  b.output(gW2raw, 'gW2');
+  const gW1raw = b.op('Gemm', [X, dA], { transA: 1 }); // Xᵀ·dA
+  if (gradOutputs) {
+    b.output(gW1raw, 'gW1');
+    b.output(gW2raw, 'gW2');
+  }
   // Global-norm clip: g · min(1, clip / (‖g‖ + 1e-6)).
   const norm = b.op('Sqrt', [b.op('Add', [b.op('ReduceSumSquare', [gW1raw], { keepdims: 0 }), b.op('ReduceSumSquare', [gW2raw], { keepdims: 0 })])]);
   const factor = b.op('Min', [b.scalar(1), b.op('Div', [clip, b.op('Add', [norm, b.scalar(1e-6)])])]);
