@@ -104,6 +104,8 @@ test('clusterNeurons by weights recovers planted neuron groups; order is contigu
   for (let h = 0; h < H; h++) for (let d = 0; d < D; d++) W1[d * H + h] = points[h * D + d] * (0.5 + (h % 3)); // scale must not matter
   const res = await clusterNeurons(W1, D, H, E, { by: 'weights', seed: 2 });
   assert.ok(samePartition(res.labels, group));
+  const again = await clusterNeurons(W1, D, H, E, { by: 'weights', seed: 2 });
+  assert.deepStrictEqual(Buffer.from(again.order.buffer), Buffer.from(res.order.buffer));
   assert.strictEqual(res.expertSize, S);
   for (let e = 0; e < E; e++) {
     for (let j = 0; j < S; j++) {

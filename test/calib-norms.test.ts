@@ -33,6 +33,15 @@ for (const activation of ['relu', 'gelu_tanh', 'gelu'] as FfnActivation[]) {
   });
 }
 
+test('computeExpertNorms is deterministic (byte-equal)', async () => {
+  const r = rng(8);
+  const N = 300, D = 16, H = 32, E = 4;
+  const X = randn(r, N * D), W1 = randn(r, D * H, 0.5), B1 = randn(r, H, 0.3), W2 = randn(r, H * D, 0.5);
+  const a = await computeExpertNorms(X, N, D, W1, B1, W2, E, 'gelu_tanh');
+  const b = await computeExpertNorms(X, N, D, W1, B1, W2, E, 'gelu_tanh');
+  assert.deepStrictEqual(Buffer.from(a.buffer), Buffer.from(b.buffer));
+});
+
 test('computeExpertNorms rejects E not dividing H', async () => {
   await assert.rejects(computeExpertNorms(new Float32Array(4), 1, 4, new Float32Array(24), new Float32Array(6), new Float32Array(24), 4, 'relu'), MoefyError);
 });

@@ -129,7 +129,7 @@ export function chooseThresholds(perScale: ScaleCalibration[], budget: number, o
   const step = opts.gridStep ?? 0.0025;
   const maxT = opts.maxThreshold ?? 1;
   checkThreshold(maxT, 'maxThreshold');
-  if (!(step > 0 && step <= 0.5)) throw new MoefyError(`chooseThresholds: grid step ${step} is not in (0, 0.5]`);
+  if (!(step >= 1e-4 && step <= 0.5)) throw new MoefyError(`chooseThresholds: grid step ${step} is not in [1e-4, 0.5]`);
   for (const sc of perScale) {
     if (!(sc.tokensPerSample > 0)) throw new MoefyError(`chooseThresholds: tokensPerSample ${sc.tokensPerSample} must be > 0`);
     if (!(sc.E >= 1) || !Number.isInteger(sc.E)) throw new MoefyError(`chooseThresholds: bad E ${sc.E}`);
