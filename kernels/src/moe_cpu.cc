@@ -10,6 +10,7 @@
 // slots are summed into Y at the end. When every token runs every expert the kernel takes a dense path (row blocks,
 // no gather). Buffers live in a per-kernel workspace pool that only grows.
 #include "moe_cpu.h"
+#include "gemm_avx512.h"
 
 #include <cblas.h>
 
@@ -17,6 +18,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <limits>
@@ -95,6 +97,8 @@ struct Slot {
   std::vector<float> a;    // gathered X rows [TM, D]
   std::vector<float> h;    // hidden [TM, S] (or [TM, E*S] on the dense path)
   std::vector<float> z;    // expert output [TM, D]
+  std::vector<const float*> arows;  // fused path: A row pointers
+  std::vector<float*> hrows, crows;  // fused path: H / C row pointers
 };
 
 struct Workspace {
@@ -124,6 +128,11 @@ struct Kernel {
   std::vector<int64_t> scale_start;  // token offset of each scale in the full sequence
   int64_t full_len = 0;
   std::vector<float> threshold;  // per scale
+  // Pre-packed constant weights for the fused AVX-512 path (empty when W1/W2 are not constant initializers).
+  bool packed = false;
+  int64_t pD = 0, pES = 0;
+  std::vector<float> w1p, w2p;
+  int64_t w1p_stride = 0, w2p_stride = 0;  // floats per expert
   std::mutex pool_mu;
   std::vector<std::unique_ptr<Workspace>> pool;
 
@@ -476,6 +485,7 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
   ws.free_slots.clear();
   ws.used_slots = 0;
   const int64_t* tokens = ws.tokens.data();
+  const bool fused = k->packed && k->pD == D && k->pES == ES;
   parallel_for(pc, ws.tasks.size(), [&](size_t i) {
     const auto task = ws.tasks[i];
     Slot* slot;
@@ -492,9 +502,16 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
         if (static_cast<size_t>(sid) >= ws.slots.size()) ws.slots.emplace_back(new Slot());
       }
       slot = ws.slots[sid].get();
-      grow(slot->a, static_cast<size_t>(TM * D));
-      grow(slot->h, static_cast<size_t>(TM * S));
-      grow(slot->z, static_cast<size_t>(TM * D));
+      if (fused) {
+        grow(slot->h, static_cast<size_t>(TM * (S + 32)));
+        grow(slot->arows, static_cast<size_t>(TM));
+        grow(slot->hrows, static_cast<size_t>(TM));
+        grow(slot->crows, static_cast<size_t>(TM));
+      } else {
+        grow(slot->a, static_cast<size_t>(TM * D));
+        grow(slot->h, static_cast<size_t>(TM * S));
+        grow(slot->z, static_cast<size_t>(TM * D));
+      }
       if (fresh && sid > 0) {
         grow(slot->acc, static_cast<size_t>(N * D));
         std::memset(slot->acc.data(), 0, sizeof(float) * N * D);
@@ -504,19 +521,38 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
     const int64_t e = task.expert;
     const int m = static_cast<int>(task.count);
     const int64_t* tk = tokens + task.begin;
-    float* A = slot->a.data();
-    float* H = slot->h.data();
-    float* Z = slot->z.data();
-    for (int r = 0; r < m; ++r) std::memcpy(A + r * D, Xd + tk[r] * D, sizeof(float) * D);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(S), static_cast<int>(D), 1.0f, A,
-                static_cast<int>(D), W1d + e * S, static_cast<int>(ES), 0.0f, H, static_cast<int>(S));
-    for (int r = 0; r < m; ++r) bias_act_row(H + r * S, B1d + e * S, S, k->act);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(D), static_cast<int>(S), 1.0f, H,
-                static_cast<int>(S), W2d + e * S * D, static_cast<int>(D), 0.0f, Z, static_cast<int>(D));
-    for (int r = 0; r < m; ++r) {
-      float* y = acc + tk[r] * D;
-      const float* z = Z + r * D;
-      for (int64_t d = 0; d < D; ++d) y[d] += z[d];
+#if defined(__AVX512F__)
+    if (fused) {
+      const int64_t Spad = (S + avx512::NR - 1) / avx512::NR * avx512::NR;
+      float* H = slot->h.data();
+      const float** ar = slot->arows.data();
+      float** hr = slot->hrows.data();
+      float** cr = slot->crows.data();
+      for (int r = 0; r < m; ++r) {
+        ar[r] = Xd + tk[r] * D;
+        hr[r] = H + r * Spad;
+        cr[r] = acc + tk[r] * D;
+      }
+      avx512::gemm_rows(m, D, S, ar, k->w1p.data() + e * k->w1p_stride, hr, false);
+      for (int r = 0; r < m; ++r) bias_act_row(hr[r], B1d + e * S, S, k->act);
+      avx512::gemm_rows(m, S, D, const_cast<const float* const*>(hr), k->w2p.data() + e * k->w2p_stride, cr, true);
+    } else
+#endif
+    {
+      float* A = slot->a.data();
+      float* H = slot->h.data();
+      float* Z = slot->z.data();
+      for (int r = 0; r < m; ++r) std::memcpy(A + r * D, Xd + tk[r] * D, sizeof(float) * D);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(S), static_cast<int>(D), 1.0f, A,
+                  static_cast<int>(D), W1d + e * S, static_cast<int>(ES), 0.0f, H, static_cast<int>(S));
+      for (int r = 0; r < m; ++r) bias_act_row(H + r * S, B1d + e * S, S, k->act);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(D), static_cast<int>(S), 1.0f, H,
+                  static_cast<int>(S), W2d + e * S * D, static_cast<int>(D), 0.0f, Z, static_cast<int>(D));
+      for (int r = 0; r < m; ++r) {
+        float* y = acc + tk[r] * D;
+        const float* z = Z + r * D;
+        for (int64_t d = 0; d < D; ++d) y[d] += z[d];
+      }
     }
     std::lock_guard<std::mutex> lk(mu);
     ws.free_slots.push_back(sid);
@@ -569,6 +605,78 @@ static bool attr_array(const OrtApi* api, const OrtKernelInfo* info, const char*
   return true;
 }
 
+// When W1 and W2 are constant initializers, packs them once for the fused AVX-512 path.
+static void prepack(Kernel* k, const OrtKernelInfo* info) {
+#if defined(__AVX512F__)
+  const char* mode = std::getenv("MOEFY_CPU_GEMM");
+  if (mode && std::string(mode) == "blas") return;
+  const OrtApi* api = k->api;
+  size_t nin = 0;
+  if (OrtStatus* st = api->KernelInfo_GetInputCount(info, &nin)) {
+    api->ReleaseStatus(st);
+    return;
+  }
+  if (nin < 5) return;
+  const OrtValue* w[2] = {nullptr, nullptr};
+  const size_t idx[2] = {2, 4};
+  std::vector<int64_t> dims[2];
+  for (int i = 0; i < 2; ++i) {
+    int is_const = 0;
+    OrtStatus* st = api->KernelInfoGetConstantInput_tensor(info, idx[i], &is_const, &w[i]);
+    if (st) {
+      api->ReleaseStatus(st);
+      return;
+    }
+    if (!is_const || !w[i]) return;
+    OrtTensorTypeAndShapeInfo* ti = nullptr;
+    if ((st = api->GetTensorTypeAndShape(w[i], &ti))) {
+      api->ReleaseStatus(st);
+      return;
+    }
+    ONNXTensorElementDataType et = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    size_t nd = 0;
+    st = api->GetTensorElementType(ti, &et);
+    if (!st) st = api->GetDimensionsCount(ti, &nd);
+    if (!st) {
+      dims[i].resize(nd);
+      st = api->GetDimensions(ti, dims[i].data(), nd);
+    }
+    api->ReleaseTensorTypeAndShapeInfo(ti);
+    if (st) {
+      api->ReleaseStatus(st);
+      return;
+    }
+    if (et != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || nd != 2) return;
+  }
+  const int64_t D = dims[0][0], ES = dims[0][1], E = k->num_experts;
+  if (D <= 0 || ES <= 0 || ES % E != 0 || dims[1][0] != ES || dims[1][1] != D) return;  // compute reports the error
+  const int64_t S = ES / E;
+  const float* W1 = nullptr;
+  const float* W2 = nullptr;
+  OrtStatus* st = api->GetTensorMutableData(const_cast<OrtValue*>(w[0]), reinterpret_cast<void**>(const_cast<float**>(&W1)));
+  if (!st) st = api->GetTensorMutableData(const_cast<OrtValue*>(w[1]), reinterpret_cast<void**>(const_cast<float**>(&W2)));
+  if (st) {
+    api->ReleaseStatus(st);
+    return;
+  }
+  const int64_t NR = avx512::NR;
+  k->w1p_stride = (S + NR - 1) / NR * D * NR;
+  k->w2p_stride = (D + NR - 1) / NR * S * NR;
+  k->w1p.resize(static_cast<size_t>(E * k->w1p_stride));
+  k->w2p.resize(static_cast<size_t>(E * k->w2p_stride));
+  for (int64_t e = 0; e < E; ++e) {
+    avx512::pack_b(W1, ES, D, e * S, S, k->w1p.data() + e * k->w1p_stride);
+    avx512::pack_b(W2 + e * S * D, D, S, 0, D, k->w2p.data() + e * k->w2p_stride);
+  }
+  k->pD = D;
+  k->pES = ES;
+  k->packed = true;
+#else
+  (void)k;
+  (void)info;
+#endif
+}
+
 static Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info) {
   std::unique_ptr<Kernel> k(new Kernel());
   k->api = api;
@@ -600,6 +708,7 @@ static Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info) {
   if (k->threshold.size() != k->patch_nums.size())
     throw Error{"DynamicMoE: attribute threshold has " + std::to_string(k->threshold.size()) +
                 " values, patch_nums has " + std::to_string(k->patch_nums.size()) + " scales"};
+  prepack(k.get(), info);
   return k.release();
 }
 
