@@ -22,6 +22,8 @@ interface Case {
   withB2?: boolean;
   normsKind?: 'random' | 'zero' | 'ties';
   threads?: number;
+  /** weights as graph inputs (the OpenBLAS path) instead of constant initializers (the pre-packed path) */
+  weightsAsInputs?: boolean;
 }
 
 function relErr(a: Float32Array, b: Float32Array): number {
@@ -49,13 +51,20 @@ async function runCase(c: Case, seed: number): Promise<void> {
   const norms = new Tensor('float32', nd, [B, L, E]);
   const model = buildDynamicMoeModel({
     D, E, S, activation: c.act, patchNums: c.patchNums, threshold: c.thresholdAttr,
-    weights: { W1, B1, W2, B2 },
+    weights: c.weightsAsInputs ? undefined : { W1, B1, W2, B2 },
+    withB2: !!B2,
     withScaleIndex: c.scaleIndex !== undefined,
     withThresholdInput: c.thresholdInput !== undefined,
     withActive: true,
   });
   const sess = await createSession(model, { intraOpNumThreads: c.threads ?? 2 });
   const feeds: Record<string, Tensor> = { X, norms };
+  if (c.weightsAsInputs) {
+    feeds.W1 = new Tensor('float32', W1, [D, E * S]);
+    feeds.B1 = new Tensor('float32', B1, [E * S]);
+    feeds.W2 = new Tensor('float32', W2, [E * S, D]);
+    if (B2) feeds.B2 = new Tensor('float32', B2, [D]);
+  }
   if (c.scaleIndex !== undefined) feeds.scale_index = new Tensor('int64', BigInt64Array.from([BigInt(c.scaleIndex)]), []);
   if (c.thresholdInput) feeds.threshold = new Tensor('float32', Float32Array.from(c.thresholdInput), [c.thresholdInput.length]);
   const out = await sess.run(feeds);
@@ -85,6 +94,11 @@ const CASES: Case[] = [
   { name: 'many tokens per expert (chunked tasks, several slots)', B: 2, L: 180, D: 32, E: 4, S: 24, act: 'relu', patchNums: [4, 8, 10], thresholdAttr: [0.2, 0.5, 0.35], withB2: true },
   { name: 'zero norms run every expert', B: 2, L: 4, D: 8, E: 3, S: 17, act: 'relu', patchNums: [1, 2], thresholdAttr: [0.5, 0.5], normsKind: 'zero' },
   { name: 'ties at the threshold', B: 2, L: 14, D: 8, E: 5, S: 3, act: 'gelu', patchNums: [1, 2, 3], thresholdAttr: [1, 0.5, 0.6666667], normsKind: 'ties' },
+  { name: 'weights as inputs (BLAS path), full sequence', B: 2, L: 14, D: 16, E: 4, S: 5, act: 'gelu_tanh', patchNums: [1, 2, 3], thresholdAttr: [0, 0.5, 1], withB2: true, weightsAsInputs: true },
+  { name: 'weights as inputs (BLAS path), many tokens', B: 2, L: 180, D: 40, E: 4, S: 24, act: 'relu', patchNums: [4, 8, 10], thresholdAttr: [0.2, 0.5, 0.35], weightsAsInputs: true },
+  { name: 'weights as inputs (BLAS path), dense', B: 2, L: 30, D: 24, E: 3, S: 10, act: 'gelu', patchNums: [1, 2, 5], thresholdAttr: [0, 0, 0], withB2: true, weightsAsInputs: true },
+  { name: 'wide layer, D and S past one panel with ragged edges', B: 1, L: 100, D: 70, E: 3, S: 45, act: 'gelu_tanh', patchNums: [1, 3, 10], thresholdAttr: [0.3, 0.3, 0.3], withB2: true },
+  { name: 'D past the K block (D = 600)', B: 1, L: 9, D: 600, E: 2, S: 40, act: 'relu', patchNums: [1, 3], thresholdAttr: [0.5, 0.8], withB2: true },
   { name: 'single thread', B: 2, L: 14, D: 16, E: 4, S: 6, act: 'gelu_tanh', patchNums: [1, 2, 3], thresholdAttr: [0.3, 0.3, 0.3], threads: 1 },
 ];
 
