@@ -4,6 +4,8 @@ import { MoefyError } from '../errors';
 
 import convert from './commands/convert';
 import inspect from './commands/inspect';
+import run from './commands/run';
+import libPath from './commands/lib-path';
 
 const verbose = process.argv.includes('--verbose');
 
@@ -17,7 +19,7 @@ function fail(e: unknown): never {
 process.on('unhandledRejection', fail);
 
 export async function main(argv: string[]): Promise<void> {
-  const commands = [inspect, convert];
+  const commands = [inspect, run, libPath, convert];
   let y = yargs(argv)
     .scriptName('moefy')
     .usage('moefy <model.onnx> --experts N --from-scale S [options]   convert a dense VAR into a dynamic-MoE VAR\nmoefy <command> ...')
