@@ -21,9 +21,17 @@
 // (no TF32, to keep the 1e-5 target).
 #include "dynamic_moe_cuda.h"
 
+#ifdef MOEFY_CUDA_EMULATE  // CPU emulation for tests without a GPU (kernels/cuda/emu)
+#include "emu/cuda_emu.h"
+#define MOEFY_LAUNCH(kernel, grid, block, smem, stream) emu::launch((grid), (block), (smem), kernel)
+#define MOEFY_DYNAMIC_SMEM(name) unsigned char* name = emu::dynamic_smem()
+#else
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
+#define MOEFY_LAUNCH(kernel, grid, block, smem, stream) kernel<<<(grid), (block), (smem), (stream)>>>
+#define MOEFY_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 #include <stdio.h>
 #include <string.h>
@@ -175,7 +183,8 @@ __global__ void __launch_bounds__(kChunk) scatter_kernel(const unsigned char* __
                                                          const int* __restrict__ chunk_offset,
                                                          const int* __restrict__ exp_count, int n_chunks, int T, int E,
                                                          int* __restrict__ pair_tok) {
-  extern __shared__ int row_start[];  // [E]
+  MOEFY_DYNAMIC_SMEM(smem_raw);
+  int* row_start = reinterpret_cast<int*>(smem_raw);  // [E]
   __shared__ int wsum[2][kChunk / 32];
   if (threadIdx.x == 0) {
     int acc = 0;
@@ -206,7 +215,8 @@ __global__ void __launch_bounds__(kChunk) scatter_kernel(const unsigned char* __
 // 4. tile list: entry = (expert, first row, valid rows, 0), ordered by (tile index within expert, expert)
 __global__ void __launch_bounds__(kThreads) tile_list_kernel(const int* __restrict__ exp_count, int E, int max_j,
                                                              int4* __restrict__ tiles, int* __restrict__ num_tiles) {
-  extern __shared__ int sm[];  // [3E]: count, tiles, row start
+  MOEFY_DYNAMIC_SMEM(smem_raw);
+  int* sm = reinterpret_cast<int*>(smem_raw);  // [3E]: count, tiles, row start
   int* cnt = sm;
   int* nt = sm + E;
   int* rs = sm + 2 * E;
@@ -261,7 +271,9 @@ struct FcArgs {
 
 // 16-byte global -> shared copies, asynchronous on sm_80+ (zero-filled when src_bytes == 0); synchronous before.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src_bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(MOEFY_CUDA_EMULATE)
+  emu::cp_async16(smem, gmem, src_bytes);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(src_bytes));
 #else
@@ -269,20 +281,25 @@ __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, int src
 #endif
 }
 __device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(MOEFY_CUDA_EMULATE)
+  emu::cp_async_commit();
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;\n" ::);
 #endif
 }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(MOEFY_CUDA_EMULATE)
+  emu::cp_async_wait(N);
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 #endif
 }
 
 // float4 atomicAdd on global memory: sm_90+, declared by CUDA >= 12.8 headers (older toolkits: scalar atomics).
-#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && \
-    ((__CUDACC_VER_MAJOR__ > 12) || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 8))
+#if (defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && \
+     ((__CUDACC_VER_MAJOR__ > 12) || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 8))) || \
+    (defined(MOEFY_CUDA_EMULATE) && defined(MOEFY_EMU_VECTOR_ATOMICS))
 #define MOEFY_VECTOR_ATOMICS 1
 constexpr bool kVectorAtomics = true;
 #else
@@ -302,10 +319,13 @@ __device__ __forceinline__ void epilogue(const FcArgs& a, int e, int row_base, i
     if (VEC) {
       if constexpr (std::is_same<T, __half>::value) {
         static_assert(NV == 8, "fp16 epilogue works on 8 columns");
-        __align__(16) __half out[8];
+        union {
+          uint4 u;
+          __half h[8];
+        } out;
 #pragma unroll
-        for (int q = 0; q < 8; ++q) out[q] = __float2half_rn(activate(v[q] + to_f(b1[col + q]), a.act));
-        *reinterpret_cast<uint4*>(h + col) = *reinterpret_cast<const uint4*>(out);
+        for (int q = 0; q < 8; ++q) out.h[q] = __float2half_rn(activate(v[q] + to_f(b1[col + q]), a.act));
+        *reinterpret_cast<uint4*>(h + col) = out.u;
       } else {
         static_assert(NV == 4, "fp32 epilogue works on 4 columns");
         float4 o;
@@ -580,7 +600,7 @@ __device__ __forceinline__ void fc_tile_f32(const FcArgs& a, const int4 ti, int 
 
 template <typename T, bool FC2, bool VEC>
 __global__ void __launch_bounds__(kThreads, 2) fc_kernel(FcArgs a) {
-  extern __shared__ __align__(128) unsigned char smem[];
+  MOEFY_DYNAMIC_SMEM(smem);
   constexpr bool kHalf = std::is_same<T, __half>::value;
   constexpr size_t OFF_PTR = kHalf ? f16cfg::OFF_PTR : f32cfg::OFF_PTR;
   constexpr size_t OFF_TOK = kHalf ? f16cfg::OFF_TOK : f32cfg::OFF_TOK;
@@ -747,7 +767,7 @@ int launch_fc(const FcArgs& fa, int max_mtiles, int n_tiles_n, cudaStream_t st) 
   if (grid < 1) return MOEFY_CUDA_OK;
   FcArgs f = fa;
   f.n_tiles_n = n_tiles_n;
-  kern<<<(unsigned)grid, kThreads, smem, st>>>(f);
+  MOEFY_LAUNCH(kern, (unsigned)grid, kThreads, smem, st)(f);
   return MOEFY_CUDA_OK;
 }
 
@@ -764,13 +784,13 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
   void* H = ws + w.H;
   float* acc = std::is_same<T, __half>::value ? reinterpret_cast<float*>(ws + w.acc) : static_cast<float*>(a->Y);
 
-  route_kernel<T><<<w.n_chunks, kChunk, 0, st>>>(static_cast<const T*>(a->norms), rp, mask, chunk_count, w.n_chunks,
+  MOEFY_LAUNCH(route_kernel<T>, w.n_chunks, kChunk, 0, st)(static_cast<const T*>(a->norms), rp, mask, chunk_count, w.n_chunks,
                                                  a->active, acc, static_cast<const T*>(a->B2), D);
-  scan_kernel<<<E, kThreads, 0, st>>>(chunk_count, chunk_offset, exp_count, w.n_chunks);
-  scatter_kernel<<<w.n_chunks, kChunk, sizeof(int) * E, st>>>(mask, chunk_offset, exp_count, w.n_chunks, T_, E,
+  MOEFY_LAUNCH(scan_kernel, E, kThreads, 0, st)(chunk_count, chunk_offset, exp_count, w.n_chunks);
+  MOEFY_LAUNCH(scatter_kernel, w.n_chunks, kChunk, sizeof(int) * E, st)(mask, chunk_offset, exp_count, w.n_chunks, T_, E,
                                                                pair_tok);
   const long long tl_threads = (long long)E * w.max_j;
-  tile_list_kernel<<<(unsigned)((tl_threads + kThreads - 1) / kThreads), kThreads, sizeof(int) * 3 * E, st>>>(
+  MOEFY_LAUNCH(tile_list_kernel, (unsigned)((tl_threads + kThreads - 1) / kThreads), kThreads, sizeof(int) * 3 * E, st)(
       exp_count, E, w.max_j, tiles, num_tiles);
 
   FcArgs fa;
@@ -797,7 +817,7 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
     const size_t n = (size_t)T_ * D;
     long long blocks = (long long)((n + 255) / 256);
     if (blocks > 65535LL * 16) blocks = 65535LL * 16;
-    finalize_kernel<<<(unsigned)blocks, 256, 0, st>>>(acc, static_cast<__half*>(a->Y), n);
+    MOEFY_LAUNCH(finalize_kernel, (unsigned)blocks, 256, 0, st)(acc, static_cast<__half*>(a->Y), n);
   }
   return MOEFY_CUDA_OK;
 }
@@ -872,3 +892,12 @@ extern "C" int moefy_dynamic_moe_cuda(const MoeCudaArgs* a, void* workspace, siz
   if (prev_device >= 0) cudaSetDevice(prev_device);
   return r;
 }
+
+#ifdef MOEFY_CUDA_EMULATE
+// Emulator schedule for tests (kernels/cuda/emu): thread order 0 forward, 1 reverse, 2 random(seed); deferred != 0
+// lands cp.async copies only at the wait that covers them.
+extern "C" void moefy_emu_configure(int order, unsigned seed, int deferred) {
+  emu::set_order(order, seed);
+  emu::set_deferred_copies(deferred != 0);
+}
+#endif

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "dynamic_moe_cuda.h"
+#include "moe_ref.h"
 
 #define CK(x)                                                                                         \
   do {                                                                                                \
@@ -40,89 +41,7 @@
 
 static int g_failures = 0;
 
-// ------------------------------------------------------------------------------------------------ host utilities
-struct Rng {
-  uint64_t s;
-  explicit Rng(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
-  uint64_t next() {
-    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  float uni() { return (float)((next() >> 40) * (1.0 / 16777216.0)); }  // [0, 1)
-  float sym(float a) { return (2.f * uni() - 1.f) * a; }
-};
-
-static double act_ref(double x, int act) {
-  if (act == MOEFY_CUDA_RELU) return x > 0 ? x : 0;
-  if (act == MOEFY_CUDA_GELU_TANH) return 0.5 * x * (1 + std::tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
-  return 0.5 * x * (1 + std::erf(x * 0.7071067811865476));
-}
-
-static float round_half(float x) { return __half2float(__float2half_rn(x)); }
-
-struct Case {
-  std::string name;
-  int64_t B, L, D, E, S;
-  int act;
-  std::vector<int64_t> patch_nums;
-  std::vector<float> thr;
-  int64_t scale_index;  // -1: none
-  bool b2;
-  bool thr_on_device;
-};
-
-// Host reference. Inputs are the values the device sees (already rounded to half for fp16).
-static void reference(const Case& c, bool half, const std::vector<float>& X, const std::vector<float>& N,
-                      const std::vector<float>& W1, const std::vector<float>& B1, const std::vector<float>& W2,
-                      const std::vector<float>& B2, std::vector<double>& Y, std::vector<int>& active) {
-  const int64_t T = c.B * c.L, D = c.D, E = c.E, S = c.S, ES = E * S;
-  Y.assign((size_t)(T * D), 0.0);
-  active.assign((size_t)T, 0);
-  std::vector<int64_t> ends;
-  int64_t sum = 0;
-  for (int64_t pn : c.patch_nums) ends.push_back(sum += pn * pn);
-  std::vector<double> h((size_t)S);
-  for (int64_t t = 0; t < T; ++t) {
-    int s = 0;
-    if (c.scale_index >= 0) {
-      s = (int)std::min<int64_t>(c.scale_index, (int64_t)c.thr.size() - 1);
-    } else if (c.L == sum) {
-      const int64_t l = t % c.L;
-      while (s < (int)ends.size() - 1 && l >= ends[(size_t)s]) ++s;
-    } else {
-      for (size_t i = 0; i < c.patch_nums.size(); ++i)
-        if (c.patch_nums[i] * c.patch_nums[i] == c.L) s = (int)i;
-    }
-    const float thr = c.thr[(size_t)s];
-    const float* nr = &N[(size_t)(t * E)];
-    float mx = nr[0];
-    int am = 0;
-    for (int e = 1; e < E; ++e)
-      if (nr[e] > mx) mx = nr[e], am = e;
-    const float cut = thr * mx;
-    double* y = &Y[(size_t)(t * D)];
-    for (int e = 0; e < E; ++e) {
-      if (!(e == am || nr[e] >= cut)) continue;
-      active[(size_t)t]++;
-      for (int64_t j = 0; j < S; ++j) {
-        double a = B1[(size_t)(e * S + j)];
-        for (int64_t k = 0; k < D; ++k) a += (double)X[(size_t)(t * D + k)] * W1[(size_t)(k * ES + e * S + j)];
-        double v = act_ref(a, c.act);
-        if (half) v = round_half((float)v);
-        h[(size_t)j] = v;
-      }
-      for (int64_t j = 0; j < S; ++j) {
-        const float* w2 = &W2[(size_t)((e * S + j) * D)];
-        const double hj = h[(size_t)j];
-        for (int64_t k = 0; k < D; ++k) y[k] += hj * w2[k];
-      }
-    }
-    if (c.b2)
-      for (int64_t k = 0; k < D; ++k) y[k] += B2[(size_t)k];
-  }
-}
+using namespace moe_ref;
 
 template <typename T>
 static void* upload(const std::vector<float>& v) {
@@ -134,31 +53,11 @@ static void* upload(const std::vector<float>& v) {
   return d;
 }
 
-static void fill_args(MoeCudaArgs& a, const Case& c) {
-  memset(&a, 0, sizeof(a));
-  a.activation = c.act;
-  a.B = c.B, a.L = c.L, a.D = c.D, a.E = c.E, a.S = c.S;
-  a.num_patch_nums = (int)c.patch_nums.size();
-  for (size_t i = 0; i < c.patch_nums.size(); ++i) a.patch_nums[i] = c.patch_nums[i];
-  a.num_thresholds = (int)c.thr.size();
-  for (size_t i = 0; i < c.thr.size(); ++i) a.threshold_attr[i] = c.thr[i];
-}
 
 static bool run_case(const Case& c, bool half, uint64_t seed) {
   const int64_t T = c.B * c.L, D = c.D, E = c.E, S = c.S;
-  Rng r(seed);
-  auto gen = [&](size_t n, float a) {
-    std::vector<float> v(n);
-    for (auto& x : v) x = half ? round_half(r.sym(a)) : r.sym(a);
-    return v;
-  };
-  std::vector<float> X = gen((size_t)(T * D), 1.f);
-  std::vector<float> N((size_t)(T * E));
-  for (auto& x : N) x = half ? round_half(r.uni()) : r.uni();
-  std::vector<float> W1 = gen((size_t)(D * E * S), 1.f / std::sqrt((float)D));
-  std::vector<float> B1 = gen((size_t)(E * S), 0.2f);
-  std::vector<float> W2 = gen((size_t)(E * S * D), 1.f / std::sqrt((float)S));
-  std::vector<float> B2 = gen((size_t)D, 0.2f);
+  const Data dd = make_data(c, half, seed);
+  const std::vector<float>&X = dd.X, &N = dd.N, &W1 = dd.W1, &B1 = dd.B1, &W2 = dd.W2, &B2 = dd.B2;
 
   std::vector<double> Yref;
   std::vector<int> act_ref_v;
