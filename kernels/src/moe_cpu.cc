@@ -55,6 +55,64 @@ static inline float exp_approx(float x) {
   return p * scale;
 }
 
+#if defined(__AVX512F__)
+static inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+static inline __m512 act512(__m512 x, Act act) {
+  switch (act) {
+    case Act::Relu:
+      return _mm512_max_ps(x, _mm512_setzero_ps());
+    case Act::GeluTanh: {
+      const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+      const __m512 u2 = _mm512_mul_ps(_mm512_set1_ps(1.5957691216057308f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), u2));
+      return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    }
+    case Act::Gelu: {
+      const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+      const __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(x)));
+      const __m512 z = _mm512_mul_ps(ax, _mm512_set1_ps(0.7071067811865476f));
+      const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), z, _mm512_set1_ps(1.0f)));
+      __m512 p = _mm512_set1_ps(1.061405429f);
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+      const __m512 ez = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z)));
+      const __m512 e = _mm512_fnmadd_ps(_mm512_mul_ps(p, t), ez, _mm512_set1_ps(1.0f));
+      const __m512 erf = _mm512_castsi512_ps(
+          _mm512_or_si512(_mm512_castps_si512(e), _mm512_and_si512(sign, _mm512_castps_si512(x))));
+      return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+    }
+  }
+  return x;
+}
+
+static void bias_act_row(float* h, const float* b, int64_t n, Act act) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(h + i, act512(_mm512_add_ps(_mm512_loadu_ps(h + i), _mm512_loadu_ps(b + i)), act));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, h + i), _mm512_maskz_loadu_ps(m, b + i));
+    _mm512_mask_storeu_ps(h + i, m, act512(v, act));
+  }
+}
+#else
 static void bias_act_row(float* h, const float* b, int64_t n, Act act) {
   switch (act) {
     case Act::Relu:
@@ -89,6 +147,7 @@ static void bias_act_row(float* h, const float* b, int64_t n, Act act) {
       break;
   }
 }
+#endif
 
 // ---------------------------------------------------------------------------------------------------------------
 
