@@ -751,19 +751,28 @@ template <typename T, bool FC2, bool VEC>
 int launch_fc(const FcArgs& fa, int max_mtiles, int n_tiles_n, cudaStream_t st) {
   auto kern = fc_kernel<T, FC2, VEC>;
   const size_t smem = fc_smem<T>();
-  cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-  if (err != cudaSuccess) {
-    set_error(cudaGetErrorString(err));
-    return MOEFY_CUDA_ELAUNCH;
-  }
-  int dev = 0, sms = 0, occ = 0;
+  // Per device, once: allow > 48 KB of dynamic shared memory, and size the persistent grid (SMs x blocks/SM).
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices];  // (SMs * blocks per SM), 0 = not yet known; a benign race writes equal values
+  int dev = 0;
   cudaGetDevice(&dev);
-  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, smem);
-  if (sms < 1) sms = 1;
-  if (occ < 1) occ = 1;
+  int slots = (dev >= 0 && dev < kMaxDevices) ? cached[dev] : 0;
+  if (slots == 0) {
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    if (err != cudaSuccess) {
+      set_error(cudaGetErrorString(err));
+      return MOEFY_CUDA_ELAUNCH;
+    }
+    int sms = 0, occ = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kern, kThreads, smem);
+    if (sms < 1) sms = 1;
+    if (occ < 1) occ = 1;
+    slots = sms * occ;
+    if (dev >= 0 && dev < kMaxDevices) cached[dev] = slots;
+  }
   const long long worst = (long long)max_mtiles * n_tiles_n;
-  const long long grid = worst < (long long)sms * occ ? worst : (long long)sms * occ;
+  const long long grid = worst < (long long)slots ? worst : (long long)slots;
   if (grid < 1) return MOEFY_CUDA_OK;
   FcArgs f = fa;
   f.n_tiles_n = n_tiles_n;
