@@ -549,9 +549,9 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
     const auto task = ws.tasks[i];
     Slot* slot;
     int sid;
+    bool fresh = false;
     {
       std::lock_guard<std::mutex> lk(mu);
-      bool fresh = false;
       if (!ws.free_slots.empty()) {
         sid = ws.free_slots.back();
         ws.free_slots.pop_back();
@@ -571,11 +571,10 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
         grow(slot->h, static_cast<size_t>(TM * S));
         grow(slot->z, static_cast<size_t>(TM * D));
       }
-      if (fresh && sid > 0) {
-        grow(slot->acc, static_cast<size_t>(N * D));
-        std::memset(slot->acc.data(), 0, sizeof(float) * N * D);
-      }
+      if (fresh && sid > 0) grow(slot->acc, static_cast<size_t>(N * D));
     }
+    // A slot's accumulator is zeroed the first time this call uses it (outside the lock).
+    if (fresh && sid > 0) std::memset(slot->acc.data(), 0, sizeof(float) * N * D);
     float* acc = sid == 0 ? Y : slot->acc.data();
     const int64_t e = task.expert;
     const int m = static_cast<int>(task.count);
