@@ -3,7 +3,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { analyseVar } from './analysis/var-structure';
-import { countFlops } from './analysis/flops';
+import { countFlops, moeFfnFlops, routerFlopsPerToken } from './analysis/flops';
 import { MoefyError } from './errors';
 import { loadModel, saveModel } from './onnx/io';
 import { capture } from './passes/capture';
@@ -116,16 +116,16 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
 
   // FFN FLOPs per scale, dense against MoE (expected from the calibration active fractions, plus the routers).
   const rows = structure.rowsPerSample;
-  const routerPerToken = st.routers.reduce((a, r, k) => a + 2 * (st.sites[k].D * r.width + r.width * opts.experts), 0);
+  const routerPerToken = st.routers.reduce((a, r, k) => a + routerFlopsPerToken(st.sites[k].D, r.width, opts.experts), 0);
   const scales: ScaleReport[] = dense.scales.map((sc) => {
     const s = sc.scale - 1;
     const moe = s >= opts.fromScale - 1;
     const f = st.activeFractions[s];
-    const routerFlops = moe ? routerPerToken * sc.tokens * rows : 0;
     const af = moe ? (Number.isNaN(f) ? null : f) : 1;
+    const m = moe ? moeFfnFlops(sc.flops.ffn, af ?? 1, routerPerToken, sc.tokens, rows) : { ffn: sc.flops.ffn, router: 0 };
     return {
       scale: sc.scale, patch: sc.patch, tokens: sc.tokens, threshold: st.thresholds[s], moe, activeFraction: af,
-      ffnFlopsDense: sc.flops.ffn, ffnFlopsMoe: moe ? sc.flops.ffn * (af ?? 1) + routerFlops : sc.flops.ffn, routerFlops,
+      ffnFlopsDense: sc.flops.ffn, ffnFlopsMoe: m.ffn, routerFlops: m.router,
     };
   });
   const moeScales = scales.filter((x) => x.moe && x.activeFraction !== null);

@@ -135,3 +135,18 @@ export function formatFlops(f: number): string {
   for (const [v, u] of units) if (Math.abs(f) >= v) return `${(f / v).toFixed(2)} ${u}`;
   return `${f}`;
 }
+
+/** Router FLOPs per token of one MoE layer: MatMul D → width and width → E (2 FLOPs per multiply-add). */
+export function routerFlopsPerToken(D: number, width: number, experts: number): number {
+  return 2 * (D * width + width * experts);
+}
+
+/**
+ * FFN FLOPs of one scale of a MoE model: the dense FFN FLOPs times the fraction of experts that run, plus the routers
+ * (`routerPerToken` summed over the layers, times the scale's token rows). The conversion report (expected, from the
+ * calibration routing) and `moefy eval` (measured from the `active` outputs) both use it.
+ */
+export function moeFfnFlops(ffnFlopsDense: number, activeFraction: number, routerPerToken: number, tokens: number, rows: number): { ffn: number; router: number } {
+  const router = routerPerToken * tokens * rows;
+  return { ffn: ffnFlopsDense * activeFraction + router, router };
+}

@@ -1,0 +1,327 @@
+// Generation with VAR's per-scale step graphs, dense and MoE side by side with identical random numbers: at each
+// scale the step graph gives the (guided) logits, tokens are drawn with top-k then top-p sampling (VAR's
+// sample_with_top_k_top_p_, by inverse CDF over the tokens in descending order so that close distributions draw the
+// same token from the same uniform), and the tokenizer's next-scale graph (vq_nextscale_s{k}: f_hat and the sampled
+// tokens → f_hat_new and the next step's input) — a second ONNX model, since the next-scale input needs the VQVAE's
+// embedding — advances the state. Reported per scale: the fraction of sampled tokens on which the two independent
+// chains agree, and, with the MoE step fed the dense chain's context (same input, same KV cache), the fraction of
+// agreeing tokens, the KL of the next-token distributions and the experts run per token.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { PNG } from 'pngjs';
+import { deriveSeed, rng } from '../calib/random';
+import { pct, table } from '../cli/format';
+import { MoefyError } from '../errors';
+import { loadModel } from '../onnx/io';
+import { analyseVar } from '../analysis/var-structure';
+import { closeSide, EvalSide, openSide } from './side';
+
+export interface GenerateOptions {
+  steps: string;
+  moeSteps?: string;
+  vq: string;
+  decoder?: string;
+  images?: string;
+  samples: number;
+  labels?: number[];
+  cfg: number;
+  topK: number;
+  topP: number;
+  seed: number;
+  patchNums?: number[];
+  /** Threshold override fed to the MoE step graphs (one per scale). */
+  thresholds?: number[];
+}
+
+export interface GenerateScale {
+  scale: number;
+  patch: number;
+  tokens: number;
+  moe: boolean;
+  /** Sampled tokens equal between the independent dense and MoE chains. */
+  agreement: number;
+  /** Sampled tokens equal when the MoE step runs on the dense chain's context (same random numbers). */
+  agreementGivenContext: number;
+  /** KL(dense ‖ MoE) of the guided next-token distributions on the dense chain's context, mean per token. */
+  klGivenContext: number;
+  /** Experts run per token (mean over tokens, layers and CFG rows) on the dense context; null for dense scales. */
+  activeExperts: number | null;
+  experts: number | null;
+}
+
+export interface GenerateReport {
+  samples: number;
+  labels: number[];
+  cfg: number;
+  topK: number;
+  topP: number;
+  seed: number;
+  scales: GenerateScale[];
+  /** Token-weighted over all scales. */
+  agreement: number;
+  agreementGivenContext: number;
+  images: string | null;
+}
+
+/** Files of a folder or a comma-separated list. */
+function listFiles(spec: string): string[] {
+  if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) return fs.readdirSync(spec).filter((f) => f.endsWith('.onnx')).sort().map((f) => path.join(spec, f));
+  const files = spec.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const f of files) if (!fs.existsSync(f)) throw new MoefyError(`${f}: no such file`);
+  return files;
+}
+
+/** Step graphs by 0-based scale, from each graph's static step scale. Files that are not VAR step graphs are skipped in folders. */
+export function stepGraphs(spec: string, patchNums?: number[]): Map<number, string> {
+  const isDir = fs.existsSync(spec) && fs.statSync(spec).isDirectory();
+  const out = new Map<number, string>();
+  for (const f of listFiles(spec)) {
+    if (isDir && !/step/i.test(path.basename(f))) continue;
+    let scale: number | null;
+    try {
+      const s = analyseVar(loadModel(f), { patchNums });
+      scale = s.kind === 'step' ? s.stepScale : null;
+    } catch (e) {
+      if (isDir) continue;
+      throw e;
+    }
+    if (scale === null) throw new MoefyError(`${f} is not a step graph with a static scale`);
+    if (out.has(scale - 1)) throw new MoefyError(`${f} and ${out.get(scale - 1)} are both step graphs of scale ${scale}`);
+    out.set(scale - 1, f);
+  }
+  return out;
+}
+
+/** vq_nextscale_s{k}.onnx by 0-based scale. */
+export function vqGraphs(spec: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const f of listFiles(spec)) {
+    const m = /nextscale_s(\d+)\.onnx$/.exec(path.basename(f));
+    if (m) out.set(Number(m[1]), f);
+  }
+  return out;
+}
+
+/** VAR's top-k then top-p filter, then a draw by inverse CDF with uniform u over the tokens in descending order. */
+export function sampleTopKTopP(logits: Float32Array, off: number, V: number, topK: number, topP: number, u: number, order: Int32Array, probs: Float64Array): number {
+  for (let v = 0; v < V; v++) order[v] = v;
+  const sorted = Array.from(order).sort((a, b) => logits[off + b] - logits[off + a] || a - b);
+  const k = topK > 0 ? Math.min(V, topK) : V;
+  const m = logits[off + sorted[0]];
+  let z = 0;
+  for (let i = 0; i < k; i++) {
+    probs[i] = Math.exp(logits[off + sorted[i]] - m);
+    z += probs[i];
+  }
+  for (let i = 0; i < k; i++) probs[i] /= z;
+  // top-p: drop the tail (from the least likely) while its cumulative mass stays <= 1 − top_p; keep the top token.
+  let keep = k;
+  if (topP > 0 && topP < 1) {
+    let tail = 0;
+    while (keep > 1 && tail + probs[keep - 1] <= 1 - topP) {
+      tail += probs[keep - 1];
+      keep--;
+    }
+  }
+  let mass = 0;
+  for (let i = 0; i < keep; i++) mass += probs[i];
+  let c = 0;
+  const target = u * mass;
+  for (let i = 0; i < keep; i++) {
+    c += probs[i];
+    if (target < c) return sorted[i];
+  }
+  return sorted[keep - 1];
+}
+
+interface Chain {
+  fhat: ort.Tensor;
+  xnext: ort.Tensor | null;
+  past: Record<string, ort.Tensor>;
+  idx: BigInt64Array[];
+}
+
+function f32Scalar(x: number): ort.Tensor {
+  return new ort.Tensor('float32', Float32Array.of(x), []);
+}
+
+export async function generate(o: GenerateOptions): Promise<GenerateReport> {
+  const dense = stepGraphs(o.steps, o.patchNums);
+  const moe = o.moeSteps ? stepGraphs(o.moeSteps, o.patchNums) : new Map<number, string>();
+  const vq = vqGraphs(o.vq);
+  const S = dense.size;
+  for (let k = 0; k < S; k++) {
+    if (!dense.has(k)) throw new MoefyError(`--steps: no step graph for scale ${k + 1} (found scales ${[...dense.keys()].map((x) => x + 1).join(',')})`);
+    if (!vq.has(k)) throw new MoefyError(`--vq: no vq_nextscale_s${k}.onnx`);
+  }
+  for (const k of moe.keys()) if (!dense.has(k)) throw new MoefyError(`--moe-steps: scale ${k + 1} has no dense step graph`);
+  const B = o.samples;
+  if (!(Number.isInteger(B) && B >= 1)) throw new MoefyError(`--samples ${B} must be a positive integer`);
+  const labels = o.labels ?? Array.from({ length: B }, (_, i) => i);
+  if (labels.length !== B) throw new MoefyError(`--labels has ${labels.length} values for ${B} samples`);
+  const sides: { dense: EvalSide[]; moe: (EvalSide | null)[] } = { dense: [], moe: [] };
+  const vqSess: ort.InferenceSession[] = [];
+  let decoder: ort.InferenceSession | null = null;
+  const scales: GenerateScale[] = [];
+  try {
+    for (let k = 0; k < S; k++) {
+      sides.dense.push(await openSide(dense.get(k)!, { kind: 'step', keepOutputs: true, withFfn: false, patchNums: o.patchNums }));
+      sides.moe.push(moe.has(k) ? await openSide(moe.get(k)!, { kind: 'step', keepOutputs: true, withFfn: false, patchNums: o.patchNums }) : null);
+      vqSess.push(await ort.InferenceSession.create(vq.get(k)!));
+    }
+    if (o.decoder) decoder = await ort.InferenceSession.create(o.decoder);
+    const fdims = vqSess[0].inputMetadata.find((m) => m.name === 'f_hat');
+    const fshape = fdims && 'shape' in fdims ? (fdims.shape as (number | string)[]).slice(1).map(Number) : [32, 16, 16];
+    if (fshape.some((x) => !Number.isFinite(x))) throw new MoefyError(`${vq.get(0)}: f_hat has no static shape`);
+    const fsize = fshape.reduce((a, b) => a * b, 1);
+    const zero = () => new ort.Tensor('float32', new Float32Array(B * fsize), [B, ...fshape]);
+    const label = new ort.Tensor('int64', BigInt64Array.from(labels, (x) => BigInt(x)), [B]);
+    const chains: Chain[] = [0, 1].map(() => ({ fhat: zero(), xnext: null, past: {}, idx: [] }));
+    const layout = sides.dense[0].structure.layout;
+    for (let k = 0; k < S; k++) {
+      const d = sides.dense[k], m = sides.moe[k];
+      const feedsOf = (c: Chain, side: EvalSide) => {
+        const f: Record<string, ort.Tensor> = {};
+        for (const n of side.feeds) {
+          if (n === 'label_B') f[n] = label;
+          else if (n === 'cfg') f[n] = f32Scalar(o.cfg);
+          else if (/^past_/.test(n)) {
+            if (!c.past[n]) throw new MoefyError(`${side.file}: no '${n}' from the previous step`);
+            f[n] = c.past[n];
+          } else if (n === 'moe_threshold') continue;
+          else if (c.xnext) f[n] = c.xnext;
+          else throw new MoefyError(`${side.file}: input '${n}' has no value (is scale ${k + 1}'s graph in the right place?)`);
+        }
+        if (o.thresholds && side.hasThresholdInput) f.moe_threshold = new ort.Tensor('float32', Float32Array.from(o.thresholds), [o.thresholds.length]);
+        return f;
+      };
+      const rD = await d.session.run(feedsOf(chains[0], d));
+      const rM = await (m ?? d).session.run(feedsOf(chains[1], m ?? d));
+      const rC = m ? await m.session.run(feedsOf(chains[0], m)) : rD;
+      const lg = (r: ort.InferenceSession.OnnxValueMapType, side: EvalSide) => r[side.logits];
+      const tD = lg(rD, d);
+      const V = tD.dims[tD.dims.length - 1];
+      const n = tD.dims[1];
+      if (n !== layout.tokens[k]) throw new MoefyError(`${d.file}: logits have ${n} tokens at scale ${k + 1}; expected ${layout.tokens[k]}`);
+      const order = new Int32Array(V), probs = new Float64Array(V);
+      const draw = (t: ort.Tensor) => {
+        const data = t.data as Float32Array;
+        const out = new BigInt64Array(B * n);
+        for (let b = 0; b < B; b++) {
+          const r = rng(deriveSeed(o.seed, k * 1_000_003 + b));
+          for (let i = 0; i < n; i++) out[b * n + i] = BigInt(sampleTopKTopP(data, (b * n + i) * V, V, o.topK, o.topP, r(), order, probs));
+        }
+        return out;
+      };
+      const iD = draw(tD), iM = draw(lg(rM, m ?? d)), iC = draw(lg(rC, m ?? d));
+      let agree = 0, agreeC = 0;
+      for (let i = 0; i < iD.length; i++) {
+        if (iD[i] === iM[i]) agree++;
+        if (iD[i] === iC[i]) agreeC++;
+      }
+      let kl = 0;
+      {
+        const a = tD.data as Float32Array, c = lg(rC, m ?? d).data as Float32Array;
+        for (let r = 0; r < B * n; r++) {
+          const off = r * V;
+          let ma = -Infinity, mc = -Infinity;
+          for (let v = 0; v < V; v++) {
+            if (a[off + v] > ma) ma = a[off + v];
+            if (c[off + v] > mc) mc = c[off + v];
+          }
+          let za = 0, zc = 0;
+          for (let v = 0; v < V; v++) {
+            za += Math.exp(a[off + v] - ma);
+            zc += Math.exp(c[off + v] - mc);
+          }
+          const la = ma + Math.log(za), lc = mc + Math.log(zc);
+          let s = 0;
+          for (let v = 0; v < V; v++) {
+            const lp = a[off + v] - la;
+            s += Math.exp(lp) * (lp - (c[off + v] - lc));
+          }
+          kl += Math.max(0, s);
+        }
+        kl /= B * n;
+      }
+      let activeExperts: number | null = null, experts: number | null = null;
+      if (m) {
+        const names = m.active.filter((x): x is string => x !== null);
+        if (names.length) {
+          let sum = 0, cnt = 0;
+          for (const nm of names) {
+            const t = rC[nm].data as Int32Array;
+            for (let i = 0; i < t.length; i++) sum += t[i];
+            cnt += t.length;
+          }
+          activeExperts = sum / cnt;
+          const es = m.experts.filter((e): e is number => e !== null);
+          experts = es.reduce((x, y) => x + y, 0) / es.length;
+        }
+      }
+      scales.push({ scale: k + 1, patch: layout.patchNums[k], tokens: n, moe: m !== null, agreement: agree / iD.length, agreementGivenContext: agreeC / iD.length, klGivenContext: kl, activeExperts, experts });
+      // Advance both chains.
+      for (const [c, r, ids] of [[chains[0], rD, iD], [chains[1], rM, iM]] as const) {
+        const v = await vqSess[k].run({ f_hat: c.fhat, idx_Bl: new ort.Tensor('int64', ids, [B, n]) });
+        c.fhat = v['f_hat_new'];
+        c.xnext = v['next_in_BlCv'] ?? null;
+        c.past = {};
+        for (const [name, t] of Object.entries(r)) if (/^present_/.test(name)) c.past[name.replace(/^present_/, 'past_')] = t;
+        c.idx.push(ids);
+      }
+    }
+    let images: string | null = null;
+    if (decoder && o.images) {
+      const imgs = [];
+      for (const c of chains) imgs.push(await decoder.run({ [decoder.inputNames[0]]: c.fhat }));
+      const t = imgs.map((r) => r[decoder!.outputNames[0]]);
+      writeImageGrid(o.images, t);
+      images = o.images;
+    } else if (o.images) throw new MoefyError('--images needs --decoder');
+    const tok = scales.reduce((a, x) => a + x.tokens, 0);
+    return {
+      samples: B, labels, cfg: o.cfg, topK: o.topK, topP: o.topP, seed: o.seed, scales,
+      agreement: scales.reduce((a, x) => a + x.agreement * x.tokens, 0) / tok,
+      agreementGivenContext: scales.reduce((a, x) => a + x.agreementGivenContext * x.tokens, 0) / tok,
+      images,
+    };
+  } finally {
+    for (const s of [...sides.dense, ...sides.moe]) if (s) await closeSide(s);
+    for (const s of vqSess) await s.release();
+    if (decoder) await decoder.release();
+  }
+}
+
+/** Rows of images [B, 3, H, W] in [-1, 1] (one row per tensor: dense above MoE), 2 px white gaps. */
+export function writeImageGrid(file: string, rows: ort.Tensor[]): void {
+  const [B, C, H, W] = rows[0].dims;
+  const gap = 2;
+  const width = B * W + (B + 1) * gap, height = rows.length * H + (rows.length + 1) * gap;
+  const png = new PNG({ width, height });
+  png.data.fill(255);
+  rows.forEach((t, r) => {
+    const d = t.data as Float32Array;
+    for (let b = 0; b < B; b++)
+      for (let y = 0; y < H; y++)
+        for (let x = 0; x < W; x++) {
+          const o = ((gap + r * (H + gap) + y) * width + gap + b * (W + gap) + x) * 4;
+          for (let c = 0; c < 3; c++) {
+            const v = d[((b * C + Math.min(c, C - 1)) * H + y) * W + x];
+            png.data[o + c] = Math.max(0, Math.min(255, Math.round((v + 1) * 127.5)));
+          }
+          png.data[o + 3] = 255;
+        }
+  });
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+  fs.writeFileSync(file, PNG.sync.write(png));
+}
+
+export function printGenerate(r: GenerateReport): string {
+  const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.moe ? 'MoE' : 'dense', pct(s.agreement), pct(s.agreementGivenContext), s.klGivenContext.toFixed(5), s.activeExperts === null ? '-' : `${s.activeExperts.toFixed(2)}/${s.experts}`]);
+  return [
+    `generation: ${r.samples} samples, labels ${r.labels.join(',')}, cfg ${r.cfg}, top-k ${r.topK}, top-p ${r.topP}, seed ${r.seed} (identical random numbers for dense and MoE)`,
+    table(['scale', 'patch', 'step', 'agree (chains)', 'agree (dense context)', 'KL (dense context)', 'experts'], rows),
+    `sampled tokens agreeing: ${pct(r.agreement)} between the chains, ${pct(r.agreementGivenContext)} on the dense context${r.images ? `\nimages (dense row above MoE row): ${r.images}` : ''}`,
+  ].join('\n');
+}

@@ -1,0 +1,57 @@
+// Router maps (DMoE-VAR's figure 12): for one sample, a pn×pn heat map per scale of the experts run per token (mean
+// over the layers), with a colour legend.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { PatchLayout } from '../analysis/var-structure';
+import { MoefyError } from '../errors';
+import { vegaLiteToPng } from './plot';
+
+export const ROUTER_MAP_SIZE = { width: 640, height: 560 };
+
+export interface RouterMapOptions {
+  experts: (number | null)[];
+  title?: string;
+  sample?: number;
+  thresholds?: number[] | null;
+  size?: { width: number; height: number };
+}
+
+/** Mean over layers of the active count per token of scale `scale` (1-based): pn×pn row-major. */
+export function scaleMap(maps: Int32Array[], layout: PatchLayout, scale: number): Float64Array {
+  const s = scale - 1;
+  const off = layout.offsets[s], n = layout.tokens[s];
+  const out = new Float64Array(n);
+  for (const m of maps) for (let i = 0; i < n; i++) out[i] += m[off + i] / maps.length;
+  return out;
+}
+
+export async function writeRouterMaps(dir: string, maps: Int32Array[], layout: PatchLayout, scales: number[], o: RouterMapOptions): Promise<string[]> {
+  const size = o.size ?? ROUTER_MAP_SIZE;
+  const E = Math.max(...o.experts.filter((e): e is number => e !== null));
+  const files: string[] = [];
+  for (const scale of scales) {
+    if (!(scale >= 1 && scale <= layout.patchNums.length)) throw new MoefyError(`router maps: scale ${scale} is outside 1…${layout.patchNums.length}`);
+    const pn = layout.patchNums[scale - 1];
+    const m = scaleMap(maps, layout, scale);
+    const values = Array.from(m, (v, i) => ({ row: Math.floor(i / pn), col: i % pn, experts: Math.round(v * 100) / 100 }));
+    const mean = m.reduce((a, x) => a + x, 0) / m.length;
+    const thr = o.thresholds ? `, threshold ${o.thresholds[scale - 1].toFixed(3)}` : '';
+    const spec = {
+      $schema: 'https://vega.github.io/schema/vega-lite/v5.json',
+      width: 420, height: 420, background: 'white',
+      title: { text: `scale ${scale} (${pn}×${pn}): experts per token`, subtitle: `${o.title ?? ''} sample ${o.sample ?? 0}${thr}, mean ${mean.toFixed(2)} of ${E}` },
+      data: { values },
+      mark: { type: 'rect' },
+      encoding: {
+        x: { field: 'col', type: 'ordinal', title: 'column', axis: { labelAngle: 0, labelOverlap: true } },
+        y: { field: 'row', type: 'ordinal', title: 'row', axis: { labelOverlap: true } },
+        color: { field: 'experts', type: 'quantitative', title: ['experts', '(mean over', 'layers)'], scale: { domain: [0, E], scheme: 'viridis' }, legend: { gradientLength: 300 } },
+      },
+    };
+    const png = await vegaLiteToPng(spec, size.width, size.height);
+    const f = path.join(dir, `router_map_scale${scale}.png`);
+    fs.writeFileSync(f, png);
+    files.push(f);
+  }
+  return files;
+}

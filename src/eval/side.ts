@@ -1,0 +1,142 @@
+// One side of an evaluation (the dense model or the MoE model): the model analysed, a temporary copy whose graph
+// outputs add every FFN output (and, for DynamicMoE blocks, the `active` counts), and an onnxruntime-node session on
+// it. Stock onnxruntime-node runs the DynamicMoE op through its function body (correct, not fast).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { analyseVar, VarStructure } from '../analysis/var-structure';
+import { countFlops, FlopReport, routerFlopsPerToken } from '../analysis/flops';
+import { MoefyError } from '../errors';
+import { Model } from '../ir/model';
+import { Value } from '../ir/graph';
+import { loadModel, saveModel } from '../onnx/io';
+import { THRESHOLD_INPUT } from '../passes/insert';
+
+export interface EvalSide {
+  file: string;
+  model: Model;
+  structure: VarStructure;
+  flops: FlopReport;
+  /** Name of the logits output. */
+  logits: string;
+  /** FFN output value name per block (the FFN's Y, before the AdaLN gate). */
+  ffnOut: string[];
+  /** FFN input value name per dense block (exposed with `withFfnIn`), else null. */
+  ffnIn: (string | null)[];
+  /** `active` output per block for DynamicMoE blocks, else null. */
+  active: (string | null)[];
+  /** Experts per block (null for dense blocks). */
+  experts: (number | null)[];
+  /** Σ over MoE layers of the router FLOPs per token. */
+  routerPerToken: number;
+  /** The model's `moe_threshold` default (initializer), when it has that input. */
+  thresholdDefault: number[] | null;
+  /** First MoE scale (1-based) from the conversion metadata, else from the first non-zero default threshold. */
+  fromScale: number | null;
+  /** Graph inputs the caller must feed (initializer-backed inputs such as moe_threshold excluded). */
+  feeds: string[];
+  hasThresholdInput: boolean;
+  session: ort.InferenceSession;
+  dir: string;
+}
+
+export function logitsValue(model: Model): Value {
+  const outs = model.graph.outputs;
+  const v = outs.find((o) => /logit/i.test(o.name)) ?? outs[0];
+  if (!v) throw new MoefyError('the model has no outputs');
+  return v;
+}
+
+export function moeInfo(model: Model, structure: VarStructure): { routerPerToken: number; thresholdDefault: number[] | null; fromScale: number | null; experts: (number | null)[] } {
+  let routerPerToken = 0;
+  const experts = structure.blocks.map((b) => (b.moe ? b.moe.experts : null));
+  for (const b of structure.blocks) if (b.moe) routerPerToken += routerFlopsPerToken(b.moe.D, b.moe.routerWidth ?? 0, b.moe.experts);
+  const thrV = model.graph.has(THRESHOLD_INPUT) ? model.graph.value(THRESHOLD_INPUT) : null;
+  const thresholdDefault = thrV?.tensor ? Array.from(thrV.tensor.numbers()) : structure.blocks.find((b) => b.moe)?.moe?.thresholds ?? null;
+  let fromScale: number | null = null;
+  const md = model.metadata()['moefy.from_scale'];
+  if (md && Number.isFinite(Number(md))) fromScale = Number(md);
+  else if (thresholdDefault) {
+    const k = thresholdDefault.findIndex((t) => t > 0);
+    fromScale = k >= 0 ? k + 1 : null;
+  }
+  return { routerPerToken, thresholdDefault, fromScale, experts };
+}
+
+export interface SideOptions {
+  patchNums?: number[];
+  /** 'full' (teacher forcing) or 'step' graphs; checked. */
+  kind?: 'full' | 'step';
+  /** Extra graph outputs to keep besides logits/FFN/active (e.g. present_* for step graphs). */
+  keepOutputs?: boolean;
+  withFfn?: boolean;
+  /** Also expose the dense blocks' FFN inputs (to replay a MoE model's routers on them). */
+  withFfnIn?: boolean;
+}
+
+export async function openSide(file: string, opts: SideOptions = {}): Promise<EvalSide> {
+  if (!fs.existsSync(file)) throw new MoefyError(`${file}: no such file`);
+  const model = loadModel(file);
+  const structure = analyseVar(model, { patchNums: opts.patchNums });
+  const kind = opts.kind ?? 'full';
+  if (structure.kind !== kind)
+    throw new MoefyError(`${file} is a ${structure.kind === 'step' ? 'KV-cached step' : 'full-sequence'} graph; ${kind === 'full' ? 'teacher-forced eval needs full-sequence graphs (use --generate with step graphs)' : '--generate needs step graphs'}`);
+  const flops = countFlops(model, structure, 1);
+  const g = model.graph;
+  const logits = logitsValue(model);
+  const withFfn = opts.withFfn ?? true;
+  const ffnOut: Value[] = [];
+  const active: (Value | null)[] = [];
+  for (const b of structure.blocks) {
+    if (b.moe) {
+      ffnOut.push(b.moe.node.output(0));
+      const a = b.moe.node.outputs[1] ?? null;
+      active.push(a);
+    } else if (b.ffn) {
+      ffnOut.push(b.ffn.output);
+      active.push(null);
+    }
+  }
+  const info = moeInfo(model, structure);
+  const saved = g.outputs;
+  const outs: Value[] = opts.keepOutputs ? [...saved] : [logits];
+  const add = (v: Value | null) => {
+    if (v && !outs.includes(v)) outs.push(v);
+  };
+  if (withFfn) ffnOut.forEach(add);
+  const ffnIn = structure.blocks.map((b) => (b.ffn && opts.withFfnIn ? b.ffn.ffnIn : null));
+  ffnIn.forEach(add);
+  active.forEach(add);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-eval-'));
+  const tmp = path.join(dir, 'eval.onnx');
+  g.outputs = outs;
+  try {
+    saveModel(model, tmp);
+  } finally {
+    g.outputs = saved;
+  }
+  let session: ort.InferenceSession;
+  try {
+    session = await ort.InferenceSession.create(tmp, { graphOptimizationLevel: 'all' });
+  } catch (e) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw new MoefyError(`${file}: onnxruntime could not open the model: ${(e as Error).message}`);
+  }
+  const feeds = g.inputs.filter((v) => !v.tensor).map((v) => v.name);
+  return {
+    file, model, structure, flops, logits: logits.name,
+    ffnOut: ffnOut.map((v) => v.name), ffnIn: ffnIn.map((v) => v?.name ?? null), active: active.map((v) => v?.name ?? null),
+    experts: info.experts, routerPerToken: info.routerPerToken, thresholdDefault: info.thresholdDefault, fromScale: info.fromScale,
+    feeds, hasThresholdInput: g.has(THRESHOLD_INPUT) && g.inputs.includes(g.value(THRESHOLD_INPUT)), session, dir,
+  };
+}
+
+export async function closeSide(s: EvalSide): Promise<void> {
+  await s.session.release();
+  fs.rmSync(s.dir, { recursive: true, force: true });
+}
+
+export function thresholdTensor(t: number[]): ort.Tensor {
+  return new ort.Tensor('float32', Float32Array.from(t), [t.length]);
+}
