@@ -167,3 +167,23 @@ test('bad input: one clear line, non-zero exit, no output file left', () => {
     rmDir(dir);
   }
 });
+
+test('step graphs: full-sequence calibration data runs through a KV-cache chain (--kv-prefix)', async () => {
+  const dir = tmpDir('convert-chain');
+  try {
+    const out = path.join(dir, 'step.moe.onnx');
+    const r = await convert(fixture('var_tiny_step.onnx'), { ...FAST, experts: 8, fromScale: 8, calib: fixture('var_tiny_full_io'), kvPrefix: [fixture('var_tiny_step0.onnx')], output: out });
+    const cap = r.passes.find((p) => p.name === 'capture')!.summary;
+    assert.match(cap, /scales 2…10/);
+    // Every MoE scale had calibration tokens, so each has a measured active fraction.
+    for (const s of r.scales.filter((x) => x.moe)) assert.ok(s.activeFraction !== null && s.activeFraction > 0 && s.activeFraction <= 1, `scale ${s.scale}`);
+    // Without the prefix the dynamic step graph cannot get scale 1's cache: one clear error.
+    await assert.rejects(
+      convert(fixture('var_tiny_step.onnx'), { ...FAST, experts: 8, fromScale: 8, calib: fixture('var_tiny_full_io'), output: path.join(dir, 'x.onnx') }),
+      /needs the KV cache of scale 1: pass --kv-prefix/,
+    );
+    assert.ok(!fs.existsSync(path.join(dir, 'x.onnx')));
+  } finally {
+    rmDir(dir);
+  }
+});

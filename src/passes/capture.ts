@@ -118,6 +118,7 @@ export async function capture(st: ConversionState, onProgress?: (done: number, t
   if (st.options.calib) {
     if (!fs.existsSync(st.options.calib)) throw new MoefyError(`--calib ${st.options.calib}: no such file or folder`);
     const set = (await readTensorSet(st.options.calib)) as unknown as Record<string, ort.Tensor>;
+    if (s.kind === 'step' && isFullSequenceSet(set) && !hasAllInputs(st, set)) return captureChain(st, set, onProgress);
     feeds = checkCalib(st, set, st.options.calib);
     if (s.kind === 'step') scaleIdx = stepScaleOf(st, feeds);
   } else {
@@ -231,3 +232,101 @@ function concatInt(cs: Int32Array[]): Int32Array {
   }
   return out;
 }
+
+const FULL_X = 'x_BLCv_wo_first_l';
+
+function isFullSequenceSet(set: Record<string, ort.Tensor>): boolean {
+  return !!set[FULL_X] && !!set.label_B;
+}
+function hasAllInputs(st: ConversionState, set: Record<string, ort.Tensor>): boolean {
+  return modelInputs(st).every((v) => set[v.name]);
+}
+
+/** The token-input of a step graph (x_BlCv, x_next_BlCv): 3-D, not a cache, not the label. */
+function stepXName(names: string[], shapes: Record<string, unknown[]>): string | undefined {
+  return names.find((n) => !/past_|label|cfg/.test(n) && shapes[n]?.length === 3);
+}
+
+/**
+ * Step graphs from full-sequence calibration data: run the earlier scales' graphs (--kv-prefix) in a chain, each fed
+ * its scale's slice of the teacher-forcing input and the previous step's present_* as past_*, then the model itself,
+ * capturing its FFN inputs. A dynamic step graph runs for every scale after the prefix, and is captured at each.
+ */
+async function captureChain(st: ConversionState, set: Record<string, ort.Tensor>, onProgress?: (done: number, total: number) => void): Promise<PassResult> {
+  const s = st.structure;
+  const layout = s.layout;
+  const prefix = st.options.kvPrefix ?? [];
+  const first = s.stepScale !== null ? s.stepScale - 1 : prefix.length;
+  if (s.stepScale !== null && prefix.length < first)
+    throw new MoefyError(`this step graph computes scale ${s.stepScale}: it needs the KV cache of scales 1…${first}; pass --kv-prefix with the graphs for them (${prefix.length} given)`);
+  if (s.stepScale === null && prefix.length === 0)
+    throw new MoefyError('this dynamic step graph needs the KV cache of scale 1: pass --kv-prefix with the first step\'s graph (e.g. the step-0 export)');
+  const last = s.stepScale !== null ? first : layout.patchNums.length - 1;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-capture-'));
+  const file = path.join(dir, 'capture.onnx');
+  const g = st.model.graph;
+  const savedOutputs = g.outputs;
+  g.outputs = [...savedOutputs, ...st.sites.map((x) => x.ffnIn)];
+  try {
+    saveModel(st.model, file);
+  } finally {
+    g.outputs = savedOutputs;
+  }
+  const sessions: ort.InferenceSession[] = [];
+  const samples = set.label_B.dims[0];
+  const X = set[FULL_X];
+  const xPer = X.dims[1] * X.dims[2];
+  const chunks: Float32Array[][] = st.sites.map(() => []);
+  const scales: Int32Array[] = [];
+  try {
+    for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p));
+    const self = await ort.InferenceSession.create(file);
+    const batch = 4;
+    for (let a = 0; a < samples; a += batch) {
+      const b = Math.min(samples, a + batch);
+      let past: Record<string, ort.Tensor> = {};
+      for (let k = 0; k <= last; k++) {
+        const sess = k < first ? sessions[k] : self;
+        const feeds: Feeds = {};
+        for (const name of sess.inputNames) {
+          if (name === 'label_B') feeds[name] = new ort.Tensor('int64', (set.label_B.data as BigInt64Array).slice(a, b), [b - a]);
+          else if (/cfg/i.test(name)) feeds[name] = new ort.Tensor('float32', Float32Array.of(1.5), []);
+          else if (/past_/.test(name)) {
+            const t = past[name.replace('past_', 'present_')];
+            if (!t) throw new MoefyError(`--kv-prefix: the graph for scale ${k} wants '${name}', which the previous step does not output`);
+            feeds[name] = t;
+          } else {
+            // The scale's slice of the teacher-forcing input: full-sequence token t ≥ 1 is x[t − 1].
+            const l = layout.tokens[k], from = layout.offsets[k] - 1, C = X.dims[2];
+            const out = new Float32Array((b - a) * l * C);
+            for (let i = a; i < b; i++) out.set((X.data as Float32Array).subarray(i * xPer + from * C, i * xPer + (from + l) * C), (i - a) * l * C);
+            feeds[name] = new ort.Tensor('float32', out, [b - a, l, C]);
+          }
+        }
+        const r = await sess.run(feeds);
+        past = Object.fromEntries(Object.entries(r).filter(([n]) => /present_/.test(n)));
+        if (k < first) continue;
+        st.sites.forEach((site, j) => {
+          const t = r[site.ffnIn.name];
+          chunks[j].push(new Float32Array(t.data as Float32Array));
+          if (j === 0) scales.push(new Int32Array(t.dims.slice(0, -1).reduce((x, y) => x * y, 1)).fill(k));
+        });
+      }
+      onProgress?.(b, samples);
+    }
+    await self.release();
+  } finally {
+    for (const x of sessions) await x.release();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const D = s.D;
+  const scaleOfToken = concatInt(scales);
+  const keep = subsample(scaleOfToken.length, st.options.maxTokens, st.options.seed);
+  st.captures = chunks.map((cs) => {
+    const all = concatFloat(cs);
+    const Xc = keep ? gatherRows(all, keep, D) : all;
+    return { X: Xc, N: Xc.length / D, D, scaleOfToken: keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken };
+  });
+  return { name: 'capture', summary: `captured ${st.captures[0].N} tokens × ${st.sites.length} FFN inputs of scales ${first + 1}…${last + 1} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };
+}
+void stepXName;

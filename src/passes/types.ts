@@ -10,6 +10,11 @@ export interface ConvertOptions {
   /** 'relu' (default, as DMoE-VAR) or 'keep' the model's own activation inside the experts. */
   activation: 'relu' | 'keep';
   calib?: string;
+  /**
+   * Step graphs: ONNX graphs that compute the earlier scales (scale 1 first), run in a chain to build the KV cache
+   * from full-sequence calibration data. A dynamic step graph is reused for the scales after the list.
+   */
+  kvPrefix?: string[];
   /** Explicit thresholds for scales fromScale…last. */
   thresholds?: number[];
   /** DMoE-VAR's τ for scales fromScale…last (threshold = 1 − τ). */

@@ -10,6 +10,7 @@ interface Args {
   'from-scale': number;
   output?: string;
   calib?: string;
+  'kv-prefix'?: string;
   threshold?: string;
   tau?: string;
   budget?: number;
@@ -46,20 +47,21 @@ const command: CommandModule<object, Args> = {
       .option('from-scale', { type: 'number', demandOption: true, describe: 'first scale (1-based) that runs as MoE' })
       .option('output', { alias: 'o', type: 'string', describe: 'output model (default <model>.moe.onnx); the report goes beside it as .json' })
       .option('calib', { type: 'string', describe: 'calibration inputs: a folder of .bin + manifest.json, or an .npz' })
+      .option('kv-prefix', { type: 'string', describe: 'step graphs: comma-separated graphs of the earlier scales (scale 1 first), run to build the KV cache from full-sequence --calib data' })
       .option('threshold', { type: 'string', describe: 'thresholds for scales from-scale…last, comma-separated (or one for all)' })
       .option('tau', { type: 'string', describe: "DMoE-VAR's tau per scale (threshold = 1 − tau)" })
       .option('budget', { type: 'number', describe: 'fraction of the dense FFN FLOPs the MoE scales may spend (default 0.6)' })
       .option('seed', { type: 'number', default: 0, describe: 'seed of every random choice' })
       .option('activation', { choices: ['relu', 'keep'], default: 'relu', describe: "experts' activation: ReLU (DMoE-VAR) or keep the model's" })
-      .option('cluster-by', { choices: ['weights', 'activations'], default: 'weights', describe: 'cluster neurons by fc1 weights (reference) or by co-activation' })
+      .option('cluster-by', { choices: ['weights', 'activations'], default: 'activations', describe: 'cluster neurons by co-activation on the calibration data (default: measured better) or by fc1 weights (DMoE-VAR reference)' })
       .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' })
       .option('router-width', { type: 'number', default: 128, describe: 'router hidden width' })
-      .option('router-epochs', { type: 'number', default: 10, describe: 'router training epochs' })
+      .option('router-epochs', { type: 'number', default: 20, describe: 'router training epochs' })
       .option('synth-samples', { type: 'number', default: 16, describe: 'samples to synthesise without --calib' })
       .option('max-tokens', { type: 'number', default: 65536, describe: 'captured tokens per layer (seeded subsample above this)' }),
   handler: async (a) => {
     const r = await convert(a.model, {
-      experts: a.experts, fromScale: a['from-scale'], output: a.output, calib: a.calib,
+      experts: a.experts, fromScale: a['from-scale'], output: a.output, calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
       thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
       seed: a.seed, activation: a.activation as 'relu' | 'keep', clusterBy: a['cluster-by'] as 'weights' | 'activations',
       patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'],
