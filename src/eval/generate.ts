@@ -189,11 +189,13 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
           else if (/^past_/.test(n)) {
             if (!c.past[n]) throw new MoefyError(`${side.file}: no '${n}' from the previous step`);
             f[n] = c.past[n];
-          } else if (n === 'moe_threshold') continue;
-          else if (c.xnext) f[n] = c.xnext;
+          } else if (c.xnext) f[n] = c.xnext;
           else throw new MoefyError(`${side.file}: input '${n}' has no value (is scale ${k + 1}'s graph in the right place?)`);
         }
-        if (o.thresholds && side.hasThresholdInput) f.moe_threshold = new ort.Tensor('float32', Float32Array.from(o.thresholds), [o.thresholds.length]);
+        if (side.hasThresholdInput) {
+          const t = o.thresholds ?? side.thresholdDefault!;
+          f.moe_threshold = new ort.Tensor('float32', Float32Array.from(t), [t.length]);
+        }
         return f;
       };
       const rD = await d.session.run(feedsOf(chains[0], d));

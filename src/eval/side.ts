@@ -34,8 +34,9 @@ export interface EvalSide {
   thresholdDefault: number[] | null;
   /** First MoE scale (1-based) from the conversion metadata, else from the first non-zero default threshold. */
   fromScale: number | null;
-  /** Graph inputs the caller must feed (initializer-backed inputs such as moe_threshold excluded). */
+  /** Graph inputs the caller must feed besides `moe_threshold` (initializer-backed inputs excluded). */
   feeds: string[];
+  /** The model has a `moe_threshold` input with defaults; the eval copy requires it (feed thresholdDefault or an override). */
   hasThresholdInput: boolean;
   session: ort.InferenceSession;
   dir: string;
@@ -110,11 +111,22 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
   active.forEach(add);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-eval-'));
   const tmp = path.join(dir, 'eval.onnx');
+  // onnxruntime-node feeds only the inputs it lists, and it does not list initializer-backed inputs: in the copy the
+  // eval runs, `moe_threshold` becomes a plain input (always fed: the model's defaults unless overridden).
+  const thrV = g.has(THRESHOLD_INPUT) ? g.value(THRESHOLD_INPUT) : null;
+  const thrTensor = thrV && g.inputs.includes(thrV) ? thrV.tensor : undefined;
+  const savedInits = g.initializers;
   g.outputs = outs;
+  if (thrTensor) {
+    g.initializers = g.initializers.filter((v) => v !== thrV);
+    thrV!.tensor = undefined;
+  }
   try {
     saveModel(model, tmp);
   } finally {
     g.outputs = saved;
+    g.initializers = savedInits;
+    if (thrTensor) thrV!.tensor = thrTensor;
   }
   let session: ort.InferenceSession;
   try {
@@ -123,12 +135,12 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
     fs.rmSync(dir, { recursive: true, force: true });
     throw new MoefyError(`${file}: onnxruntime could not open the model: ${(e as Error).message}`);
   }
-  const feeds = g.inputs.filter((v) => !v.tensor).map((v) => v.name);
+  const feeds = g.inputs.filter((v) => !v.tensor && v.name !== THRESHOLD_INPUT).map((v) => v.name);
   return {
     file, model, structure, flops, logits: logits.name,
     ffnOut: ffnOut.map((v) => v.name), ffnIn: ffnIn.map((v) => v?.name ?? null), active: active.map((v) => v?.name ?? null),
     experts: info.experts, routerPerToken: info.routerPerToken, thresholdDefault: info.thresholdDefault, fromScale: info.fromScale,
-    feeds, hasThresholdInput: g.has(THRESHOLD_INPUT) && g.inputs.includes(g.value(THRESHOLD_INPUT)), session, dir,
+    feeds, hasThresholdInput: thrTensor !== undefined, session, dir,
   };
 }
 

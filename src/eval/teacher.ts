@@ -147,8 +147,8 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
     if (s && !moe.hasThresholdInput) throw new MoefyError(`${moe.file} has no '${'moe_threshold'}' input: thresholds cannot be set (is it a converted model?)`);
     if (s && s.length !== S) throw new MoefyError(`thresholds have ${s.length} values; the model has ${S} scales`);
   }
+  if (dense.hasThresholdInput) throw new MoefyError(`${dense.file} is a converted model: give the dense model first`);
   for (const name of new Set([...dense.feeds, ...moe.feeds])) {
-    if (name === 'moe_threshold') continue;
     if (!inputs[name]) throw new MoefyError(`the inputs hold no '${name}' (they hold ${Object.keys(inputs).join(', ')})`);
   }
   const gt = inputs[GT_INPUT];
@@ -172,7 +172,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
   const ceD = new Float64Array(S);
   const V0 = ds.vocab ?? 0;
   const batch = Math.max(1, opts.batch ?? Math.max(1, Math.min(16, Math.floor(256e6 / (4 * L * Math.max(V0, 1) * 2)))));
-  const feedNames = (side: EvalSide) => side.feeds.filter((n) => n !== 'moe_threshold');
+  const feedNames = (side: EvalSide) => side.feeds;
   for (let a = 0; a < samples; a += batch) {
     const b = Math.min(samples, a + batch);
     const feed = (side: EvalSide) => Object.fromEntries(feedNames(side).map((n) => [n, sliceBatch(inputs[n] as ort.Tensor, a, b)]));
@@ -201,7 +201,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
     for (let k = 0; k < settings.length; k++) {
       const acc = accs[k];
       const f = feed(moe);
-      if (settings[k]) f.moe_threshold = thresholdTensor(settings[k]!);
+      if (moe.hasThresholdInput) f.moe_threshold = thresholdTensor(settings[k] ?? moe.thresholdDefault!);
       const rm = await moe.session.run(f);
       const lm = rm[moe.logits].data as Float32Array;
       if (lm.length !== ld.length) throw new MoefyError(`the models' logits differ in shape ([${rd[dense.logits].dims.join(', ')}] and [${rm[moe.logits].dims.join(', ')}])`);
