@@ -1,0 +1,61 @@
+/**
+ * Time of each conversion stage for a VAR-d16-sized model (16 blocks, D 1024, H 4096, V 4096) on 64 calibration
+ * samples (synthetic teacher-forcing inputs; random weights, so router fit numbers mean nothing here).
+ *
+ *   node dist/bench/pipeline-bench.js [--samples 64] [--router-epochs 20] [--experts 32] [--from-scale 8]
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { D16, generateInputs, generateVarD16Like } from '../fixtures/generate';
+import { writeTensorSet } from '../src/io';
+import { saveModel } from '../src/onnx/io';
+import { convert } from '../src/pipeline';
+
+function arg(name: string, def: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 && i + 1 < process.argv.length ? process.argv[i + 1] : def;
+}
+
+async function main(): Promise<void> {
+  const samples = Number(arg('samples', '64'));
+  const epochs = Number(arg('router-epochs', '20'));
+  const experts = Number(arg('experts', '32'));
+  const fromScale = Number(arg('from-scale', '8'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-pipeline-bench-'));
+  try {
+    const t0 = Date.now();
+    const opts = { activation: 'relu' as const };
+    const model = generateVarD16Like(opts);
+    const file = path.join(dir, 'var_d16.onnx');
+    saveModel(model, file);
+    const calib = path.join(dir, 'calib');
+    await writeTensorSet(calib, generateInputs({ ...D16, ...opts }, samples, 7) as never);
+    console.log(`VAR-d16-sized model (${(fs.statSync(file).size / 2 ** 30).toFixed(2)} GiB) and ${samples} calibration samples made in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    const rows: [string, number, string][] = [];
+    let last = Date.now();
+    const t1 = Date.now();
+    await convert(file, {
+      experts, fromScale, calib, seed: 0, activation: 'relu', clusterBy: 'activations', routerWidth: 128, routerEpochs: epochs,
+      synthSamples: samples, maxTokens: 65536, budget: 0.6, output: path.join(dir, 'var_d16.moe.onnx'),
+    }, {
+      stage: () => ({ tick: () => {}, stop: () => {} }),
+      log: (line) => {
+        const m = /^(\S+)\s+([\d.]+) s\s+(.*)$/.exec(line);
+        if (m) rows.push([m[1], Number(m[2]), m[3]]);
+        last = Date.now();
+      },
+    });
+    const total = (Date.now() - t1) / 1000;
+    console.log(`\nstage        seconds  what`);
+    for (const [name, s, what] of rows) console.log(`${name.padEnd(12)} ${s.toFixed(1).padStart(7)}  ${what}`);
+    console.log(`${'total'.padEnd(12)} ${total.toFixed(1).padStart(7)}  (including loading, analysis and saving: ${((Date.now() - last) / 1000).toFixed(1)} s after the last stage)`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
