@@ -131,3 +131,23 @@ test('runtime: concurrent runs on one session agree', async () => {
   parallel.forEach((o, i) => assert.deepStrictEqual(o.Y.data, serial[i % 4]));
   s.release();
 });
+
+test('runtime: an overridable initializer (threshold defaults) can be fed or left alone', async () => {
+  const r = rng(5);
+  const D = 8, E = 4, S = 4, B = 1, L = 5;
+  const w = { W1: randomArray(r, D * E * S), B1: randomArray(r, E * S), W2: randomArray(r, E * S * D), B2: randomArray(r, D) };
+  const s = await createSession(
+    buildDynamicMoeModel({ D, E, S, patchNums: [1, 2], weights: w, withThresholdInput: true, thresholdDefault: [2, 2], withActive: true }),
+  );
+  assert.deepStrictEqual([...s.inputNames], ['X', 'norms']);
+  assert.deepStrictEqual([...s.overridableInitializerNames], ['threshold']);
+  const feeds = {
+    X: new Tensor('float32', randomArray(r, B * L * D), [B, L, D]),
+    norms: new Tensor('float32', Float32Array.from(randomArray(r, B * L * E), Math.abs), [B, L, E]),
+  };
+  const def = await s.run(feeds);
+  assert.ok(Array.from(def.active.data as Int32Array).every((v) => v === 1));
+  const dense = await s.run({ ...feeds, threshold: new Tensor('float32', new Float32Array(2), [2]) });
+  assert.ok(Array.from(dense.active.data as Int32Array).every((v) => v === E));
+  s.release();
+});

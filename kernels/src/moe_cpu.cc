@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -775,6 +776,10 @@ static Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info) {
     throw Error{"DynamicMoE: attribute threshold has " + std::to_string(k->threshold.size()) +
                 " values, patch_nums has " + std::to_string(k->patch_nums.size()) + " scales"};
   prepack(k.get(), info);
+  if (const char* tr = std::getenv("MOEFY_KERNEL_TRACE"); tr && tr[0] == '1')
+    std::fprintf(stderr, "moefy: DynamicMoE CPU kernel created (num_experts %lld, %zu scales, weights %s)\n",
+                 static_cast<long long>(k->num_experts), k->patch_nums.size(),
+                 k->packed ? "pre-packed" : "read per call");
   return k.release();
 }
 

@@ -63,6 +63,9 @@ export interface MoefySession {
   readonly outputNames: readonly string[];
   readonly inputMetadata: readonly IoMetadata[];
   readonly outputMetadata: readonly IoMetadata[];
+  /** Initializers that a feed may override (e.g. the converter's `moe_threshold`); not in inputNames. */
+  readonly overridableInitializerNames: readonly string[];
+  readonly overridableInitializerMetadata: readonly IoMetadata[];
   /** Runs the model. `fetches`: output names to return (default: all). Inputs are passed without copying. */
   run(feeds: Record<string, Tensor>, fetches?: readonly string[]): Promise<Record<string, Tensor>>;
   /** Frees the native session (runs in flight finish first). */
@@ -79,6 +82,7 @@ interface NativeSession {
   release(): void;
   inputs(): IoMetadata[];
   outputs(): IoMetadata[];
+  overridableInitializers(): IoMetadata[];
 }
 interface NativeAddon {
   init(ortLibraryPath: string, logSeverity: number): string;
@@ -188,9 +192,13 @@ class Session implements MoefySession {
   readonly outputNames: readonly string[];
   readonly inputMetadata: readonly IoMetadata[];
   readonly outputMetadata: readonly IoMetadata[];
+  readonly overridableInitializerNames: readonly string[];
+  readonly overridableInitializerMetadata: readonly IoMetadata[];
   constructor(private native: NativeSession | null) {
     this.inputMetadata = native!.inputs();
     this.outputMetadata = native!.outputs();
+    this.overridableInitializerMetadata = native!.overridableInitializers();
+    this.overridableInitializerNames = this.overridableInitializerMetadata.map((m) => m.name);
     this.inputNames = this.inputMetadata.map((m) => m.name);
     this.outputNames = this.outputMetadata.map((m) => m.name);
   }
@@ -198,7 +206,7 @@ class Session implements MoefySession {
     if (!this.native) throw new MoefyError('session was released');
     const nf: Record<string, NativeTensor> = {};
     for (const [k, v] of Object.entries(feeds)) {
-      if (!this.inputNames.includes(k)) {
+      if (!this.inputNames.includes(k) && !this.overridableInitializerNames.includes(k)) {
         throw new MoefyError(`unknown input "${k}" (model inputs: ${this.inputNames.join(', ')})`);
       }
       nf[k] = toNative(k, v);

@@ -47,6 +47,8 @@ export interface MoeModelSpec {
   withScaleIndex?: boolean;
   /** threshold (float [num scales]) as a graph input */
   withThresholdInput?: boolean;
+  /** with withThresholdInput: also an initializer holding these defaults (an overridable initializer) */
+  thresholdDefault?: number[];
   /** expose the `active` output */
   withActive?: boolean;
   /** how to write the dims of X/norms inputs: symbolic by default */
@@ -82,7 +84,10 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
     if (withB2) inputs.push(valueInfo('B2', FLOAT, [D]));
   }
   if (spec.withScaleIndex) inputs.push(valueInfo('scale_index', INT64, []));
-  if (spec.withThresholdInput) inputs.push(valueInfo('threshold', FLOAT, [spec.patchNums.length]));
+  if (spec.withThresholdInput) {
+    inputs.push(valueInfo('threshold', FLOAT, [spec.patchNums.length]));
+    if (spec.thresholdDefault) inits.push(floatInit('threshold', [spec.patchNums.length], Float32Array.from(spec.thresholdDefault)));
+  }
   const nodeInputs = ['X', 'norms', 'W1', 'B1', 'W2', withB2 ? 'B2' : '', spec.withScaleIndex ? 'scale_index' : '', spec.withThresholdInput ? 'threshold' : ''];
   while (nodeInputs[nodeInputs.length - 1] === '') nodeInputs.pop();
   const attrs: onnx.IAttributeProto[] = [

@@ -56,9 +56,10 @@ const command: CommandModule<object, Args> = {
     try {
       const missing = session.inputNames.filter((n) => !(n in feeds));
       if (missing.length) throw new MoefyError(`the inputs lack ${missing.join(', ')} (model inputs: ${session.inputNames.join(', ')})`);
-      const extra = Object.keys(feeds).filter((n) => !session.inputNames.includes(n));
+      const feedable = [...session.inputNames, ...session.overridableInitializerNames];
+      const extra = Object.keys(feeds).filter((n) => !feedable.includes(n));
       const used: Record<string, Tensor> = {};
-      for (const n of session.inputNames) used[n] = feeds[n];
+      for (const n of feedable) if (n in feeds) used[n] = feeds[n];
       if (extra.length) process.stderr.write(`moefy: ignoring inputs not in the model: ${extra.join(', ')}\n`);
       const fetches = a.fetch ? a.fetch.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
       const t0 = process.hrtime.bigint();

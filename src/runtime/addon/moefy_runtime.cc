@@ -122,26 +122,34 @@ class SessionWrap;
 struct SessionState {
   OrtSession* session = nullptr;
   OrtSessionOptions* options = nullptr;
-  std::vector<IoInfo> inputs, outputs;
+  std::vector<IoInfo> inputs, outputs, overridable;
   ~SessionState() {
     if (session) g_api->ReleaseSession(session);
     if (options) g_api->ReleaseSessionOptions(options);
   }
 };
 
-std::vector<IoInfo> ReadIo(OrtSession* s, bool inputs) {
+enum class IoKind { Input, Output, Overridable };
+
+std::vector<IoInfo> ReadIo(OrtSession* s, IoKind kind) {
   OrtAllocator* alloc = nullptr;
   Check(g_api->GetAllocatorWithDefaultOptions(&alloc));
   size_t n = 0;
-  Check(inputs ? g_api->SessionGetInputCount(s, &n) : g_api->SessionGetOutputCount(s, &n));
+  Check(kind == IoKind::Input    ? g_api->SessionGetInputCount(s, &n)
+        : kind == IoKind::Output ? g_api->SessionGetOutputCount(s, &n)
+                                 : g_api->SessionGetOverridableInitializerCount(s, &n));
   std::vector<IoInfo> out(n);
   for (size_t i = 0; i < n; ++i) {
     char* name = nullptr;
-    Check(inputs ? g_api->SessionGetInputName(s, i, alloc, &name) : g_api->SessionGetOutputName(s, i, alloc, &name));
+    Check(kind == IoKind::Input    ? g_api->SessionGetInputName(s, i, alloc, &name)
+          : kind == IoKind::Output ? g_api->SessionGetOutputName(s, i, alloc, &name)
+                                   : g_api->SessionGetOverridableInitializerName(s, i, alloc, &name));
     out[i].name = name;
     Check(g_api->AllocatorFree(alloc, name));
     OrtTypeInfo* ti = nullptr;
-    Check(inputs ? g_api->SessionGetInputTypeInfo(s, i, &ti) : g_api->SessionGetOutputTypeInfo(s, i, &ti));
+    Check(kind == IoKind::Input    ? g_api->SessionGetInputTypeInfo(s, i, &ti)
+          : kind == IoKind::Output ? g_api->SessionGetOutputTypeInfo(s, i, &ti)
+                                   : g_api->SessionGetOverridableInitializerTypeInfo(s, i, &ti));
     const OrtTensorTypeAndShapeInfo* tsi = nullptr;
     OrtStatus* st = g_api->CastTypeInfoToTensorInfo(ti, &tsi);
     if (!st && tsi) {
@@ -201,8 +209,9 @@ class CreateWorker : public Napi::AsyncWorker {
         Check(g_api->CreateSessionFromArray(g_env, bytes_.data(), bytes_.size(), o, &state_->session));
         std::vector<uint8_t>().swap(bytes_);
       }
-      state_->inputs = ReadIo(state_->session, true);
-      state_->outputs = ReadIo(state_->session, false);
+      state_->inputs = ReadIo(state_->session, IoKind::Input);
+      state_->outputs = ReadIo(state_->session, IoKind::Output);
+      state_->overridable = ReadIo(state_->session, IoKind::Overridable);
     } catch (const OrtError& e) {
       state_.reset();
       SetError(e.msg);
@@ -247,7 +256,8 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
   static void Define(Napi::Env env, Napi::Object exports) {
     Napi::Function f = DefineClass(env, "Session",
                                    {InstanceMethod("run", &SessionWrap::Run), InstanceMethod("release", &SessionWrap::Release),
-                                    InstanceMethod("inputs", &SessionWrap::Inputs), InstanceMethod("outputs", &SessionWrap::Outputs)});
+                                    InstanceMethod("inputs", &SessionWrap::Inputs), InstanceMethod("outputs", &SessionWrap::Outputs),
+                                    InstanceMethod("overridableInitializers", &SessionWrap::Overridable)});
     ctor = Napi::Persistent(f);
     ctor.SuppressDestruct();
     exports.Set("Session", f);
@@ -257,6 +267,9 @@ class SessionWrap : public Napi::ObjectWrap<SessionWrap> {
 
   Napi::Value Inputs(const Napi::CallbackInfo& info) { return state ? IoToJs(info.Env(), state->inputs) : Napi::Array::New(info.Env()); }
   Napi::Value Outputs(const Napi::CallbackInfo& info) { return state ? IoToJs(info.Env(), state->outputs) : Napi::Array::New(info.Env()); }
+  Napi::Value Overridable(const Napi::CallbackInfo& info) {
+    return state ? IoToJs(info.Env(), state->overridable) : Napi::Array::New(info.Env());
+  }
   Napi::Value Release(const Napi::CallbackInfo& info) {
     state.reset();  // running workers hold their own reference
     return info.Env().Undefined();
