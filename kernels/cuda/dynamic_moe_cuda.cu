@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(kChunk) route_kernel(const T* __restrict__ nor
     int am = 0;
     for (int e = 1; e < E; ++e) {
       const float v = to_f(nr[e]);
-      if (v > mx) {
+      if (v > mx || (mx != mx && v == v)) {  // first maximum; a NaN maximum yields to any number (as the CPU op)
         mx = v;
         am = e;
       }
@@ -674,6 +674,12 @@ int resolve(const MoeCudaArgs* a, RouteParams* rp, char* msg, size_t msg_len) {
     for (int i = 0; i < a->num_thresholds; ++i) p.thr[i] = a->threshold_attr[i];
   if (a->scale_index) {
     p.mode = kModeIndex;
+  } else if (a->has_scale_index_host) {
+    if (a->scale_index_host < 0 || a->scale_index_host >= a->num_thresholds)
+      return fail("DynamicMoE(cuda): scale_index %lld out of range [0, %d)", (long long)a->scale_index_host,
+                  a->num_thresholds);
+    p.mode = kModeStep;
+    p.step_scale = (int)a->scale_index_host;
   } else {
     const int np = a->num_patch_nums;
     if (np < 1) return fail("DynamicMoE(cuda): no scale_index input and no patch_nums attribute: cannot tell the scale of L=%lld", (long long)a->L);

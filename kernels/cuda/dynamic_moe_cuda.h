@@ -42,7 +42,9 @@ typedef struct MoeCudaArgs {
 
   // Scale of a token: scale_index (device int64 scalar) when non-NULL; else the layout rule over patch_nums
   // (L = sum pn^2: full sequence; L = pn_s^2 for exactly one s: one step of scale s; else an error naming L).
-  const int64_t* scale_index;  // optional device scalar; clamped to [0, num_scales-1] on the device
+  const int64_t* scale_index;  // optional device scalar; clamped to [0, num_thresholds-1] on the device
+  int has_scale_index_host;    // when scale_index is NULL: nonzero = every token has scale scale_index_host, which
+  int64_t scale_index_host;    // must lie in [0, num_thresholds) (else MOEFY_CUDA_EINVAL)
   int num_patch_nums;
   int64_t patch_nums[MOEFY_CUDA_MAX_SCALES];
 

@@ -77,7 +77,7 @@ static bool run_case(const Case& c, bool half, uint64_t seed) {
   CK(cudaMemset(dA, 0xff, std::max<size_t>(1, (size_t)T * 4)));
   int64_t* dSI = nullptr;
   float* dThr = nullptr;
-  if (c.scale_index >= 0) {
+  if (c.scale_index >= 0 && !c.si_host) {
     CK(cudaMalloc(&dSI, 8));
     CK(cudaMemcpy(dSI, &c.scale_index, 8, cudaMemcpyHostToDevice));
   }
@@ -87,6 +87,10 @@ static bool run_case(const Case& c, bool half, uint64_t seed) {
   }
   a.X = dX, a.norms = dN, a.W1 = dW1, a.B1 = dB1, a.W2 = dW2, a.B2 = dB2, a.Y = dY, a.active = dA;
   a.scale_index = dSI;
+  if (c.scale_index >= 0 && c.si_host) {
+    a.has_scale_index_host = 1;
+    a.scale_index_host = c.scale_index;
+  }
   a.threshold_dev = dThr;
   if (c.thr_on_device) {
     for (int i = 0; i < MOEFY_CUDA_MAX_SCALES; ++i) a.threshold_attr[i] = -1.f;  // must not be used
@@ -160,6 +164,17 @@ static void check_errors() {
   const bool ok = rc == MOEFY_CUDA_EINVAL && strstr(msg, "L=10") != nullptr;
   printf("  %-4s %-44s rc=%d \"%s\"  %s\n", "-", "L fitting no layout is rejected", rc, msg, ok ? "ok" : "FAIL");
   if (!ok) ++g_failures;
+  // scale_index by value out of range: an error, as in the CPU op.
+  {
+    MoeCudaArgs b = a;
+    b.L = 7;
+    b.has_scale_index_host = 1;
+    b.scale_index_host = 3;
+    const int rc2 = moefy_dynamic_moe_cuda_validate(&b, msg, sizeof(msg));
+    const bool ok2 = rc2 == MOEFY_CUDA_EINVAL && strstr(msg, "scale_index 3") != nullptr;
+    printf("  %-4s %-44s rc=%d \"%s\"  %s\n", "-", "scale_index out of range is rejected", rc2, msg, ok2 ? "ok" : "FAIL");
+    if (!ok2) ++g_failures;
+  }
   // Zero tokens: nothing to do, success without workspace.
   a.B = 0;
   const int rc0 = moefy_dynamic_moe_cuda(&a, nullptr, 0, nullptr);
@@ -459,6 +474,8 @@ int main(int argc, char** argv) {
        {.3f, .3f, .3f, .3f, .3f, .3f, .3f, .3f, .3f, .3f}, -1, true, false},
       {"VAR-d16 sizes, step 8x8 x2, thr 0", 2, 64, 1024, 32, 128, MOEFY_CUDA_RELU, var,
        {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, -1, true, false},
+      {"scale_index by value (host), thr 0.5", 2, 40, 32, 4, 16, MOEFY_CUDA_GELU, {1, 2, 3}, {0.f, 0.5f, 1.f}, 1,
+       true, false, true},
   };
   printf("correctness (host double reference):\n");
   check_errors();

@@ -74,6 +74,7 @@ struct Case {
   int64_t scale_index;  // -1: none
   bool b2;
   bool thr_on_device;
+  bool si_host = false;  // pass scale_index by value (has_scale_index_host) instead of a device pointer
 };
 
 // Host reference. Inputs are the values the device sees (already rounded to half for fp16).
@@ -103,7 +104,7 @@ inline void reference(const Case& c, bool half, const std::vector<float>& X, con
     float mx = nr[0];
     int am = 0;
     for (int e = 1; e < E; ++e)
-      if (nr[e] > mx) mx = nr[e], am = e;
+      if (nr[e] > mx || (mx != mx && nr[e] == nr[e])) mx = nr[e], am = e;
     const float cut = thr * mx;
     double* y = &Y[(size_t)(t * D)];
     for (int e = 0; e < E; ++e) {

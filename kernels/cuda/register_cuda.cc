@@ -7,8 +7,11 @@
 // because ORT's C API cannot list the execution providers appended to the options, and a CUDA kernel registered
 // in a session that has no CUDA EP is useless at best. Default (no entry, or any other value): CPU kernel only.
 //
-// Same name, domain, inputs, outputs and attributes as the CPU op (DESIGN.md section 3), one OrtCustomOp per
-// element type (float, float16). Everything runs on ORT's compute stream (KernelContext_GetGPUComputeStream);
+// Same name, domain, inputs, outputs, attributes and checks as the CPU op (DESIGN.md section 3), one OrtCustomOp
+// per element type (float, float16). X, norms, W1, B1, W2, B2 and the outputs live on the GPU; the small
+// scale_index and threshold inputs are CPU inputs (OrtMemTypeCPUInput: normally graph inputs or initializers, so
+// no copy), validated on the host and passed by value. Everything runs on ORT's compute stream
+// (KernelContext_GetGPUComputeStream);
 // the workspace comes from KernelContext_GetScratchBuffer (ORT's stream-aware CUDA allocator), is released right
 // after the launches (stream-ordered reuse), and the op never synchronises the host with the device.
 #include <stdint.h>
@@ -117,15 +120,28 @@ OrtStatus* ORT_API_CALL CreateKernelV2(const OrtCustomOp* op, const OrtApi* api,
     return fail(api, ORT_INVALID_ARGUMENT,
                 "DynamicMoE(cuda): activation '" + act + "' is not one of relu, gelu_tanh, gelu");
   }
-  attr_array<int64_t>(api, info, "patch_nums", &OrtApi::KernelInfoGetAttributeArray_int64, &k->patch_nums);
-  attr_array<float>(api, info, "threshold", &OrtApi::KernelInfoGetAttributeArray_float, &k->threshold);
+  // Same attribute rules as the CPU op: patch_nums required; threshold defaults to 0 for every scale.
+  const bool have_pn =
+      attr_array<int64_t>(api, info, "patch_nums", &OrtApi::KernelInfoGetAttributeArray_int64, &k->patch_nums);
+  if (!attr_array<float>(api, info, "threshold", &OrtApi::KernelInfoGetAttributeArray_float, &k->threshold))
+    k->threshold.assign(k->patch_nums.size(), 0.0f);
+  std::string err;
   if (k->num_experts < 1) {
-    delete k;
-    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): attribute num_experts must be >= 1");
+    err = "DynamicMoE(cuda): num_experts must be >= 1, got " + std::to_string(k->num_experts);
+  } else if (!have_pn || k->patch_nums.empty()) {
+    err = "DynamicMoE(cuda): attribute patch_nums (one side length per scale) is required";
+  } else if (k->patch_nums.size() > MOEFY_CUDA_MAX_SCALES) {
+    err = "DynamicMoE(cuda): more than 64 scales";
+  } else if (k->threshold.size() != k->patch_nums.size()) {
+    err = "DynamicMoE(cuda): attribute threshold has " + std::to_string(k->threshold.size()) +
+          " values, patch_nums has " + std::to_string(k->patch_nums.size()) + " scales";
+  } else {
+    for (int64_t p : k->patch_nums)
+      if (p < 1) err = "DynamicMoE(cuda): patch_nums entries must be >= 1";
   }
-  if (k->patch_nums.size() > MOEFY_CUDA_MAX_SCALES || k->threshold.size() > MOEFY_CUDA_MAX_SCALES) {
+  if (!err.empty()) {
     delete k;
-    return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): more than 64 scales");
+    return fail(api, ORT_INVALID_ARGUMENT, err);
   }
   *kernel = k;
   return nullptr;
@@ -218,15 +234,8 @@ OrtStatus* ORT_API_CALL KernelComputeV2(void* kernel, OrtKernelContext* ctx) {
   a.B = B, a.L = L, a.D = D, a.E = E, a.S = S;
   a.num_patch_nums = (int)k->patch_nums.size();
   for (size_t i = 0; i < k->patch_nums.size(); ++i) a.patch_nums[i] = k->patch_nums[i];
-  if (in[kThreshold]) {
-    if (sth.count < 1 || sth.count > MOEFY_CUDA_MAX_SCALES)
-      return fail(api, ORT_INVALID_ARGUMENT,
-                  "DynamicMoE(cuda): threshold input has " + std::to_string(sth.count) + " values (1..64 scales)");
-    a.num_thresholds = (int)sth.count;
-  } else {
-    a.num_thresholds = (int)k->threshold.size();
-    for (size_t i = 0; i < k->threshold.size(); ++i) a.threshold_attr[i] = k->threshold[i];
-  }
+  a.num_thresholds = (int)k->threshold.size();
+  for (size_t i = 0; i < k->threshold.size(); ++i) a.threshold_attr[i] = k->threshold[i];
 
   void* p = nullptr;
   auto data = [&](int i) -> const void* {
@@ -245,8 +254,23 @@ OrtStatus* ORT_API_CALL KernelComputeV2(void* kernel, OrtKernelContext* ctx) {
   a.B1 = data(kB1);
   a.W2 = data(kW2);
   a.B2 = data(kB2);
-  a.scale_index = static_cast<const int64_t*>(data(kScaleIndex));
-  a.threshold_dev = static_cast<const float*>(data(kThreshold));
+  // scale_index and threshold are CPU inputs (GetInputMemoryType): small, usually graph inputs or initializers on
+  // the host, so they are validated here like the CPU op does and travel by value in the kernel parameters.
+  if (in[kScaleIndex]) {
+    const int64_t* si = static_cast<const int64_t*>(data(kScaleIndex));
+    if (!si) return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): cannot read scale_index");
+    a.has_scale_index_host = 1;
+    a.scale_index_host = *si;
+  }
+  if (in[kThreshold]) {
+    if (sth.count != k->patch_nums.size())
+      return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): input threshold has shape " + dims_str(sth.dims) +
+                                                 ", expected [" + std::to_string(k->patch_nums.size()) +
+                                                 "] (one value per scale)");
+    const float* th = static_cast<const float*>(data(kThreshold));
+    if (!th && sth.count) return fail(api, ORT_INVALID_ARGUMENT, "DynamicMoE(cuda): cannot read threshold");
+    for (size_t i = 0; i < sth.count; ++i) a.threshold_attr[i] = th[i];
+  }
 
   const int64_t ydims[3] = {B, L, D};
   OrtValue* y = nullptr;
@@ -263,10 +287,10 @@ OrtStatus* ORT_API_CALL KernelComputeV2(void* kernel, OrtKernelContext* ctx) {
     }
   }
 
+  if (B * L == 0 || D == 0) return nullptr;  // nothing to compute (as the CPU op)
   char msg[512];
   if (moefy_dynamic_moe_cuda_validate(&a, msg, sizeof(msg)) != MOEFY_CUDA_OK)
     return fail(api, ORT_INVALID_ARGUMENT, msg);
-  if (B * L == 0) return nullptr;
 
   void* stream = nullptr;
   if (OrtStatus* st = api->KernelContext_GetGPUComputeStream(ctx, &stream)) return st;
@@ -312,9 +336,12 @@ OrtCustomOpInputOutputCharacteristic ORT_API_CALL GetInputCharacteristic(const O
 OrtCustomOpInputOutputCharacteristic ORT_API_CALL GetOutputCharacteristic(const OrtCustomOp*, size_t i) {
   return i == kActive ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
 }
-OrtMemType ORT_API_CALL GetInputMemoryType(const OrtCustomOp*, size_t) {
-  return OrtMemTypeDefault;  // every input on the GPU; scale_index and threshold are read by the device
+OrtMemType ORT_API_CALL GetInputMemoryType(const OrtCustomOp*, size_t i) {
+  // tensors on the GPU; the scalar scale_index and the per-scale thresholds on the host
+  return (i == kScaleIndex || i == kThreshold) ? OrtMemTypeCPUInput : OrtMemTypeDefault;
 }
+int ORT_API_CALL GetStartVersion(const OrtCustomOp*) { return 1; }
+int ORT_API_CALL GetEndVersion(const OrtCustomOp*) { return 0x7fffffff; }
 int ORT_API_CALL GetVariadicInputMinArity(const OrtCustomOp*) { return 1; }
 int ORT_API_CALL GetVariadicInputHomogeneity(const OrtCustomOp*) { return 1; }
 int ORT_API_CALL GetVariadicOutputMinArity(const OrtCustomOp*) { return 1; }
@@ -342,8 +369,8 @@ MoeCudaOp::MoeCudaOp(ONNXTensorElementDataType t) : OrtCustomOp(), type(t) {
   CreateKernelV2 = ::CreateKernelV2;
   KernelComputeV2 = ::KernelComputeV2;
   InferOutputShapeFn = nullptr;  // shape inference comes from the CPU op (the first op of this name in the domain)
-  GetStartVersion = nullptr;
-  GetEndVersion = nullptr;
+  GetStartVersion = ::GetStartVersion;  // [1, max], as the CPU op
+  GetEndVersion = ::GetEndVersion;
   GetMayInplace = nullptr;
   ReleaseMayInplace = nullptr;
   GetAliasMap = nullptr;

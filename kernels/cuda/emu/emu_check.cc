@@ -74,6 +74,7 @@ void* put(std::vector<Buf*>& keep, const std::vector<float>& v, bool half) {
 }
 
 int g_fail = 0;
+int g_checks = 0;
 
 void run(const Case& c, bool half, uint64_t seed, int mode) {
   const int64_t T = c.B * c.L, D = c.D;
@@ -96,7 +97,12 @@ void run(const Case& c, bool half, uint64_t seed, int mode) {
   a.Y = y.p;
   a.active = static_cast<int32_t*>(act.p);
   int64_t si = c.scale_index;
-  if (c.scale_index >= 0) a.scale_index = &si;
+  if (c.scale_index >= 0 && c.si_host) {
+    a.has_scale_index_host = 1;
+    a.scale_index_host = c.scale_index;
+  } else if (c.scale_index >= 0) {
+    a.scale_index = &si;
+  }
   if (c.thr_on_device) {
     a.threshold_dev = c.thr.data();
     for (int i = 0; i < MOEFY_CUDA_MAX_SCALES; ++i) a.threshold_attr[i] = -1.f;
@@ -139,6 +145,8 @@ int main(int argc, char** argv) {
       {"VAR full sequence (680), per-scale thr", 1, 680, 16, 4, 8, MOEFY_CUDA_RELU, var,
        {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.2f, 0.5f, 0.8f}, -1, true, false},
       {"fp32 K remainder (D=20), S=12", 2, 4, 20, 3, 12, MOEFY_CUDA_GELU_TANH, {2}, {0.3f}, -1, true, false},
+      {"scale_index by value (host), thr 0.5", 2, 40, 32, 4, 16, MOEFY_CUDA_GELU, {1, 2, 3}, {0.f, 0.5f, 1.f}, 1, true, false,
+       true},
   };
   printf("CUDA DynamicMoE kernels on the CPU emulator%s:\n",
 #ifdef MOEFY_EMU_VECTOR_ATOMICS
@@ -147,6 +155,30 @@ int main(int argc, char** argv) {
          ""
 #endif
   );
+  {  // host-side validation: the same errors as the CPU op
+    Case c{"", 1, 10, 8, 2, 8, MOEFY_CUDA_RELU, {1, 2, 3}, {0.f, 0.f, 0.f}, -1, false, false};
+    MoeCudaArgs a;
+    fill_args(a, c);
+    a.dtype = MOEFY_CUDA_F32;
+    static float dummy[64];
+    a.X = a.norms = a.W1 = a.B1 = a.W2 = dummy;
+    a.Y = dummy;
+    char msg[512];
+    const bool bad_l = moefy_dynamic_moe_cuda_validate(&a, msg, sizeof(msg)) == MOEFY_CUDA_EINVAL && strstr(msg, "L=10");
+    printf("  %-4s %-65s %s\n", "-", "L fitting no layout is rejected, naming L", bad_l ? "ok" : "FAIL");
+    a.has_scale_index_host = 1;
+    a.scale_index_host = 3;
+    const bool bad_si = moefy_dynamic_moe_cuda_validate(&a, msg, sizeof(msg)) == MOEFY_CUDA_EINVAL && strstr(msg, "scale_index 3");
+    printf("  %-4s %-65s %s\n", "-", "scale_index out of range is rejected", bad_si ? "ok" : "FAIL");
+    a.scale_index_host = 2;
+    const bool good_si = moefy_dynamic_moe_cuda_validate(&a, msg, sizeof(msg)) == MOEFY_CUDA_OK;
+    printf("  %-4s %-65s %s\n", "-", "scale_index in range makes any L valid", good_si ? "ok" : "FAIL");
+    a.B = 0;
+    const bool zero = moefy_dynamic_moe_cuda(&a, nullptr, 0, nullptr) == MOEFY_CUDA_OK && moefy_dynamic_moe_cuda_workspace_size(&a) == 0;
+    printf("  %-4s %-65s %s\n", "-", "zero tokens: nothing to do", zero ? "ok" : "FAIL");
+    g_fail += !bad_l + !bad_si + !good_si + !zero;
+    g_checks += 4;
+  }
   uint64_t seed = 99;
   for (const Case& c : cases) {
     for (int mode = 0; mode < (quick ? 1 : 3); ++mode) {
@@ -155,6 +187,7 @@ int main(int argc, char** argv) {
     }
     ++seed;
   }
-  printf("%d passed, %d failed\n", (int)(cases.size() * 2 * (quick ? 1 : 3)) - g_fail, g_fail);
+  g_checks += (int)(cases.size() * 2 * (quick ? 1 : 3));
+  printf("%d passed, %d failed\n", g_checks - g_fail, g_fail);
   return g_fail ? 1 : 0;
 }
