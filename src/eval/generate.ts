@@ -30,7 +30,7 @@ export interface GenerateOptions {
   topP: number;
   seed: number;
   patchNums?: number[];
-  /** Threshold override fed to the MoE step graphs (one per scale). */
+  /** Threshold override fed to the MoE step graphs: one per scale, or one for the scales from each graph's from-scale on. */
   thresholds?: number[];
 }
 
@@ -193,7 +193,9 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
           else throw new MoefyError(`${side.file}: input '${n}' has no value (is scale ${k + 1}'s graph in the right place?)`);
         }
         if (side.hasThresholdInput) {
-          const t = o.thresholds ?? side.thresholdDefault!;
+          const d = side.thresholdDefault!;
+          const t = !o.thresholds ? d : o.thresholds.length === 1 ? d.map((_, s) => (s + 1 >= (side.fromScale ?? 1) ? o.thresholds![0] : 0)) : o.thresholds;
+          if (t.length !== d.length) throw new MoefyError(`--threshold has ${t.length} values; ${side.file} has ${d.length} scales`);
           f.moe_threshold = new ort.Tensor('float32', Float32Array.from(t), [t.length]);
         }
         return f;

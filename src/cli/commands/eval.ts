@@ -74,7 +74,7 @@ const command: CommandModule<object, Args> = {
       if (!a.steps || !a.vq) throw new MoefyError('--generate needs --steps and --vq');
       const r = await generate({
         steps: a.steps, moeSteps: a['moe-steps'], vq: a.vq, decoder: a.decoder, images: a.images, samples: a.samples,
-        labels: parseNumberList('labels', a.labels), cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums,
+        labels: parseNumberList('labels', a.labels), thresholds: parseNumberList('threshold', a.threshold), cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums,
       });
       process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printGenerate(r)) + '\n');
       return;
