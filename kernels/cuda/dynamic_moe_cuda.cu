@@ -45,6 +45,11 @@ constexpr int kChunk = 256;  // tokens per routing block
 constexpr int kThreads = 256;
 
 thread_local char g_last_error[768];
+thread_local void* const* g_events = nullptr;  // moefy_dynamic_moe_cuda_timed's events, else nullptr
+
+void mark(int i, cudaStream_t st) {
+  if (g_events && g_events[i]) cudaEventRecord(static_cast<cudaEvent_t>(g_events[i]), st);
+}
 
 void set_error(const char* msg) {
   snprintf(g_last_error, sizeof(g_last_error), "%s", msg);
@@ -799,6 +804,7 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
   void* H = ws + w.H;
   float* acc = std::is_same<T, __half>::value ? reinterpret_cast<float*>(ws + w.acc) : static_cast<float*>(a->Y);
 
+  mark(0, st);
   MOEFY_LAUNCH(route_kernel<T>, w.n_chunks, kChunk, 0, st)(static_cast<const T*>(a->norms), rp, mask, chunk_count, w.n_chunks,
                                                  a->active, acc, static_cast<const T*>(a->B2), D);
   MOEFY_LAUNCH(scan_kernel, E, kThreads, 0, st)(chunk_count, chunk_offset, exp_count, w.n_chunks);
@@ -807,6 +813,7 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
   const long long tl_threads = (long long)E * w.max_j;
   MOEFY_LAUNCH(tile_list_kernel, (unsigned)((tl_threads + kThreads - 1) / kThreads), kThreads, sizeof(int) * 3 * E, st)(
       exp_count, E, w.max_j, tiles, num_tiles);
+  mark(1, st);
 
   FcArgs fa;
   memset(&fa, 0, sizeof(fa));
@@ -825,15 +832,18 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
   fa.W = a->W1;
   int rc = launch_fc<T, false, VEC>(fa, w.max_mtiles, (S + 127) / 128, st);
   if (rc) return rc;
+  mark(2, st);
   fa.W = a->W2;
   rc = launch_fc<T, true, VEC>(fa, w.max_mtiles, (D + 127) / 128, st);
   if (rc) return rc;
+  mark(3, st);
   if (std::is_same<T, __half>::value) {
     const size_t n = (size_t)T_ * D;
     long long blocks = (long long)((n + 255) / 256);
     if (blocks > 65535LL * 16) blocks = 65535LL * 16;
     MOEFY_LAUNCH(finalize_kernel, (unsigned)blocks, 256, 0, st)(acc, static_cast<__half*>(a->Y), n);
   }
+  mark(4, st);
   return MOEFY_CUDA_OK;
 }
 
@@ -905,6 +915,14 @@ extern "C" int moefy_dynamic_moe_cuda(const MoeCudaArgs* a, void* workspace, siz
   }
   const int r = run_on_device(a, rp, w, workspace, st);
   if (prev_device >= 0) cudaSetDevice(prev_device);
+  return r;
+}
+
+extern "C" int moefy_dynamic_moe_cuda_timed(const MoeCudaArgs* a, void* workspace, size_t workspace_bytes,
+                                            void* stream, void* const events[5]) {
+  g_events = events;
+  const int r = moefy_dynamic_moe_cuda(a, workspace, workspace_bytes, stream);
+  g_events = nullptr;
   return r;
 }
 

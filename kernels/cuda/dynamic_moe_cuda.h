@@ -74,6 +74,12 @@ size_t moefy_dynamic_moe_cuda_workspace_size(const MoeCudaArgs* args);
 // Returns one of the MOEFY_CUDA_* codes; for MOEFY_CUDA_ELAUNCH, moefy_dynamic_moe_cuda_last_error() has the text.
 int moefy_dynamic_moe_cuda(const MoeCudaArgs* args, void* workspace, size_t workspace_bytes, void* stream);
 
+// Benchmarking aid: the same as moefy_dynamic_moe_cuda, and it records the caller's five CUDA events (cudaEvent_t,
+// created by the caller) on `stream`: [0] before routing, [1] after routing (route, scan, scatter, tile list),
+// [2] after FC1, [3] after FC2, [4] at the end (fp16 finalisation). The events of one call are on one stream.
+int moefy_dynamic_moe_cuda_timed(const MoeCudaArgs* args, void* workspace, size_t workspace_bytes, void* stream,
+                                 void* const events[5]);
+
 // A description of the last error of this thread (validation message or CUDA error string); "" if none.
 const char* moefy_dynamic_moe_cuda_last_error(void);
 

@@ -303,6 +303,8 @@ struct BenchRow {
   int64_t T;
   double frac;
   double moe_ms, dense_ms;
+  double phase_ms[4];  // MoE: routing, FC1, FC2, finalisation (averages of separate event-timed runs)
+  double dense_gemm_ms;  // the two cuBLAS GEMMs alone
 };
 
 template <typename T>
@@ -347,9 +349,10 @@ static void bench_dtype(bool half, Cublas* cb, bool quick, std::vector<BenchRow>
   cudaStream_t st;
   CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
   if (cb) cb->set_stream(cb->handle, st);
-  cudaEvent_t e0, e1;
+  cudaEvent_t e0, e1, pe[5];
   CK(cudaEventCreate(&e0));
   CK(cudaEventCreate(&e1));
+  for (auto& e : pe) CK(cudaEventCreate(&e));
   double* dsum;
   CK(cudaMalloc(&dsum, 2 * sizeof(double)));
 
@@ -385,7 +388,15 @@ static void bench_dtype(bool half, Cublas* cb, bool quick, std::vector<BenchRow>
       cb->gemm(half, (int)Tn, D, Hd, Hbuf, W2, Yd);
       bias_kernel<T><<<blocks_for<T>(Tn * D), 256, 0, st>>>(Yd, B2, Tn, D);
     };
-    if (cb) dense_ms = time_it(dense);
+    auto dense_gemms = [&]() {
+      cb->gemm(half, (int)Tn, Hd, D, X, W1, Hbuf);
+      cb->gemm(half, (int)Tn, D, Hd, Hbuf, W2, Yd);
+    };
+    double dense_gemm_ms = -1;
+    if (cb) {
+      dense_ms = time_it(dense);
+      dense_gemm_ms = time_it(dense_gemms);
+    }
     for (double f : fracs) {
       const int k = (int)std::lround(f * E);
       norms_kernel<T><<<(unsigned)((Tn + 255) / 256), 256, 0, st>>>(N, (int)Tn, E, k, 77 + bi);
@@ -426,13 +437,30 @@ static void bench_dtype(bool half, Cublas* cb, bool quick, std::vector<BenchRow>
                "VAR-d16, all experts == dense FFN", (long long)Tn, rel, tol, ok ? "ok" : "FAIL");
         if (!ok) ++g_failures;
       }
-      rows.push_back(BenchRow{half ? "fp16" : "fp32", Bb, Tn, f, moe_ms, dense_ms});
+      // per-phase times: event-timed runs, averaged
+      double ph[4] = {0, 0, 0, 0};
+      {
+        const int reps = quick ? 2 : 5;
+        for (int rep = 0; rep < reps; ++rep) {
+          void* evs[5] = {pe[0], pe[1], pe[2], pe[3], pe[4]};
+          if (moefy_dynamic_moe_cuda_timed(&a, ws, ws_bytes, st, evs) != MOEFY_CUDA_OK) break;
+          CK(cudaEventSynchronize(pe[4]));
+          for (int i = 0; i < 4; ++i) {
+            float ms = 0;
+            CK(cudaEventElapsedTime(&ms, pe[i], pe[i + 1]));
+            ph[i] += ms / reps;
+          }
+        }
+      }
+      rows.push_back(BenchRow{half ? "fp16" : "fp32", Bb, Tn, f, moe_ms, dense_ms, {ph[0], ph[1], ph[2], ph[3]},
+                              dense_gemm_ms});
     }
   }
   cudaFree(X), cudaFree(N), cudaFree(W1), cudaFree(B1), cudaFree(W2), cudaFree(B2), cudaFree(Y), cudaFree(Yd);
   cudaFree(A), cudaFree(ws), cudaFree(dsum);
   if (Hbuf) cudaFree(Hbuf);
   cudaEventDestroy(e0), cudaEventDestroy(e1);
+  for (auto& e : pe) cudaEventDestroy(e);
   if (cb) cb->set_stream(cb->handle, nullptr);
   cudaStreamDestroy(st);
 }
@@ -509,6 +537,17 @@ int main(int argc, char** argv) {
         snprintf(tb, sizeof(tb), "%s %s", target, ratio <= (r.frac == 0.5 ? 0.6 : 1.1) ? "met" : "MISSED");
       printf("| %-5s | %-2d | %6lld | %5.0f%% | %8.3f | %8.3f | %9.3f | %s |\n", r.dtype, r.B, (long long)r.T,
              r.frac * 100, r.moe_ms, r.dense_ms, ratio, tb);
+    }
+    printf("\nMoE phases (ms; TFLOP/s of the useful work: 2*pairs*D*S per GEMM) and the dense GEMMs alone:\n");
+    printf("| dtype | B  | active | routing | FC1 ms (TF/s)    | FC2 ms (TF/s)    | final | dense GEMMs ms (TF/s) |\n");
+    printf("|-------|----|--------|---------|------------------|------------------|-------|-----------------------|\n");
+    for (const BenchRow& r : rows) {
+      const double pairs = (double)r.T * std::lround(r.frac * 32);
+      const double gf = 2.0 * pairs * 1024 * 128 / 1e9;              // GFLOP per MoE GEMM
+      const double dgf = 2.0 * 2.0 * (double)r.T * 1024 * 4096 / 1e9;  // GFLOP of both dense GEMMs
+      printf("| %-5s | %-2d | %5.0f%% | %7.3f | %7.3f (%6.1f) | %7.3f (%6.1f) | %5.3f | %8.3f (%6.1f)     |\n", r.dtype,
+             r.B, r.frac * 100, r.phase_ms[0], r.phase_ms[1], gf / r.phase_ms[1], r.phase_ms[2], gf / r.phase_ms[2],
+             r.phase_ms[3], r.dense_gemm_ms, r.dense_gemm_ms > 0 ? dgf / r.dense_gemm_ms : 0.0);
     }
     if (have_cublas) cb.destroy(cb.handle);
   }
