@@ -46,6 +46,12 @@ export interface MoefySessionOptions {
   customOpsLibrary?: string;
   /** Session config entries (AddSessionConfigEntry). */
   config?: Record<string, string>;
+  /**
+   * Execution providers besides the CPU: 'cuda' or {name: 'cuda', deviceId}. CUDA needs ONNX Runtime's CUDA
+   * provider library next to libonnxruntime.so.1 and a libmoefy_ops.so built with CUDA; it also sets the session
+   * config entry moefy.cuda = 1 so that the library registers its CUDA kernel.
+   */
+  executionProviders?: (string | { name: string; deviceId?: number })[];
   /** Symbolic dimension overrides (AddFreeDimensionOverrideByName). */
   freeDimensionOverrides?: Record<string, number>;
 }
@@ -251,7 +257,15 @@ export async function createSession(model: string | Uint8Array, options: MoefySe
   if (options.executionMode) o.executionMode = options.executionMode === 'parallel' ? 1 : 0;
   if (options.enableCpuMemArena !== undefined) o.enableCpuMemArena = options.enableCpuMemArena ? 1 : 0;
   if (options.enableMemPattern !== undefined) o.enableMemPattern = options.enableMemPattern ? 1 : 0;
-  if (options.config) o.config = options.config;
+  const config: Record<string, string> = { ...(options.config ?? {}) };
+  for (const ep of options.executionProviders ?? []) {
+    const name = typeof ep === 'string' ? ep : ep.name;
+    if (name === 'cpu') continue;
+    if (name !== 'cuda') throw new MoefyError(`unsupported execution provider "${name}" (cpu, cuda)`);
+    o.cudaDeviceId = typeof ep === 'string' ? 0 : (ep.deviceId ?? 0);
+    config['moefy.cuda'] ??= '1';
+  }
+  if (Object.keys(config).length) o.config = config;
   if (options.freeDimensionOverrides) o.freeDimensionOverrides = options.freeDimensionOverrides;
   if (options.registerMoefyOps !== false) {
     const lib = options.customOpsLibrary ?? libPath();

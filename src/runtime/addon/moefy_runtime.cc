@@ -108,6 +108,7 @@ struct SessionOptionsSpec {
   std::string custom_lib;
   std::vector<std::pair<std::string, std::string>> config;
   std::vector<std::pair<std::string, int64_t>> free_dims;
+  int cuda_device = -1;  // >= 0: append the CUDA execution provider on this device
 };
 
 struct IoInfo {
@@ -194,6 +195,21 @@ class CreateWorker : public Napi::AsyncWorker {
       if (spec_.exec_mode >= 0) Check(g_api->SetSessionExecutionMode(o, static_cast<ExecutionMode>(spec_.exec_mode)));
       if (spec_.mem_arena == 0) Check(g_api->DisableCpuMemArena(o));
       if (spec_.mem_pattern == 0) Check(g_api->DisableMemPattern(o));
+      if (spec_.cuda_device >= 0) {
+        OrtCUDAProviderOptionsV2* cuda = nullptr;
+        Check(g_api->CreateCUDAProviderOptions(&cuda));
+        std::string dev = std::to_string(spec_.cuda_device);
+        const char* keys[] = {"device_id"};
+        const char* vals[] = {dev.c_str()};
+        OrtStatus* st = g_api->UpdateCUDAProviderOptions(cuda, keys, vals, 1);
+        if (!st) st = g_api->SessionOptionsAppendExecutionProvider_CUDA_V2(o, cuda);
+        g_api->ReleaseCUDAProviderOptions(cuda);
+        try {
+          Check(st);
+        } catch (const OrtError& e) {
+          throw OrtError{"cannot use the CUDA execution provider: " + e.msg};
+        }
+      }
       for (auto& kv : spec_.config) Check(g_api->AddSessionConfigEntry(o, kv.first.c_str(), kv.second.c_str()));
       for (auto& kv : spec_.free_dims) Check(g_api->AddFreeDimensionOverrideByName(o, kv.first.c_str(), kv.second));
       if (!spec_.custom_lib.empty()) {
@@ -313,6 +329,7 @@ Napi::Value CreateSession(const Napi::CallbackInfo& info) {
     num("executionMode", &spec.exec_mode);
     num("enableCpuMemArena", &spec.mem_arena);
     num("enableMemPattern", &spec.mem_pattern);
+    num("cudaDeviceId", &spec.cuda_device);
     if (o.Has("customOpsLibrary") && o.Get("customOpsLibrary").IsString())
       spec.custom_lib = o.Get("customOpsLibrary").As<Napi::String>();
     if (o.Has("config") && o.Get("config").IsObject()) {
