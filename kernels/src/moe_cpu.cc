@@ -482,7 +482,9 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
   }
 
   const int64_t TM = 512;  // max rows per expert task
-  if (total_pairs == N * E) {
+  // With pre-packed weights the fused path is as fast as the dense one even when every expert runs.
+  const bool fused = k->packed && k->pD == D && k->pES == ES;
+  if (total_pairs == N * E && !fused) {
     // Dense path: every token runs every expert. Row blocks of up to RB rows; phase 1 splits the hidden columns
     // (H = act(X W1 + B1)), phase 2 splits the output columns (Y += H W2). Each weight block is packed once per row
     // block, every GEMM keeps the full row count, and no task writes where another one does.
@@ -545,7 +547,6 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
   ws.free_slots.clear();
   ws.used_slots = 0;
   const int64_t* tokens = ws.tokens.data();
-  const bool fused = k->packed && k->pD == D && k->pES == ES;
   parallel_for(pc, ws.tasks.size(), [&](size_t i) {
     const auto task = ws.tasks[i];
     Slot* slot;
