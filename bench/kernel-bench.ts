@@ -5,9 +5,11 @@
  * Target: time(p) <= (p + 0.1) x dense, and <= 1.15 x dense at p = 1.
  *
  *   node dist/bench/kernel-bench.js [--threads 2] [--tokens 256,2048] [--reps 5] [--fractions 1,0.75,0.5,0.25]
+ *                                   [--activation relu|gelu_tanh|gelu] [--d 1024] [--h 4096] [--e 32]
  */
 import { Tensor } from 'onnxruntime-common';
 import { createSession } from '../src/runtime';
+import type { Activation } from '../src/runtime';
 import { buildDenseFfnModel, buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
 
 function arg(name: string, def: string): string {
@@ -23,6 +25,7 @@ const THREADS = Number(arg('threads', '2'));
 const TOKENS = arg('tokens', '256,2048').split(',').map(Number);
 const FRACTIONS = arg('fractions', '1,0.75,0.5,0.25').split(',').map(Number);
 const REPS = Number(arg('reps', '5'));
+const ACT = arg('activation', 'relu') as Activation;
 
 interface Timing {
   wall: number; // ms, minimum over reps
@@ -81,11 +84,11 @@ async function main(): Promise<void> {
   const opts = { intraOpNumThreads: THREADS };
   const dense = await createSession(buildDenseFfnModel(D, H, w), opts);
   const moe = await createSession(
-    buildDynamicMoeModel({ D, E, S, patchNums: [1], threshold: [0.5], weights: w, withScaleIndex: true, batchDim: 1 }),
+    buildDynamicMoeModel({ D, E, S, activation: ACT, patchNums: [1], threshold: [0.5], weights: w, withScaleIndex: true, batchDim: 1 }),
     opts,
   );
   const scale0 = new Tensor('int64', BigInt64Array.from([0n]), []);
-  console.log(`DynamicMoE vs dense FFN: D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs`);
+  console.log(`DynamicMoE (${ACT}) vs dense FFN (relu): D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs`);
   console.log('tokens  fraction  dense ms    moe ms   ratio  target  ok   | cpu: dense ms    moe ms   ratio');
   let allOk = true;
   for (const N of TOKENS) {
