@@ -12,6 +12,7 @@ import { analyseVar } from '../src/analysis/var-structure';
 import { generate, sampleTopKTopP } from '../src/eval/generate';
 import { closeSide, openSide } from '../src/eval/side';
 import { evaluate } from '../src/eval/teacher';
+import { readTensorSet } from '../src/io';
 import { loadModel } from '../src/onnx/io';
 import { convert } from '../src/pipeline';
 import { fixture, GELU_STEPS, readIo, rmDir, runCli, tmpDir } from './helpers/fixtures';
@@ -127,13 +128,20 @@ test('eval --generate: a threshold-0 MoE step graph samples the dense tokens wit
     fs.mkdirSync(moeDir);
     await convert(path.join(GELU_STEPS, 'var_step_s9.onnx'), { ...FAST, activation: 'keep', experts: 8, fromScale: 10, thresholds: [0], output: path.join(moeDir, 'var_step_s9.moe.onnx') });
     const images = path.join(dir, 'gen.png');
-    const r = await generate({ steps: GELU_STEPS, moeSteps: moeDir, vq: GELU_STEPS, decoder: path.join(GELU_STEPS, 'vqvae_decoder.onnx'), images, samples: 2, cfg: 2, topK: 900, topP: 0.96, seed: 0 });
+    const dump = path.join(dir, 'stepcal');
+    const r = await generate({ steps: GELU_STEPS, moeSteps: moeDir, vq: GELU_STEPS, decoder: path.join(GELU_STEPS, 'vqvae_decoder.onnx'), images, samples: 2, cfg: 2, topK: 900, topP: 0.96, seed: 0, dumpCalib: dump });
+    // The dumped step inputs of the last scale: the dense chain's x_next and KV cache of 424 earlier tokens.
+    const cal = await readTensorSet(path.join(dump, 's9'));
+    assert.deepEqual(cal.x_next_BlCv.dims, [2, 256, 32]);
+    assert.deepEqual(cal.past_key_0.dims, [4, 4, 424, 32]);
+    assert.deepEqual(cal.cfg.dims, []);
     assert.equal(r.scales.length, 10);
     for (const s of r.scales) {
       assert.equal(s.moe, s.scale === 10);
       assert.equal(s.agreement, 1, `scale ${s.scale}`);
       assert.equal(s.agreementGivenContext, 1);
       assert.ok(s.klGivenContext < 1e-6);
+      assert.ok(s.agreementChance > 0 && s.agreementChance <= 1);
     }
     assert.equal(r.scales[9].activeExperts, 8);
     // 2 rows (dense, MoE) of 2 images of 64×64 with 2 px gaps.

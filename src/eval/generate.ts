@@ -14,6 +14,7 @@ import { deriveSeed, rng } from '../calib/random';
 import { pct, table } from '../cli/format';
 import { MoefyError } from '../errors';
 import { loadModel } from '../onnx/io';
+import { writeTensorSet } from '../io';
 import { analyseVar } from '../analysis/var-structure';
 import { closeSide, EvalSide, openSide } from './side';
 
@@ -30,6 +31,8 @@ export interface GenerateOptions {
   topP: number;
   seed: number;
   patchNums?: number[];
+  /** Write the dense chain's inputs of each step into <dir>/s{k}/ (calibration data for converting step graphs). */
+  dumpCalib?: string;
   /** Threshold override fed to the MoE step graphs: one per scale, or one for the scales from each graph's from-scale on. */
   thresholds?: number[];
 }
@@ -43,6 +46,8 @@ export interface GenerateScale {
   agreement: number;
   /** Sampled tokens equal when the MoE step runs on the dense chain's context (same random numbers). */
   agreementGivenContext: number;
+  /** Chance level: the probability that two independent draws from the dense distribution agree (Σ p², mean per token). */
+  agreementChance: number;
   /** KL(dense ‖ MoE) of the guided next-token distributions on the dense chain's context, mean per token. */
   klGivenContext: number;
   /** Experts run per token (mean over tokens, layers and CFG rows) on the dense context; null for dense scales. */
@@ -200,7 +205,9 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
         }
         return f;
       };
-      const rD = await d.session.run(feedsOf(chains[0], d));
+      const fD = feedsOf(chains[0], d);
+      if (o.dumpCalib) await writeTensorSet(path.join(o.dumpCalib, `s${k}`), Object.fromEntries(Object.entries(fD).filter(([n]) => n !== 'moe_threshold')));
+      const rD = await d.session.run(fD);
       const rM = await (m ?? d).session.run(feedsOf(chains[1], m ?? d));
       const rC = m ? await m.session.run(feedsOf(chains[0], m)) : rD;
       const lg = (r: ort.InferenceSession.OnnxValueMapType, side: EvalSide) => r[side.logits];
@@ -224,7 +231,7 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
         if (iD[i] === iM[i]) agree++;
         if (iD[i] === iC[i]) agreeC++;
       }
-      let kl = 0;
+      let kl = 0, coll = 0;
       {
         const a = tD.data as Float32Array, c = lg(rC, m ?? d).data as Float32Array;
         for (let r = 0; r < B * n; r++) {
@@ -243,11 +250,14 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
           let s = 0;
           for (let v = 0; v < V; v++) {
             const lp = a[off + v] - la;
-            s += Math.exp(lp) * (lp - (c[off + v] - lc));
+            const p = Math.exp(lp);
+            s += p * (lp - (c[off + v] - lc));
+            coll += p * p;
           }
           kl += Math.max(0, s);
         }
         kl /= B * n;
+        coll /= B * n;
       }
       let activeExperts: number | null = null, experts: number | null = null;
       if (m) {
@@ -264,7 +274,7 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
           experts = es.reduce((x, y) => x + y, 0) / es.length;
         }
       }
-      scales.push({ scale: k + 1, patch: layout.patchNums[k], tokens: n, moe: m !== null, agreement: agree / iD.length, agreementGivenContext: agreeC / iD.length, klGivenContext: kl, activeExperts, experts });
+      scales.push({ scale: k + 1, patch: layout.patchNums[k], tokens: n, moe: m !== null, agreement: agree / iD.length, agreementGivenContext: agreeC / iD.length, agreementChance: coll, klGivenContext: kl, activeExperts, experts });
       // Advance both chains.
       for (const [c, r, ids] of [[chains[0], rD, iD], [chains[1], rM, iM]] as const) {
         const v = await vqSess[k].run({ f_hat: c.fhat, idx_Bl: new ort.Tensor('int64', ids, [B, n]) });
@@ -322,10 +332,10 @@ export function writeImageGrid(file: string, rows: ort.Tensor[]): void {
 }
 
 export function printGenerate(r: GenerateReport): string {
-  const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.moe ? 'MoE' : 'dense', pct(s.agreement), pct(s.agreementGivenContext), s.klGivenContext.toFixed(5), s.activeExperts === null ? '-' : `${s.activeExperts.toFixed(2)}/${s.experts}`]);
+  const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.moe ? 'MoE' : 'dense', pct(s.agreement), pct(s.agreementGivenContext), pct(s.agreementChance), s.klGivenContext.toFixed(5), s.activeExperts === null ? '-' : `${s.activeExperts.toFixed(2)}/${s.experts}`]);
   return [
     `generation: ${r.samples} samples, labels ${r.labels.join(',')}, cfg ${r.cfg}, top-k ${r.topK}, top-p ${r.topP}, seed ${r.seed} (identical random numbers for dense and MoE)`,
-    table(['scale', 'patch', 'step', 'agree (chains)', 'agree (dense context)', 'KL (dense context)', 'experts'], rows),
+    table(['scale', 'patch', 'step', 'agree (chains)', 'agree (dense context)', 'chance', 'KL (dense context)', 'experts'], rows),
     `sampled tokens agreeing: ${pct(r.agreement)} between the chains, ${pct(r.agreementGivenContext)} on the dense context${r.images ? `\nimages (dense row above MoE row): ${r.images}` : ''}`,
   ].join('\n');
 }

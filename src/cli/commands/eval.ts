@@ -30,6 +30,7 @@ interface Args {
   decoder?: string;
   images?: string;
   samples: number;
+  'dump-calib'?: string;
   labels?: string;
   cfg: number;
   'top-k': number;
@@ -61,6 +62,7 @@ const command: CommandModule<object, Args> = {
       .option('vq', { type: 'string', describe: 'folder of vq_nextscale_s{0..}.onnx (the tokenizer\'s next-scale input)' })
       .option('decoder', { type: 'string', describe: 'VQVAE decoder ONNX (f_hat → image)' })
       .option('images', { type: 'string', describe: 'write a PNG grid of the decoded images (dense row above MoE row)' })
+      .option('dump-calib', { type: 'string', describe: 'with --generate: write each step\'s dense inputs to <dir>/s{k}/ (calibration data for converting the step graphs)' })
       .option('samples', { type: 'number', default: 8, describe: 'images to generate' })
       .option('labels', { type: 'string', describe: 'class labels, comma-separated (default 0,1,…,samples−1)' })
       .option('cfg', { type: 'number', default: 2, describe: 'classifier-free guidance strength (ramped per scale inside the step graphs)' })
@@ -74,7 +76,7 @@ const command: CommandModule<object, Args> = {
       if (!a.steps || !a.vq) throw new MoefyError('--generate needs --steps and --vq');
       const r = await generate({
         steps: a.steps, moeSteps: a['moe-steps'], vq: a.vq, decoder: a.decoder, images: a.images, samples: a.samples,
-        labels: parseNumberList('labels', a.labels), thresholds: parseNumberList('threshold', a.threshold), cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums,
+        labels: parseNumberList('labels', a.labels), thresholds: parseNumberList('threshold', a.threshold), dumpCalib: a['dump-calib'], cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums,
       });
       process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printGenerate(r)) + '\n');
       return;
