@@ -68,6 +68,7 @@ export interface SweepOptions {
   limit?: number;
   names?: { dense?: string; moe?: string; inputs?: string };
   size?: { width: number; height: number };
+  onProgress?: (done: number, total: number) => void;
 }
 
 const csvNum = (x: number | null) => (x === null || Number.isNaN(x) ? '' : String(+x.toPrecision(8)));
@@ -107,7 +108,7 @@ export async function sweep(dense: EvalSide, moe: EvalSide, inputs: TensorSet, o
   if (!moe.hasThresholdInput) throw new MoefyError(`${moe.file} has no 'moe_threshold' input: --sweep needs a converted model`);
   const S = dense.structure.layout.patchNums.length;
   const settings = sweepSettings(S, moe.thresholdDefault, o.grid ?? DEFAULT_GRID);
-  const res = await evaluate(dense, moe, inputs, { settings: settings.map((s) => s.thresholds), batch: o.batch, limit: o.limit, names: o.names, moeScalesBy: 'threshold' });
+  const res = await evaluate(dense, moe, inputs, { settings: settings.map((s) => s.thresholds), batch: o.batch, limit: o.limit, names: o.names, moeScalesBy: 'threshold', onProgress: o.onProgress });
   const rows: SweepRow[] = settings.map((s, k) => ({ ...s, totals: res.reports[k].totals, moeScales: res.reports[k].moeScales }));
   fs.mkdirSync(o.dir, { recursive: true });
   const files = { csv: path.join(o.dir, 'sweep.csv'), png: path.join(o.dir, 'sweep.png'), json: path.join(o.dir, 'sweep.json') };

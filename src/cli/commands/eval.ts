@@ -19,6 +19,7 @@ interface Args {
   batch?: number;
   limit?: number;
   sweep?: string;
+  replay: boolean;
   grid?: string;
   'router-maps'?: string;
   'map-scales'?: string;
@@ -39,6 +40,12 @@ interface Args {
   'patch-nums'?: string;
 }
 
+/** A one-line progress counter on a terminal's stderr. */
+function progress(what: string): ((done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  return (done, total) => process.stderr.write(`\r${what}: ${done}/${total} samples${done === total ? '\n' : ''}`);
+}
+
 const command: CommandModule<object, Args> = {
   command: 'eval [dense] [moe]',
   describe: 'Quality against FLOPs per scale, dense vs MoE: teacher-forced (KL, top-1, CE, FFN error, active experts, FLOPs), threshold sweeps, generation, router maps',
@@ -51,6 +58,7 @@ const command: CommandModule<object, Args> = {
       .option('threshold', { type: 'string', describe: 'override moe_threshold: one value per scale, or one for every scale from the conversion\'s from-scale on' })
       .option('batch', { type: 'number', describe: 'samples per run (default: fits ~256 MB of logits)' })
       .option('limit', { type: 'number', describe: 'use only the first N samples' })
+      .option('replay', { type: 'boolean', default: true, describe: 'replay the routers on the dense FFN inputs (the conversion report\'s estimate; --no-replay skips it: it runs in JavaScript)' })
       .option('sweep', { type: 'string', describe: 'sweep threshold families; write sweep.csv, sweep.png and sweep.json into this folder' })
       .option('grid', { type: 'string', describe: 'sweep thresholds (default 0,0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7)' })
       .option('router-maps', { type: 'string', describe: 'write a PNG per scale of the experts used per token for one sample into this folder' })
@@ -84,7 +92,7 @@ const command: CommandModule<object, Args> = {
     if (!a.dense || !a.moe) throw new MoefyError('eval needs two models: moefy eval dense.onnx moe.onnx --inputs <folder|npz> (or --generate)');
     if (!a.inputs) throw new MoefyError('--inputs is required (a folder of .bin + manifest.json, or an .npz)');
     const inputs = await loadInputs(a.inputs);
-    const dense = await openSide(a.dense, { patchNums, withFfnIn: !a.sweep });
+    const dense = await openSide(a.dense, { patchNums, withFfnIn: !a.sweep && a.replay });
     const moe = await openSide(a.moe, { patchNums });
     try {
       const S = dense.structure.layout.patchNums.length;
@@ -98,12 +106,12 @@ const command: CommandModule<object, Args> = {
       }
       const names = { dense: path.basename(a.dense), moe: path.basename(a.moe), inputs: path.basename(a.inputs) };
       if (a.sweep) {
-        const r = await sweep(dense, moe, inputs, { dir: a.sweep, grid: parseNumberList('grid', a.grid), batch: a.batch, limit: a.limit, names });
+        const r = await sweep(dense, moe, inputs, { dir: a.sweep, grid: parseNumberList('grid', a.grid), batch: a.batch, limit: a.limit, names, onProgress: progress('sweep') });
         process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printSweep(r)) + '\n');
         return;
       }
       const mapScales = parseNumberList('map-scales', a['map-scales']) ?? [8, 9, 10].filter((s) => s <= S);
-      const res = await evaluate(dense, moe, inputs, { settings: [thr], batch: a.batch, limit: a.limit, names, keepActiveOf: a['router-maps'] ? a.sample : undefined, replayRouters: true });
+      const res = await evaluate(dense, moe, inputs, { settings: [thr], batch: a.batch, limit: a.limit, names, keepActiveOf: a['router-maps'] ? a.sample : undefined, replayRouters: a.replay, onProgress: progress('eval') });
       const r = res.reports[0];
       let maps: string[] = [];
       if (a['router-maps']) {
