@@ -46,7 +46,8 @@ export function insert(st: ConversionState): PassResult {
     const h = g.addNode({ op: 'MatMul', inputs: [X, rw1], outputs: [`${prefix}/router/MatMul`], name: `${prefix}/router/MatMul`, before: anchor });
     const a = emitActivationIR(g, 'gelu', h.output(0), opset, `${prefix}/router/gelu`);
     const p = g.addNode({ op: 'MatMul', inputs: [a, rw2], outputs: [`${prefix}/router/MatMul_1`], name: `${prefix}/router/MatMul_1` });
-    const norms = g.addNode({ op: 'Abs', inputs: [p.output(0)], outputs: [`${prefix}/norms`], name: `${prefix}/router/Abs` }).output(0);
+    let norms = g.addNode({ op: 'Abs', inputs: [p.output(0)], outputs: [r.squared ? `${prefix}/router/Abs` : `${prefix}/norms`], name: `${prefix}/router/Abs` }).output(0);
+    if (r.squared) norms = g.addNode({ op: 'Mul', inputs: [norms, norms], outputs: [`${prefix}/norms`], name: `${prefix}/router/Square` }).output(0);
     norms.info = { name: norms.name, type: { tensor_type: { elem_type: 1, shape: { dim: [{}, {}, { dim_value: E }] } } } };
     g.valueInfo.push(norms);
 

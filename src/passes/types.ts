@@ -26,6 +26,8 @@ export interface ConvertOptions {
   patchNums?: number[];
   routerWidth: number;
   routerEpochs: number;
+  /** What the router regresses: the expert norm (DMoE-VAR) or its square root (default), squared back in the graph. */
+  routerTarget?: 'norm' | 'sqrt';
   /** Samples to synthesise when no calibration data is given. */
   synthSamples: number;
   /** Cap on captured tokens per layer (router training data). */
@@ -64,6 +66,8 @@ export interface RouterWeights {
   width: number;
   heldOutR2: number;
   recall: number;
+  /** The MLP predicts √norm; the graph squares it. */
+  squared: boolean;
 }
 
 export interface LayerReport {

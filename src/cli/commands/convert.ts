@@ -20,6 +20,7 @@ interface Args {
   'patch-nums'?: string;
   'router-width': number;
   'router-epochs': number;
+  'router-target': string;
   'synth-samples': number;
   'max-tokens': number;
 }
@@ -56,7 +57,8 @@ const command: CommandModule<object, Args> = {
       .option('cluster-by', { choices: ['weights', 'activations'], default: 'activations', describe: 'cluster neurons by co-activation on the calibration data (default: measured better) or by fc1 weights (DMoE-VAR reference)' })
       .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' })
       .option('router-width', { type: 'number', default: 128, describe: 'router hidden width' })
-      .option('router-epochs', { type: 'number', default: 20, describe: 'router training epochs' })
+      .option('router-target', { choices: ['sqrt', 'norm'], default: 'sqrt', describe: 'router regresses √norm (default, routes better) or the norm itself (DMoE-VAR)' })
+      .option('router-epochs', { type: 'number', default: 40, describe: 'router training epochs' })
       .option('synth-samples', { type: 'number', default: 16, describe: 'samples to synthesise without --calib' })
       .option('max-tokens', { type: 'number', default: 65536, describe: 'captured tokens per layer (seeded subsample above this)' }),
   handler: async (a) => {
@@ -64,7 +66,7 @@ const command: CommandModule<object, Args> = {
       experts: a.experts, fromScale: a['from-scale'], output: a.output, calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
       thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
       seed: a.seed, activation: a.activation as 'relu' | 'keep', clusterBy: a['cluster-by'] as 'weights' | 'activations',
-      patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'],
+      patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'], routerTarget: a['router-target'] as 'sqrt' | 'norm',
       synthSamples: a['synth-samples'], maxTokens: a['max-tokens'],
     }, ui());
     const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.tokens, s.moe ? s.threshold.toFixed(3) : 'dense', s.activeFraction === null ? '-' : pct(s.activeFraction), human(s.ffnFlopsDense), human(s.ffnFlopsMoe), pct(s.ffnFlopsMoe / s.ffnFlopsDense)]);
