@@ -106,7 +106,7 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
   const options = {
     experts: opts.experts, fromScale: opts.fromScale, activation: opts.activation, clusterBy: opts.clusterBy, seed: opts.seed,
     thresholds: opts.thresholds ?? null, tau: opts.tau ?? null, budget: opts.thresholds || opts.tau ? null : opts.budget ?? DEFAULT_BUDGET,
-    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, patchNums: structure.layout.patchNums,
+    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget ?? 'norm', patchNums: structure.layout.patchNums,
   };
   model.setMetadata('moefy.version', MOEFY_VERSION);
   model.setMetadata('moefy.options', JSON.stringify(options));
