@@ -1,0 +1,85 @@
+// Converted fixtures through moefy's runtime (the native DynamicMoE kernel) against the function-body path on stock
+// onnxruntime-node, and against the dense model when every threshold is 0 (issue 4).
+import { test } from 'node:test';
+import * as assert from 'node:assert/strict';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { Tensor } from 'onnxruntime-common';
+import { createSession } from '../src/runtime';
+import { analyseVar } from '../src/analysis/var-structure';
+import { encodeModel, loadModel } from '../src/onnx/io';
+import { relufy } from '../src/passes/relufy';
+import { ConversionState } from '../src/passes/types';
+import { convert } from '../src/pipeline';
+import { fixture, readIo, rmDir, tmpDir } from './helpers/fixtures';
+
+const FAST = { routerWidth: 32, routerEpochs: 2, synthSamples: 2, maxTokens: 8192, clusterBy: 'weights' as const, seed: 0, activation: 'relu' as const };
+
+function feeds(io: ReturnType<typeof readIo>, names: readonly string[]): Record<string, Tensor> {
+  const out: Record<string, Tensor> = {};
+  for (const n of names) if (io[n]) out[n] = new Tensor(io[n].dtype as never, io[n].data as never, io[n].shape);
+  return out;
+}
+
+async function stock(model: string | Uint8Array, io: ReturnType<typeof readIo>): Promise<Record<string, Float32Array>> {
+  const s = await ort.InferenceSession.create(model as never, { logSeverityLevel: 3 });
+  const r = await s.run(feeds(io, s.inputNames) as never);
+  await s.release();
+  return Object.fromEntries(Object.entries(r).map(([k, t]) => [k, t.data as Float32Array]));
+}
+
+async function native(model: string, io: ReturnType<typeof readIo>): Promise<Record<string, Float32Array>> {
+  const s = await createSession(model, { intraOpNumThreads: 2 });
+  const r = await s.run(feeds(io, s.inputNames));
+  s.release();
+  return Object.fromEntries(Object.entries(r).map(([k, t]) => [k, t.data as Float32Array]));
+}
+
+function relMaxErr(a: Float32Array, b: Float32Array): number {
+  assert.equal(a.length, b.length);
+  let m = 0, n = 0;
+  for (let i = 0; i < a.length; i++) {
+    m = Math.max(m, Math.abs(a[i] - b[i]));
+    n = Math.max(n, Math.abs(b[i]));
+  }
+  return m / Math.max(n, 1e-12);
+}
+
+function relufied(file: string): Uint8Array {
+  const model = loadModel(file);
+  const structure = analyseVar(model);
+  relufy({ model, structure, options: { activation: 'relu' }, sites: structure.blocks.map((b) => b.ffn!), layers: [] } as unknown as ConversionState);
+  return encodeModel(model);
+}
+
+const CASES = [
+  { model: 'var_tiny_full.onnx', io: 'var_tiny_full_io', out: 'logits_BLV' },
+  { model: 'var_tiny_step.onnx', io: 'var_tiny_step_io', out: 'logits_BlV' },
+  { model: 'var_tiny_step_last_static.onnx', io: 'var_tiny_step_last_static_io', out: 'logits_BlV' },
+];
+
+for (const c of CASES) {
+  test(`runtime: converted ${c.model} matches the function body (thresholds > 0) and the dense model (thresholds 0)`, async () => {
+    const dir = tmpDir('rt-conv');
+    try {
+      const io = readIo(fixture(c.io));
+      // Thresholds between 0 and 1 from scale 1, so the kernel really skips experts everywhere.
+      const sparse = path.join(dir, 'sparse.moe.onnx');
+      const r = await convert(fixture(c.model), { ...FAST, experts: 8, fromScale: 1, thresholds: [0.3], output: sparse });
+      assert.ok(r.scales.every((s) => s.threshold === 0.3));
+      const kern = await native(sparse, io);
+      const body = await stock(sparse, io);
+      for (const k of Object.keys(body)) assert.ok(relMaxErr(kern[k], body[k]) < 1e-5, `${k}: kernel vs function body ${relMaxErr(kern[k], body[k])}`);
+      // The kernel really runs fewer experts: the outputs differ from the dense model.
+      const dense = await stock(relufied(fixture(c.model)), io);
+      assert.ok(relMaxErr(kern[c.out], dense[c.out]) > 1e-4, 'thresholds 0.3 changed nothing');
+
+      const full = path.join(dir, 'dense.moe.onnx');
+      await convert(fixture(c.model), { ...FAST, experts: 8, fromScale: 1, thresholds: [0], output: full });
+      const k0 = await native(full, io);
+      for (const k of Object.keys(dense)) assert.ok(relMaxErr(k0[k], dense[k]) < 1e-5, `${k}: kernel at threshold 0 vs dense ${relMaxErr(k0[k], dense[k])}`);
+    } finally {
+      rmDir(dir);
+    }
+  });
+}
