@@ -116,7 +116,7 @@ test('runtime: summarizeActive gives the mean experts per scale', () => {
   assert.throws(() => summarizeActive(new Tensor('int32', new Int32Array(6), [1, 6]), { patchNums: [1, 2] }), MoefyError);
 });
 
-test('runtime: concurrent runs on one session agree', async () => {
+test('runtime: concurrent runs on one session agree bitwise, with any thread count', async () => {
   const r = rng(11);
   const D = 24, E = 4, S = 16, B = 2, L = 14;
   const w = { W1: randomArray(r, D * E * S), B1: randomArray(r, E * S), W2: randomArray(r, E * S * D), B2: randomArray(r, D) };
@@ -130,6 +130,10 @@ test('runtime: concurrent runs on one session agree', async () => {
   const parallel = await Promise.all([...feeds, ...feeds].map((f) => s.run(f)));
   parallel.forEach((o, i) => assert.deepStrictEqual(o.Y.data, serial[i % 4]));
   s.release();
+  // bitwise the same whatever the thread count
+  const s1 = await createSession(buildDynamicMoeModel({ D, E, S, patchNums: [1, 2, 3], threshold: [0.3, 0.5, 0.7], weights: w }), { intraOpNumThreads: 1 });
+  for (let i = 0; i < 4; i++) assert.deepStrictEqual((await s1.run(feeds[i])).Y.data, serial[i]);
+  s1.release();
 });
 
 test('runtime: an overridable initializer (threshold defaults) can be fed or left alone', async () => {
@@ -150,4 +154,23 @@ test('runtime: an overridable initializer (threshold defaults) can be fed or lef
   const dense = await s.run({ ...feeds, threshold: new Tensor('float32', new Float32Array(2), [2]) });
   assert.ok(Array.from(dense.active.data as Int32Array).every((v) => v === E));
   s.release();
+});
+
+test('runtime: shape inference keeps unknown dims unknown (Shape of Y is the real shape)', async () => {
+  const r = rng(9);
+  const D = 8, E = 2, S = 4;
+  const w = { W1: randomArray(r, D * E * S), B1: randomArray(r, E * S), W2: randomArray(r, E * S * D), B2: randomArray(r, D) };
+  for (const dims of [{ batchDim: null, seqDim: null }, { batchDim: 'B', seqDim: 'L' }, { batchDim: 2, seqDim: 5 }] as const) {
+    const s = await createSession(
+      buildDynamicMoeModel({ D, E, S, patchNums: [1, 2], threshold: [0.5, 0.5], weights: w, withActive: true, withShapeOutput: true, ...dims }),
+      { graphOptimizationLevel: 'all' },
+    );
+    const out = await s.run({
+      X: new Tensor('float32', randomArray(r, 2 * 5 * D), [2, 5, D]),
+      norms: new Tensor('float32', Float32Array.from(randomArray(r, 2 * 5 * E), Math.abs), [2, 5, E]),
+    });
+    assert.deepStrictEqual(Array.from(out.Y_shape.data as BigInt64Array), [2n, 5n, BigInt(D)], JSON.stringify(dims));
+    assert.deepStrictEqual([...out.active.dims], [2, 5]);
+    s.release();
+  }
 });

@@ -27,6 +27,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace moefy {
@@ -173,11 +174,9 @@ struct Workspace {
   };
   std::vector<Task> tasks;
   std::vector<float> hidden;  // dense path [rows, E*S]
-  std::vector<std::unique_ptr<Slot>> slots;
-  // per call
-  std::mutex mu;
-  std::vector<int> free_slots;
-  int used_slots = 0;
+  std::vector<std::unique_ptr<Slot>> slots;  // one per expert group
+  std::vector<int32_t> group_of;             // [E]
+  std::vector<int64_t> order, load;
 };
 
 struct Kernel {
@@ -188,6 +187,7 @@ struct Kernel {
   std::vector<int64_t> scale_start;  // token offset of each scale in the full sequence
   int64_t full_len = 0;
   std::vector<float> threshold;  // per scale
+  int64_t groups = 4;            // expert groups (parallel tasks of the sparse path)
   // Pre-packed constant weights for the fused AVX-512 path (empty when W1/W2 are not constant initializers).
   bool packed = false;
   int64_t pD = 0, pES = 0;
@@ -529,58 +529,52 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
         if (mk[e]) ws.tokens[cur[e]++] = t;
     }
   }
-  ws.tasks.clear();
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = ws.offsets[e + 1] - ws.offsets[e];
-    if (n == 0) continue;
-    const int64_t nchunks = (n + TM - 1) / TM;
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const int64_t a = c * n / nchunks, b = (c + 1) * n / nchunks;
-      ws.tasks.push_back({static_cast<int32_t>(e), ws.offsets[e] + a, b - a});
+  // Fixed expert groups make the result independent of thread scheduling: group g accumulates its experts, in
+  // ascending expert order, into its own accumulator (group 0 into Y), and the accumulators are added to Y in group
+  // order. The group count depends only on the shapes and the machine; experts go to groups by token count
+  // (largest first, to the least loaded group) for balance.
+  int64_t G = std::min<int64_t>(E, k->groups);
+  {
+    const int64_t acc_bytes = N * D * static_cast<int64_t>(sizeof(float));
+    const int64_t cap = int64_t(512) << 20;  // extra accumulator memory
+    G = std::max<int64_t>(1, std::min<int64_t>(G, 1 + cap / std::max<int64_t>(acc_bytes, 1)));
+  }
+  ws.group_of.assign(static_cast<size_t>(E), 0);
+  {
+    ws.order.resize(static_cast<size_t>(E));
+    for (int64_t e = 0; e < E; ++e) ws.order[e] = e;
+    std::stable_sort(ws.order.begin(), ws.order.end(), [&](int64_t x, int64_t y) {
+      return ws.offsets[x + 1] - ws.offsets[x] > ws.offsets[y + 1] - ws.offsets[y];
+    });
+    ws.load.assign(static_cast<size_t>(G), 0);
+    for (int64_t e : ws.order) {
+      int64_t best = 0;
+      for (int64_t g = 1; g < G; ++g)
+        if (ws.load[g] < ws.load[best]) best = g;
+      ws.group_of[e] = static_cast<int32_t>(best);
+      ws.load[best] += ws.offsets[e + 1] - ws.offsets[e];
     }
   }
-  // Largest tasks first for balance.
-  std::stable_sort(ws.tasks.begin(), ws.tasks.end(),
-                   [](const Workspace::Task& x, const Workspace::Task& y) { return x.count > y.count; });
-
-  std::mutex& mu = ws.mu;
-  ws.free_slots.clear();
-  ws.used_slots = 0;
-  const int64_t* tokens = ws.tokens.data();
-  parallel_for(pc, ws.tasks.size(), [&](size_t i) {
-    const auto task = ws.tasks[i];
-    Slot* slot;
-    int sid;
-    bool fresh = false;
-    {
-      std::lock_guard<std::mutex> lk(mu);
-      if (!ws.free_slots.empty()) {
-        sid = ws.free_slots.back();
-        ws.free_slots.pop_back();
-      } else {
-        sid = ws.used_slots++;
-        fresh = true;
-        if (static_cast<size_t>(sid) >= ws.slots.size()) ws.slots.emplace_back(new Slot());
-      }
-      slot = ws.slots[sid].get();
-      if (fused) {
-        grow(slot->h, static_cast<size_t>(TM * (S + 32)));
-        grow(slot->arows, static_cast<size_t>(TM));
-        grow(slot->hrows, static_cast<size_t>(TM));
-        grow(slot->crows, static_cast<size_t>(TM));
-      } else {
-        grow(slot->a, static_cast<size_t>(TM * D));
-        grow(slot->h, static_cast<size_t>(TM * S));
-        grow(slot->z, static_cast<size_t>(TM * D));
-      }
-      if (fresh && sid > 0) grow(slot->acc, static_cast<size_t>(N * D));
+  while (ws.slots.size() < static_cast<size_t>(G)) ws.slots.emplace_back(new Slot());
+  for (int64_t g = 0; g < G; ++g) {
+    Slot* slot = ws.slots[g].get();
+    if (fused) {
+      grow(slot->h, static_cast<size_t>(TM * (S + 32)));
+      grow(slot->arows, static_cast<size_t>(TM));
+      grow(slot->hrows, static_cast<size_t>(TM));
+      grow(slot->crows, static_cast<size_t>(TM));
+    } else {
+      grow(slot->a, static_cast<size_t>(TM * D));
+      grow(slot->h, static_cast<size_t>(TM * S));
+      grow(slot->z, static_cast<size_t>(TM * D));
     }
-    // A slot's accumulator is zeroed the first time this call uses it (outside the lock).
-    if (fresh && sid > 0) std::memset(slot->acc.data(), 0, sizeof(float) * N * D);
-    float* acc = sid == 0 ? Y : slot->acc.data();
-    const int64_t e = task.expert;
-    const int m = static_cast<int>(task.count);
-    const int64_t* tk = tokens + task.begin;
+    if (g > 0) grow(slot->acc, static_cast<size_t>(N * D));
+  }
+
+  const int64_t* tokens = ws.tokens.data();
+  // One expert chunk (rows [begin, begin+m) of expert e's token list) into accumulator acc.
+  auto run_chunk = [&](Slot* slot, float* acc, int64_t e, int64_t begin, int m) {
+    const int64_t* tk = tokens + begin;
 #if defined(__AVX512F__)
     if (fused) {
       const int64_t Spad = (S + avx512::NR - 1) / avx512::NR * avx512::NR;
@@ -600,37 +594,49 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
       else
         avx512::gemm_rows(m, S, D, const_cast<const float* const*>(hr), k->w2p.data() + e * k->w2p_stride,
                           avx512::NR, S * avx512::NR, cr, true);
-    } else
-#endif
-    {
-      float* A = slot->a.data();
-      float* H = slot->h.data();
-      float* Z = slot->z.data();
-      for (int r = 0; r < m; ++r) std::memcpy(A + r * D, Xd + tk[r] * D, sizeof(float) * D);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(S), static_cast<int>(D), 1.0f, A,
-                  static_cast<int>(D), W1d + e * S, static_cast<int>(ES), 0.0f, H, static_cast<int>(S));
-      for (int r = 0; r < m; ++r) bias_act_row(H + r * S, B1d + e * S, S, k->act);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(D), static_cast<int>(S), 1.0f, H,
-                  static_cast<int>(S), W2d + e * S * D, static_cast<int>(D), 0.0f, Z, static_cast<int>(D));
-      for (int r = 0; r < m; ++r) {
-        float* y = acc + tk[r] * D;
-        const float* z = Z + r * D;
-        for (int64_t d = 0; d < D; ++d) y[d] += z[d];
-      }
+      return;
     }
-    std::lock_guard<std::mutex> lk(mu);
-    ws.free_slots.push_back(sid);
+#endif
+    float* A = slot->a.data();
+    float* H = slot->h.data();
+    float* Z = slot->z.data();
+    for (int r = 0; r < m; ++r) std::memcpy(A + r * D, Xd + tk[r] * D, sizeof(float) * D);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(S), static_cast<int>(D), 1.0f, A,
+                static_cast<int>(D), W1d + e * S, static_cast<int>(ES), 0.0f, H, static_cast<int>(S));
+    for (int r = 0; r < m; ++r) bias_act_row(H + r * S, B1d + e * S, S, k->act);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, static_cast<int>(D), static_cast<int>(S), 1.0f, H,
+                static_cast<int>(S), W2d + e * S * D, static_cast<int>(D), 0.0f, Z, static_cast<int>(D));
+    for (int r = 0; r < m; ++r) {
+      float* y = acc + tk[r] * D;
+      const float* z = Z + r * D;
+      for (int64_t d = 0; d < D; ++d) y[d] += z[d];
+    }
+  };
+
+  parallel_for(pc, static_cast<size_t>(G), [&](size_t gi) {
+    const int64_t g = static_cast<int64_t>(gi);
+    Slot* slot = ws.slots[g].get();
+    float* acc = Y;
+    if (g > 0) {
+      acc = slot->acc.data();
+      std::memset(acc, 0, sizeof(float) * N * D);
+    }
+    for (int64_t e = 0; e < E; ++e) {
+      if (ws.group_of[e] != g) continue;
+      const int64_t n = ws.offsets[e + 1] - ws.offsets[e];
+      for (int64_t c0 = 0; c0 < n; c0 += TM)
+        run_chunk(slot, acc, e, ws.offsets[e] + c0, static_cast<int>(std::min<int64_t>(TM, n - c0)));
+    }
   });
 
-  // Sum the other slots into Y.
-  const int nslots = ws.used_slots;
-  if (nslots > 1) {
+  // Add the other groups' accumulators to Y, in group order.
+  if (G > 1) {
     const int64_t RB = 64;
     const size_t nblk = static_cast<size_t>((N + RB - 1) / RB);
     parallel_for(pc, nblk, [&](size_t b) {
       const int64_t r0 = static_cast<int64_t>(b) * RB, r1 = std::min(N, r0 + RB);
-      for (int s = 1; s < nslots; ++s) {
-        const float* src = ws.slots[s]->acc.data();
+      for (int64_t g = 1; g < G; ++g) {
+        const float* src = ws.slots[g]->acc.data();
         for (int64_t i = r0 * D; i < r1 * D; ++i) Y[i] += src[i];
       }
     });
@@ -777,6 +783,7 @@ static Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info) {
     throw Error{"DynamicMoE: attribute threshold has " + std::to_string(k->threshold.size()) +
                 " values, patch_nums has " + std::to_string(k->patch_nums.size()) + " scales"};
   prepack(k.get(), info);
+  k->groups = std::min<int64_t>(16, std::max<int64_t>(4, 2 * static_cast<int64_t>(std::thread::hardware_concurrency())));
   if (const char* tr = std::getenv("MOEFY_KERNEL_TRACE"); tr && tr[0] == '1')
     std::fprintf(stderr, "moefy: DynamicMoE CPU kernel created (num_experts %lld, %zu scales, weights %s)\n",
                  static_cast<long long>(k->num_experts), k->patch_nums.size(),
@@ -860,6 +867,38 @@ static size_t ORT_API_CALL GetNone(int** in, int** out) {
 }
 static void ORT_API_CALL ReleaseNone(int*, int*) {}
 
+// Shape inference: Y has X's type and shape, active is int32 [B, L]. Best effort: anything unexpected leaves the
+// outputs uninferred (the kernel checks shapes at run time).
+const OrtApi* g_infer_api = nullptr;
+static OrtStatusPtr ORT_API_CALL InferShape(const OrtCustomOp*, OrtShapeInferContext* ctx) {
+  const OrtApi* api = g_infer_api;
+  if (!api || !ctx) return nullptr;
+  auto drop = [&](OrtStatus* st) {
+    if (st) api->ReleaseStatus(st);
+    return st != nullptr;
+  };
+  OrtTensorTypeAndShapeInfo* x = nullptr;  // owned by the context
+  if (drop(api->ShapeInferContext_GetInputTypeShape(ctx, 0, &x)) || !x) return nullptr;
+  size_t nd = 0;
+  if (drop(api->GetDimensionsCount(x, &nd)) || nd != 3) return nullptr;
+  std::vector<int64_t> dims(nd);
+  std::vector<const char*> sym(nd, nullptr);
+  if (drop(api->GetDimensions(x, dims.data(), nd)) || drop(api->GetSymbolicDimensions(x, sym.data(), nd))) return nullptr;
+  // ORT writes an unnamed unknown dim back as the value -1, which later folds into wrong constants: infer only
+  // when every dim is known or named.
+  for (size_t i = 0; i < nd; ++i)
+    if (dims[i] < 0 && (sym[i] == nullptr || sym[i][0] == '\0')) return nullptr;
+  if (drop(api->ShapeInferContext_SetOutputTypeShape(ctx, 0, x))) return nullptr;
+  OrtTensorTypeAndShapeInfo* a = nullptr;
+  if (drop(api->CreateTensorTypeAndShapeInfo(&a)) || !a) return nullptr;
+  const char* asym[2] = {sym[0] ? sym[0] : "", sym[1] ? sym[1] : ""};
+  if (!drop(api->SetTensorElementType(a, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)) && !drop(api->SetDimensions(a, dims.data(), 2)) &&
+      !drop(api->SetSymbolicDimensions(a, asym, 2)))
+    drop(api->ShapeInferContext_SetOutputTypeShape(ctx, 1, a));  // fails harmlessly when the node has no `active`
+  api->ReleaseTensorTypeAndShapeInfo(a);
+  return nullptr;
+}
+
 static OrtCustomOp make_op() {
   OrtCustomOp op;
   std::memset(&op, 0, sizeof op);
@@ -882,7 +921,7 @@ static OrtCustomOp make_op() {
   op.GetVariadicOutputHomogeneity = GetVariadicHomogeneity;
   op.CreateKernelV2 = CreateKernelV2;
   op.KernelComputeV2 = KernelComputeV2;
-  op.InferOutputShapeFn = nullptr;
+  op.InferOutputShapeFn = std::getenv("MOEFY_NO_SHAPE_INFERENCE") ? nullptr : InferShape;
   op.GetStartVersion = GetStartVersion;
   op.GetEndVersion = GetEndVersion;
   op.GetMayInplace = GetNone;
@@ -894,7 +933,8 @@ static OrtCustomOp make_op() {
 
 }  // namespace
 
-OrtCustomOp* DynamicMoeCpuOp() {
+OrtCustomOp* DynamicMoeCpuOp(const OrtApi* api) {
+  if (!g_infer_api) g_infer_api = api;
   // Our private (statically linked) OpenBLAS computes each GEMM on the calling thread; ORT's pool parallelises.
   static const bool blas_single = (openblas_set_num_threads(1), true);
   (void)blas_single;

@@ -9,11 +9,11 @@ const FLOAT = 1;
 const INT64 = 7;
 const INT32 = 6;
 
-type Dim = number | string;
+type Dim = number | string | null; // null: unknown and unnamed
 
 function valueInfo(name: string, elemType: number, dims: Dim[] | null): onnx.IValueInfoProto {
   const t: onnx.TypeProto.ITensor = { elemType };
-  if (dims) t.shape = { dim: dims.map((d) => (typeof d === 'number' ? { dimValue: d } : { dimParam: d })) };
+  if (dims) t.shape = { dim: dims.map((d) => (d === null ? {} : typeof d === 'number' ? { dimValue: d } : { dimParam: d })) };
   return { name, type: { tensorType: t } };
 }
 
@@ -51,7 +51,9 @@ export interface MoeModelSpec {
   thresholdDefault?: number[];
   /** expose the `active` output */
   withActive?: boolean;
-  /** how to write the dims of X/norms inputs: symbolic by default */
+  /** also output Shape(Y) as `Y_shape` (checks that shape inference does not invent dims) */
+  withShapeOutput?: boolean;
+  /** how to write the dims of X/norms inputs: symbolic by default (null: unknown, unnamed) */
   batchDim?: Dim;
   seqDim?: Dim;
 }
@@ -102,9 +104,17 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
     outputs.push(valueInfo('active', INT32, [Bd, Ld]));
     nodeOutputs.push('active');
   }
+  const nodes: onnx.INodeProto[] = [{ name: 'moe', opType: 'DynamicMoE', domain: 'ai.moefy', input: nodeInputs, output: nodeOutputs, attribute: attrs }];
+  if (spec.withShapeOutput) {
+    // Shape feeds an Add (not a graph output itself), so that constant folding may fold it when dims look static.
+    nodes.push({ name: 'shape', opType: 'Shape', input: ['Y'], output: ['Y_shape0'] });
+    nodes.push({ name: 'shape_add', opType: 'Add', input: ['Y_shape0', 'zero3'], output: ['Y_shape'] });
+    inits.push({ name: 'zero3', dims: [3], dataType: INT64, rawData: new Uint8Array(24) });
+    outputs.push(valueInfo('Y_shape', INT64, [3]));
+  }
   const graph: onnx.IGraphProto = {
     name: 'dynamic_moe',
-    node: [{ name: 'moe', opType: 'DynamicMoE', domain: 'ai.moefy', input: nodeInputs, output: nodeOutputs, attribute: attrs }],
+    node: nodes,
     input: inputs,
     output: outputs,
     initializer: inits,
