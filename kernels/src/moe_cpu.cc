@@ -3,12 +3,17 @@
 //   Y [, active] = DynamicMoE(X, norms, W1, B1, W2 [, B2] [, scale_index] [, threshold])
 //
 // Algorithm: route every token (expert e runs iff norms[e] >= threshold[s] * max_k norms[k]; the argmax always
-// runs), build per-expert token lists, then run tasks (expert, chunk of its tokens): gather the rows of X, GEMM with
-// the expert's W1 column block (OpenBLAS, single-threaded), fused bias + activation, GEMM with the expert's W2 row
-// block, scatter-add into an accumulator. Tasks run on ONNX Runtime's intra-op thread pool
-// (KernelContext_ParallelFor); each running task holds one accumulator slot (the first slot is Y itself), and the
-// slots are summed into Y at the end. When every token runs every expert the kernel takes a dense path (row blocks,
-// no gather). Buffers live in a per-kernel workspace pool that only grows.
+// runs) and build per-expert token lists (CSR, tokens ascending). Experts are dealt into a fixed number of groups;
+// each group is one task on ONNX Runtime's intra-op pool (KernelContext_ParallelFor) and adds its experts, in
+// ascending order, into its own accumulator (group 0: Y itself); the accumulators are then added to Y in group order,
+// so results do not depend on scheduling. Per expert and chunk of up to 512 tokens:
+//  - fused AVX-512 path (constant W1/W2 pre-packed at kernel creation): the micro-kernel reads the X rows through
+//    the token indices, bias + activation run on the hidden tile, and the second GEMM adds straight into the token
+//    rows of the accumulator;
+//  - otherwise: gather the X rows, OpenBLAS sgemm with the expert's W1 column block, bias + activation, sgemm with
+//    the expert's W2 row block, scatter-add.
+// Without pre-packed weights, a call where every token runs every expert takes a dense OpenBLAS path (hidden
+// columns, then output columns, split over threads). Buffers live in a per-kernel workspace pool that only grows.
 #include "moe_cpu.h"
 #include "gemm_avx512.h"
 
@@ -168,11 +173,6 @@ struct Workspace {
   std::vector<int64_t> counts;        // [E]
   std::vector<int64_t> offsets;       // [E+1]
   std::vector<int64_t> tokens;        // CSR token lists
-  struct Task {
-    int32_t expert;
-    int64_t begin, count;  // range in tokens (or rows on the dense path)
-  };
-  std::vector<Task> tasks;
   std::vector<float> hidden;  // dense path [rows, E*S]
   std::vector<std::unique_ptr<Slot>> slots;  // one per expert group
   std::vector<int32_t> group_of;             // [E]

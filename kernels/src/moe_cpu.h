@@ -10,6 +10,6 @@ namespace moefy {
 constexpr uint32_t kOrtApiVersion = 21;
 
 // Returns the CPU DynamicMoE custom-op descriptor (a static object valid for the life of the process).
-OrtCustomOp* DynamicMoeCpuOp();
+OrtCustomOp* DynamicMoeCpuOp(const OrtApi* api);
 
 }  // namespace moefy

@@ -27,7 +27,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   }
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain("ai.moefy", &domain)) return st;
-  if (OrtStatus* st = api->CustomOpDomain_Add(domain, moefy::DynamicMoeCpuOp())) {
+  if (OrtStatus* st = api->CustomOpDomain_Add(domain, moefy::DynamicMoeCpuOp(api))) {
     api->ReleaseCustomOpDomain(domain);
     return st;
   }
