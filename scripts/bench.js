@@ -7,7 +7,7 @@ const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
 const only = process.argv[2];
-const benches = ['kernel-bench', 'foundation-bench', 'calib-bench', 'pipeline-bench'];
+const benches = ['kernel-bench', 'model-bench', 'foundation-bench', 'calib-bench', 'pipeline-bench'];
 for (const b of benches) {
   if (only && !b.startsWith(only)) continue;
   const file = path.join(root, 'dist', 'bench', `${b}.js`);

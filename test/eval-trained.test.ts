@@ -1,8 +1,7 @@
 // moefy eval on the really trained ReLU model: the calibration set split into 48 calibration + 16 held-out sequences,
-// var_relu_h001_tf.onnx converted with --budget 0.5 --experts 8 --from-scale 8 on the 48. Checked: the FLOPs eval
+// var_relu_h001_tf.onnx converted with the CLI's defaults at --budget 0.5 --experts 32 --from-scale 8 on the 48. Checked: the FLOPs eval
 // reports on the calibration data match the conversion report's (per-scale MoE FFN FLOPs), the held-out quality
-// (CE increase, top-1 agreement: printed against the project's targets ≤ 0.01 nats and ≥ 95%, asserted only when they
-// hold) and active fraction (within 0.05 of the budget), the sweep's CSV and PNG, and the router maps.
+// (CE increase, top-1 agreement: asserted against the project's targets ≤ 0.01 nats and ≥ 95%) and active fraction (within 0.05 of the budget), the sweep's CSV and PNG, and the router maps.
 import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -58,8 +57,8 @@ before(async () => {
   heldout = await readTensorSet(path.join(dir, 'heldout16'));
   assert.equal(heldout.gt_idx_BL.dims[0], 16);
   report = await convert(MODEL, {
-    experts: 8, fromScale: 8, budget: 0.5, calib: path.join(dir, 'calib48'), seed: 0, activation: 'relu', clusterBy: 'weights',
-    routerWidth: 128, routerEpochs: 10, synthSamples: 2, maxTokens: 65536, output: moeFile(),
+    experts: 32, fromScale: 8, budget: 0.5, calib: path.join(dir, 'calib48'), seed: 0, activation: 'relu', clusterBy: 'activations',
+    routerWidth: 128, routerEpochs: 40, routerTarget: 'sqrt', synthSamples: 2, maxTokens: 65536, output: moeFile(),
   });
   dense = await openSide(MODEL, { withFfnIn: true });
   moe = await openSide(moeFile());
@@ -110,8 +109,9 @@ test('held-out quality: CE increase and top-1 agreement on scales 8–10, active
   const ceOk = m.ceIncrease! <= 0.01, agOk = m.top1 >= 0.95;
   console.log(`  scales 8-10: CE ${m.ceDense!.toFixed(4)} → ${m.ceMoe!.toFixed(4)} (+${m.ceIncrease!.toFixed(4)} nats; target ≤ 0.01: ${ceOk ? 'met' : 'NOT met'}), top-1 ${(100 * m.top1).toFixed(1)}% (target ≥ 95%: ${agOk ? 'met' : 'NOT met'}), active fraction ${m.activeFraction.toFixed(4)} (budget 0.5), FFN FLOPs ${m.ffnFlopsMoe.toFixed(0)} / ${m.ffnFlopsDense.toFixed(0)} = ${(m.ffnFlopsMoe / m.ffnFlopsDense).toFixed(3)} (routers included)`);
   assert.ok(Math.abs(m.activeFraction - 0.5) <= 0.05, `held-out active fraction ${m.activeFraction}`);
-  if (ceOk) assert.ok(m.ceIncrease! <= 0.01);
-  if (agOk) assert.ok(m.top1 >= 0.95);
+  // The project's quality target (mission): at most 0.01 nats lost, at least 95% top-1 agreement on scales 8–10.
+  assert.ok(ceOk, `CE increase ${m.ceIncrease} nats > 0.01`);
+  assert.ok(agOk, `top-1 agreement ${m.top1} < 0.95`);
   // The dense scales are exact.
   for (const s of held.scales.filter((x) => !x.moe)) assert.ok(s.kl < 1e-6 && s.top1 === 1, `dense scale ${s.scale}`);
 });

@@ -182,6 +182,8 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
   for (const n of g.nodes) {
     const fc2 = linearAt(n);
     if (!fc2 || fc2.inFeatures <= fc2.outFeatures) continue;
+    // A converted model's router (D → width → E) looks like a narrow FFN: it is not one.
+    if (feedsMoeNorms(fc2.output)) continue;
     const actNode = fc2.input.producer;
     if (!actNode) continue;
     const m = matchAny(actNode, ACTIVATION_PATTERNS.map((a) => ({ name: a.name, pattern: a.pattern })));
@@ -225,6 +227,15 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
     });
   }
   return { sites, failures };
+}
+
+/** Whether v reaches a DynamicMoE node's `norms` input through at most a few elementwise ops. */
+function feedsMoeNorms(v: Value, depth = 4): boolean {
+  for (const u of v.uses) {
+    if (u.node.domain === MOE_DOMAIN && u.node.opType === 'DynamicMoE' && u.index === 1) return true;
+    if (depth > 0 && ['Abs', 'Mul', 'Relu', 'Sqrt', 'Identity'].includes(u.node.opType) && u.node.outputs[0] && feedsMoeNorms(u.node.outputs[0], depth - 1)) return true;
+  }
+  return false;
 }
 
 function moeSiteOf(n: Node, block: number): MoeSite {

@@ -14,6 +14,8 @@ export interface RouterWeights {
   W1: Float32Array;
   /** [width, E] row-major. */
   W2: Float32Array;
+  /** The router squares its Abs output (it was trained on √norm). */
+  squared: boolean;
 }
 
 const constWeight = (n: Node | null): Float32Array | null => {
@@ -23,11 +25,16 @@ const constWeight = (n: Node | null): Float32Array | null => {
   return Float32Array.from(w.numbers());
 };
 
-/** MatMul → GELU → MatMul → Abs feeding the DynamicMoE node's norms. */
+/** MatMul → GELU → MatMul → Abs (→ Mul(·,·), squared) feeding the DynamicMoE node's norms. */
 export function routerWeights(site: MoeSite): RouterWeights {
   const norms = site.node.inputs[1];
-  const abs = norms?.producer;
-  const fail = () => new MoefyError(`block ${site.block}: the router is not MatMul → GELU → MatMul → Abs`);
+  let abs = norms?.producer;
+  let squared = false;
+  if (abs && abs.opType === 'Mul' && abs.inputs[0] && abs.inputs[0] === abs.inputs[1]) {
+    squared = true;
+    abs = abs.inputs[0].producer;
+  }
+  const fail = () => new MoefyError(`block ${site.block}: the router is not MatMul → GELU → MatMul → Abs (→ square)`);
   if (!abs || abs.opType !== 'Abs') throw fail();
   const mm2 = abs.inputs[0]?.producer ?? null;
   const W2 = constWeight(mm2);
@@ -54,7 +61,7 @@ export function routerWeights(site: MoeSite): RouterWeights {
   if (!W1) throw fail();
   const [D, width] = mm1!.inputs[1]!.tensor!.dims;
   const E = mm2!.inputs[1]!.tensor!.dims[1];
-  return { D, width, E, W1, W2 };
+  return { D, width, E, W1, W2, squared };
 }
 
 /** erf with |error| < 1.2e-7 (Numerical Recipes' erfc Chebyshev fit). */
@@ -87,11 +94,15 @@ export function replayActive(r: RouterWeights, X: Float32Array, rows: number[], 
       const wo = j * E;
       for (let e = 0; e < E; e++) p[e] += v * W2[wo + e];
     }
+    const norm = (e: number) => {
+      const a = Math.fround(Math.abs(p[e]));
+      return r.squared ? Math.fround(a * a) : a;
+    };
     let m = 0;
-    for (let e = 0; e < E; e++) m = Math.max(m, Math.fround(Math.abs(p[e])));
+    for (let e = 0; e < E; e++) m = Math.max(m, norm(e));
     const cut = Math.fround(Math.fround(t) * m);
     let on = 0;
-    for (let e = 0; e < E; e++) if (Math.fround(Math.abs(p[e])) >= cut) on++;
+    for (let e = 0; e < E; e++) if (norm(e) >= cut) on++;
     out[k] = on;
   });
   return out;
