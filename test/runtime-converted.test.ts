@@ -83,3 +83,23 @@ for (const c of CASES) {
     }
   });
 }
+
+test('runtime: moe_threshold is overridable per run (zeros = every expert = the dense model)', async () => {
+  const dir = tmpDir('rt-ovr');
+  try {
+    const io = readIo(fixture('var_tiny_full_io'));
+    const file = path.join(dir, 'm.moe.onnx');
+    await convert(fixture('var_tiny_full.onnx'), { ...FAST, experts: 8, fromScale: 8, thresholds: [0.5], output: file });
+    const s = await createSession(file, { intraOpNumThreads: 2 });
+    assert.deepEqual([...s.overridableInitializerNames], ['moe_threshold']);
+    const f = feeds(io, s.inputNames);
+    const sparse = (await s.run(f)).logits_BLV.data as Float32Array;
+    const zeros = (await s.run({ ...f, moe_threshold: new Tensor('float32', new Float32Array(10), [10]) })).logits_BLV.data as Float32Array;
+    s.release();
+    const dense = (await stock(relufied(fixture('var_tiny_full.onnx')), io)).logits_BLV;
+    assert.ok(relMaxErr(zeros, dense) < 1e-5, `override to 0 vs dense ${relMaxErr(zeros, dense)}`);
+    assert.ok(relMaxErr(sparse, dense) > 1e-4, 'the calibrated default skipped nothing');
+  } finally {
+    rmDir(dir);
+  }
+});
