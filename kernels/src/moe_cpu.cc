@@ -782,7 +782,13 @@ static Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info) {
   if (k->threshold.size() != k->patch_nums.size())
     throw Error{"DynamicMoE: attribute threshold has " + std::to_string(k->threshold.size()) +
                 " values, patch_nums has " + std::to_string(k->patch_nums.size()) + " scales"};
-  prepack(k.get(), info);
+  try {
+    prepack(k.get(), info);
+  } catch (const std::bad_alloc&) {  // no memory for the packed copy: read the weights in place
+    k->packed = false;
+    std::vector<float>().swap(k->w1p);
+    std::vector<float>().swap(k->w2p);
+  }
   k->groups = std::min<int64_t>(16, std::max<int64_t>(4, 2 * static_cast<int64_t>(std::thread::hardware_concurrency())));
   if (const char* tr = std::getenv("MOEFY_KERNEL_TRACE"); tr && tr[0] == '1')
     std::fprintf(stderr, "moefy: DynamicMoE CPU kernel created (num_experts %lld, %zu scales, weights %s)\n",
