@@ -4,6 +4,7 @@ import type { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../../errors';
 import { readTensorSet, writeTensorSet, describeTensor } from '../../io';
 import { createSession, formatActiveSummary, summarizeActive } from '../../runtime';
+import { encodeModel, loadModel, PROTOBUF_LIMIT } from '../../onnx/io';
 import { parsePatchNums } from '../options';
 
 interface Args {
@@ -15,6 +16,44 @@ interface Args {
   'patch-nums'?: string;
   experts?: number;
   'scale-index'?: number;
+  summary: boolean;
+}
+
+interface MoeView {
+  /** the model with every DynamicMoE `active` output made a graph output (undefined: use the file as is) */
+  bytes?: Uint8Array;
+  /** names of the `active` outputs added for the summary (not printed or written as outputs) */
+  added: string[];
+  /** all `active` outputs, graph outputs already or added */
+  active: string[];
+  patchNums?: number[];
+  experts?: number;
+}
+
+/**
+ * Finds the DynamicMoE nodes and, when their `active` outputs are not graph outputs, re-encodes the model in memory
+ * with those outputs added, so that one run can report the experts used per scale. The file is not changed.
+ */
+function moeView(file: string): MoeView {
+  const view: MoeView = { added: [], active: [] };
+  const st = fs.statSync(file);
+  if (st.size > PROTOBUF_LIMIT / 2) return view;
+  const m = loadModel(file);
+  const nodes = m.graph.nodes.filter((n) => n.opType === 'DynamicMoE' && n.domain === 'ai.moefy');
+  if (nodes.length === 0) return view;
+  view.patchNums = nodes[0].attrInts('patch_nums');
+  view.experts = nodes[0].attrInt('num_experts');
+  for (const n of nodes) {
+    const a = n.outputs[1];
+    if (!a) continue;
+    view.active.push(a.name);
+    if (m.graph.outputs.includes(a)) continue;
+    a.info = { ...(a.info ?? {}), name: a.name, type: { tensor_type: { elem_type: 6 } } };
+    m.graph.outputs.push(a);
+    view.added.push(a.name);
+  }
+  if (view.added.length) view.bytes = encodeModel(m);
+  return view;
 }
 
 /** Best-effort read of patch_nums / experts from the converter's report beside the model (model.json). */
@@ -48,11 +87,20 @@ const command: CommandModule<object, Args> = {
       .option('fetch', { type: 'string', describe: 'comma-separated output names to compute (default: all)' })
       .option('patch-nums', { type: 'string', describe: 'patch side per scale for the experts-per-scale summary (default: from the report, else VAR 256px)' })
       .option('experts', { type: 'number', describe: 'experts per layer, to print the active fraction' })
-      .option('scale-index', { type: 'number', describe: 'scale of every token (per-scale step graphs whose L is ambiguous)' }),
+      .option('scale-index', { type: 'number', describe: 'scale of every token (per-scale step graphs whose L is ambiguous)' })
+      .option('summary', { type: 'boolean', default: true, describe: 'report experts used per scale (--no-summary: run the file exactly as is)' }),
   handler: async (a) => {
     if (!fs.existsSync(a.model)) throw new MoefyError(`model not found: ${a.model}`);
     const feeds = await readTensorSet(a.inputs);
-    const session = await createSession(a.model, { intraOpNumThreads: a.threads });
+    let view: MoeView = { added: [], active: [] };
+    if (a.summary) {
+      try {
+        view = moeView(a.model);
+      } catch (e) {
+        if (!(e instanceof MoefyError)) throw e;
+      }
+    }
+    const session = await createSession(view.bytes ?? a.model, { intraOpNumThreads: a.threads });
     try {
       const missing = session.inputNames.filter((n) => !(n in feeds));
       if (missing.length) throw new MoefyError(`the inputs lack ${missing.join(', ')} (model inputs: ${session.inputNames.join(', ')})`);
@@ -61,17 +109,21 @@ const command: CommandModule<object, Args> = {
       const used: Record<string, Tensor> = {};
       for (const n of feedable) if (n in feeds) used[n] = feeds[n];
       if (extra.length) process.stderr.write(`moefy: ignoring inputs not in the model: ${extra.join(', ')}\n`);
-      const fetches = a.fetch ? a.fetch.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+      const asked = a.fetch ? a.fetch.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
+      const fetches = asked ? [...asked, ...view.added.filter((n) => !asked.includes(n))] : undefined;
       const t0 = process.hrtime.bigint();
-      const out = await session.run(used, fetches);
+      const all = await session.run(used, fetches);
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      const out: Record<string, Tensor> = {};
+      for (const [n, t] of Object.entries(all)) if (!view.added.includes(n)) out[n] = t;
       process.stdout.write(`ran ${a.model} in ${ms.toFixed(1)} ms\n`);
       for (const [n, t] of Object.entries(out)) process.stdout.write(`  ${describeTensor(n, t)}\n`);
-      const active = Object.entries(out).filter(([n, t]) => /active/i.test(n) && (t.type === 'int32' || t.type === 'int64'));
+      const activeNames = view.active.length ? view.active : Object.keys(all).filter((n) => /active/i.test(n));
+      const active = Object.entries(all).filter(([n, t]) => activeNames.includes(n) && (t.type === 'int32' || t.type === 'int64'));
       if (active.length) {
         const rep = fromReport(a.model);
-        const patchNums = parsePatchNums(a['patch-nums']) ?? rep.patchNums;
-        const experts = a.experts ?? rep.experts;
+        const patchNums = parsePatchNums(a['patch-nums']) ?? view.patchNums ?? rep.patchNums;
+        const experts = a.experts ?? view.experts ?? rep.experts;
         try {
           const s = summarizeActive(active.map(([, t]) => t), { patchNums, numExperts: experts, scaleIndex: a['scale-index'] });
           process.stdout.write(`experts per token (${active.length} MoE layer output(s)):\n`);
