@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { Tensor } from 'onnxruntime-common';
 import { readTensorSet, writeTensorSet } from '../src/io';
 import { libPath } from '../src/runtime';
+import { onnx } from 'onnx-proto';
 import { buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
 
 const BIN = path.resolve(__dirname, '..', '..', 'bin', 'moefy.js');
@@ -50,4 +51,32 @@ test('cli: run writes outputs and summarises experts per scale', async () => {
   const bad = moefy(['run', model, '--inputs', path.join(dir, 'missing.npz')]);
   assert.strictEqual(bad.status, 1);
   assert.match(bad.stderr, /^moefy: tensor set not found/);
+});
+
+test('cli: run reports experts per scale when active is not a graph output', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-run-'));
+  const r = rng(4);
+  const D = 8, E = 4, S = 4, B = 1, L = 5;
+  const proto = onnx.ModelProto.decode(
+    buildDynamicMoeModel({
+      D, E, S, patchNums: [1, 2], threshold: [0, 2], withActive: true,
+      weights: { W1: randomArray(r, D * E * S), B1: randomArray(r, E * S), W2: randomArray(r, E * S * D), B2: randomArray(r, D) },
+    }),
+  );
+  proto.graph!.output = proto.graph!.output!.filter((o) => o.name !== 'active');
+  const model = path.join(dir, 'moe.onnx');
+  fs.writeFileSync(model, onnx.ModelProto.encode(proto).finish());
+  const inputs = path.join(dir, 'in');
+  await writeTensorSet(inputs, {
+    X: new Tensor('float32', randomArray(r, B * L * D), [B, L, D]),
+    norms: new Tensor('float32', Float32Array.from(randomArray(r, B * L * E), Math.abs), [B, L, E]),
+  });
+  const out = path.join(dir, 'out.npz');
+  const res = moefy(['run', model, '--inputs', inputs, '--output', out]);
+  assert.strictEqual(res.status, 0, res.stderr);
+  assert.match(res.stdout, /scale 1 \(2x2\): 1\.00 experts\/token \(25\.0%\)/);
+  assert.deepStrictEqual(Object.keys(await readTensorSet(out)), ['Y']);
+  const plain = moefy(['run', model, '--inputs', inputs, '--no-summary']);
+  assert.strictEqual(plain.status, 0, plain.stderr);
+  assert.doesNotMatch(plain.stdout, /experts\/token/);
 });
