@@ -81,6 +81,23 @@ test('io: reads the shared fixture folder', { skip: !fs.existsSync(FIXTURE) }, a
   assert.strictEqual((s.logits_BLV.data as Float32Array).length, 2 * 680 * 4096);
 });
 
+test('io: never replaces a folder that is not a tensor set', async () => {
+  const d = tmpdir();
+  fs.writeFileSync(path.join(d, 'precious.txt'), 'keep me');
+  await assert.rejects(writeTensorSet(d, sample()), (e: Error) => e instanceof MoefyError && /refusing/.test(e.message));
+  assert.strictEqual(fs.readFileSync(path.join(d, 'precious.txt'), 'utf8'), 'keep me');
+  const set = path.join(d, 'set');
+  await writeTensorSet(set, sample());
+  fs.writeFileSync(path.join(set, 'extra.txt'), 'x');
+  await assert.rejects(writeTensorSet(set, sample()), /refusing/);
+  fs.rmSync(path.join(set, 'extra.txt'));
+  await writeTensorSet(set, sample());
+  const empty = path.join(d, 'empty');
+  fs.mkdirSync(empty);
+  await writeTensorSet(empty, sample());
+  assertSame(sample(), await readTensorSet(empty));
+});
+
 test('io: errors are MoefyError', async () => {
   const d = tmpdir();
   await assert.rejects(readTensorSet(path.join(d, 'missing')), MoefyError);

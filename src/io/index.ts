@@ -136,6 +136,26 @@ function safeFileName(name: string, used: Set<string>): string {
   return f;
 }
 
+/**
+ * An existing folder is replaced only when it is empty or is itself a tensor set (manifest.json plus only the files
+ * it lists), so that a mistyped --output never deletes unrelated files.
+ */
+async function assertReplaceable(dir: string): Promise<void> {
+  const entries = await fsp.readdir(dir);
+  if (entries.length === 0) return;
+  const refuse = (why: string) => new MoefyError(`${dir} exists and ${why}; refusing to replace it (choose a new folder or remove it)`);
+  if (!entries.includes('manifest.json')) throw refuse('is not a tensor set (no manifest.json)');
+  let manifest: Record<string, { file?: unknown }>;
+  try {
+    manifest = JSON.parse(await fsp.readFile(path.join(dir, 'manifest.json'), 'utf8'));
+  } catch {
+    throw refuse('has an unreadable manifest.json');
+  }
+  const listed = new Set(Object.values(manifest).map((e) => (e && typeof e.file === 'string' ? e.file : '')));
+  const others = entries.filter((f) => f !== 'manifest.json' && !listed.has(f));
+  if (others.length) throw refuse(`holds files that are not part of the tensor set (${others.slice(0, 3).join(', ')})`);
+}
+
 export interface WriteTensorSetOptions {
   /** Override the format chosen from the path (.npz → npz, otherwise a folder). */
   format?: TensorSetFormat;
@@ -172,6 +192,7 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
     return;
   }
   if (existing && !existing.isDirectory()) throw new MoefyError(`${p} exists and is not a folder`);
+  if (existing) await assertReplaceable(p);
   const manifest: Manifest = {};
   const used = new Set<string>(['manifest.json']);
   try {
