@@ -140,6 +140,8 @@ __global__ void __launch_bounds__(kChunk) route_kernel(const T* __restrict__ nor
     if (threadIdx.x == 0) chunk_count[(size_t)e * n_chunks + blockIdx.x] = c;
   }
   // Initialise the fp32 accumulator rows of this chunk's tokens: B2 (added once per token) or 0.
+  // (No accumulator in the token-window FC2, which adds B2 itself.)
+  if (!acc) return;
   const int t0 = blockIdx.x * kChunk;
   const int nt = min(kChunk, p.T - t0);
   for (int r = 0; r < nt; ++r) {
@@ -219,7 +221,8 @@ __global__ void __launch_bounds__(kChunk) scatter_kernel(const unsigned char* __
 
 // 4. tile list: entry = (expert, first row, valid rows, 0), ordered by (tile index within expert, expert)
 __global__ void __launch_bounds__(kThreads) tile_list_kernel(const int* __restrict__ exp_count, int E, int max_j,
-                                                             int4* __restrict__ tiles, int* __restrict__ num_tiles) {
+                                                             int4* __restrict__ tiles, int* __restrict__ num_tiles,
+                                                             int* __restrict__ row_start) {
   MOEFY_DYNAMIC_SMEM(smem_raw);
   int* sm = reinterpret_cast<int*>(smem_raw);  // [3E]: count, tiles, row start
   int* cnt = sm;
@@ -232,6 +235,7 @@ __global__ void __launch_bounds__(kThreads) tile_list_kernel(const int* __restri
       cnt[e] = c;
       nt[e] = (c + kBM - 1) / kBM;
       rs[e] = acc;
+      if (blockIdx.x == 0) row_start[e] = acc;
       acc += nt[e] * kBM;
       tot += nt[e];
     }
@@ -640,6 +644,174 @@ __global__ void __launch_bounds__(kThreads, 2) fc_kernel(FcArgs a) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// FC2, token-window variant (fp16, 16-byte-aligned sizes): a CTA owns the outputs of one routing chunk (256 tokens)
+// x 64 columns in a shared-memory fp32 tile, loops over the experts' pair segments of that chunk (contiguous in H,
+// since pairs are token-sorted inside each expert) in 64-row items, and writes Y once: no atomics, no [T, D]
+// accumulator, B2 added here. Items are double-buffered (cp.async); W2_e's 64-column slice is loaded once per
+// expert and reused by its items.
+namespace f16win {
+constexpr int MS = 64;     // pair rows per item
+constexpr int BNW = 64;    // output columns per task
+constexpr int W = kChunk;  // tokens per task (one routing chunk)
+constexpr int LDB = BNW + 8;
+constexpr int LDACC = BNW + 4;
+}  // namespace f16win
+
+struct WinLayout {
+  int SP, LDA;  // S rounded up to 16; A row stride (halves)
+  size_t off_acc, off_a, off_b, off_scr, off_tok, off_cnt, total;
+};
+
+inline size_t align128(size_t x) { return (x + 127) & ~(size_t)127; }
+
+inline WinLayout win_layout(int S, int E) {
+  using namespace f16win;
+  WinLayout l;
+  l.SP = round_up(S, 16);
+  l.LDA = l.SP + 8;
+  l.off_acc = 0;
+  l.off_a = align128(l.off_acc + sizeof(float) * W * LDACC);
+  l.off_b = align128(l.off_a + sizeof(__half) * 2 * MS * l.LDA);
+  l.off_scr = align128(l.off_b + sizeof(__half) * 2 * l.SP * LDB);
+  l.off_tok = align128(l.off_scr + sizeof(float) * 8 * 256);
+  l.off_cnt = l.off_tok + sizeof(int) * 2 * MS;
+  l.total = align128(l.off_cnt + sizeof(int) * 2 * (size_t)E);
+  return l;
+}
+
+struct WinArgs {
+  const __half* H;
+  const __half* W2;
+  const __half* B2;
+  __half* Y;
+  const int* pair_tok;
+  const int* chunk_count;   // [E][n_chunks]
+  const int* chunk_offset;  // [E][n_chunks]
+  const int* row_start;     // [E] first (padded) row of each expert in H
+  int T, D, E, S, n_chunks, n_ns;
+  WinLayout l;
+};
+
+__global__ void __launch_bounds__(kThreads) fc2_window_kernel(WinArgs a) {
+  using namespace nvcuda;
+  using namespace f16win;
+  MOEFY_DYNAMIC_SMEM(smem);
+  const WinLayout& l = a.l;
+  float* acc = reinterpret_cast<float*>(smem + l.off_acc);
+  __half* As = reinterpret_cast<__half*>(smem + l.off_a);
+  __half* Bs = reinterpret_cast<__half*>(smem + l.off_b);
+  float* scratch = reinterpret_cast<float*>(smem + l.off_scr);
+  int* tokb = reinterpret_cast<int*>(smem + l.off_tok);
+  int* cnt_s = reinterpret_cast<int*>(smem + l.off_cnt);
+  int* base_s = cnt_s + a.E;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;  // warp tile: rows wm*32..+32, cols wn*16..+16
+  const int SP = l.SP, LDA = l.LDA, S = a.S, D = a.D, E = a.E;
+  const int a_stage = MS * LDA, b_stage = SP * LDB;
+  const int total = a.n_chunks * a.n_ns;
+
+  for (int task = blockIdx.x; task < total; task += gridDim.x) {
+    const int w = task / a.n_ns, ns = task - w * a.n_ns;
+    const int n0 = ns * BNW, t0 = w * W;
+    const int nt = min(W, a.T - t0);
+    __syncthreads();  // the previous task is done with shared memory
+    for (int e = tid; e < E; e += kThreads) {
+      cnt_s[e] = a.chunk_count[(size_t)e * a.n_chunks + w];
+      base_s[e] = a.row_start[e] + a.chunk_offset[(size_t)e * a.n_chunks + w];
+    }
+    for (int i = tid; i < W * BNW; i += kThreads) {
+      const int r = i / BNW, c = i - r * BNW;
+      acc[r * LDACC + c] = (a.B2 && n0 + c < D) ? __half2float(a.B2[n0 + c]) : 0.f;
+    }
+    __syncthreads();
+
+    auto load_item = [&](int abuf, int bbuf, int e, int m0, bool load_b) {
+      const int valid = min(MS, cnt_s[e] - m0);
+      const int base = base_s[e] + m0;
+      if (tid < MS) tokb[abuf * MS + tid] = tid < valid ? a.pair_tok[base + tid] - t0 : -1;
+      __half* as = As + abuf * a_stage;
+      const int cpr = SP / 8;
+      for (int c = tid; c < MS * cpr; c += kThreads) {
+        const int r = c / cpr, kc = (c - r * cpr) * 8;
+        const bool ok = r < valid && kc < S;
+        const __half* src = a.H + (size_t)(base + r) * S + kc;
+        cp_async16(as + r * LDA + kc, ok ? (const void*)src : (const void*)a.W2, ok ? 16 : 0);
+      }
+      if (load_b) {
+        __half* bs = Bs + bbuf * b_stage;
+        for (int c = tid; c < SP * (BNW / 8); c += kThreads) {
+          const int r = c / (BNW / 8), nc = (c - r * (BNW / 8)) * 8;
+          const bool ok = r < S && n0 + nc < D;
+          const __half* src = a.W2 + ((size_t)e * S + r) * D + n0 + nc;
+          cp_async16(bs + r * LDB + nc, ok ? (const void*)src : (const void*)a.W2, ok ? 16 : 0);
+        }
+      }
+    };
+
+    // the item cursor (uniform across the block): experts in order, MS-row items of each expert's segment
+    int cur_e = 0;
+    while (cur_e < E && cnt_s[cur_e] == 0) ++cur_e;
+    int cur_m = 0, cur_b = 0, item = 0;
+    if (cur_e < E) load_item(0, 0, cur_e, 0, true);
+    cp_async_commit();
+    while (cur_e < E) {
+      int ne = cur_e, nm = cur_m + MS;
+      if (nm >= cnt_s[ne]) {
+        nm = 0;
+        do {
+          ++ne;
+        } while (ne < E && cnt_s[ne] == 0);
+      }
+      const int nb = ne == cur_e ? cur_b : (cur_b ^ 1);
+      if (ne < E) load_item((item + 1) & 1, nb, ne, nm, ne != cur_e);
+      cp_async_commit();
+      cp_async_wait<1>();
+      __syncthreads();  // item `item` is in shared memory for everyone
+
+      const __half* as = As + (item & 1) * a_stage;
+      const __half* bs = Bs + cur_b * b_stage;
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
+      wmma::fill_fragment(c[0], 0.f);
+      wmma::fill_fragment(c[1], 0.f);
+      for (int k0 = 0; k0 < SP; k0 += 16) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+        wmma::load_matrix_sync(fb, bs + k0 * LDB + wn * 16, LDB);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+          wmma::load_matrix_sync(fa, as + (wm * 32 + i * 16) * LDA + k0, LDA);
+          wmma::mma_sync(c[i], fa, fb, c[i]);
+        }
+      }
+      // add the item's rows into their tokens' accumulator rows (distinct tokens inside an item: plain adds)
+      const int valid = min(MS, cnt_s[cur_e] - cur_m);
+      float* scr = scratch + warp * 256;
+      const int r = lane >> 1, c0 = (lane & 1) * 8;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        wmma::store_matrix_sync(scr, c[i], 16, wmma::mem_row_major);
+        __syncwarp();
+        const int m = wm * 32 + i * 16 + r;
+        if (m < valid) {
+          float* dst = acc + tokb[(item & 1) * MS + m] * LDACC + wn * 16 + c0;
+#pragma unroll
+          for (int q = 0; q < 8; ++q) dst[q] += scr[r * 16 + c0 + q];
+        }
+        __syncwarp();
+      }
+      __syncthreads();  // this item's buffers may be refilled
+      cur_e = ne, cur_m = nm, cur_b = nb, ++item;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+    for (int i = tid; i < nt * BNW; i += kThreads) {
+      const int rr = i / BNW, cc = i - rr * BNW;
+      if (n0 + cc < D) a.Y[(size_t)(t0 + rr) * D + n0 + cc] = __float2half_rn(acc[rr * LDACC + cc]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // host side
 int resolve(const MoeCudaArgs* a, RouteParams* rp, char* msg, size_t msg_len) {
   auto fail = [&](const char* fmt, auto... xs) {
@@ -728,7 +900,7 @@ int resolve(const MoeCudaArgs* a, RouteParams* rp, char* msg, size_t msg_len) {
 }
 
 struct WsLayout {
-  size_t mask, chunk_count, chunk_offset, exp_count, num_tiles, tiles, pair_tok, H, acc, total;
+  size_t mask, chunk_count, chunk_offset, exp_count, row_start, num_tiles, tiles, pair_tok, H, acc, total;
   int n_chunks, max_mtiles, max_j;
 };
 
@@ -749,6 +921,7 @@ WsLayout ws_layout(const MoeCudaArgs* a) {
   w.chunk_count = o, o = align_up(o + sizeof(int) * (size_t)E * w.n_chunks);
   w.chunk_offset = o, o = align_up(o + sizeof(int) * (size_t)E * w.n_chunks);
   w.exp_count = o, o = align_up(o + sizeof(int) * (size_t)E);
+  w.row_start = o, o = align_up(o + sizeof(int) * (size_t)E);
   w.num_tiles = o, o = align_up(o + sizeof(int));
   w.tiles = o, o = align_up(o + sizeof(int4) * (size_t)w.max_mtiles);
   w.pair_tok = o, o = align_up(o + sizeof(int) * (size_t)w.max_mtiles * kBM);
@@ -791,6 +964,47 @@ int launch_fc(const FcArgs& fa, int max_mtiles, int n_tiles_n, cudaStream_t st) 
   return MOEFY_CUDA_OK;
 }
 
+// Launches the token-window FC2 if it applies on this device (shared memory); returns false (nothing launched)
+// otherwise, or an error code through *rc.
+bool launch_fc2_window(const MoeCudaArgs* a, const WinArgs& wa_in, cudaStream_t st, int* rc) {
+  *rc = MOEFY_CUDA_OK;
+  constexpr int kMaxDevices = 64;
+  static int cached_optin[kMaxDevices];  // max opt-in dynamic shared memory per block; 0 = unknown
+  static int cached_sms[kMaxDevices];
+  static size_t cached_set[kMaxDevices];  // largest size already allowed through cudaFuncSetAttribute
+  int dev = 0;
+  cudaGetDevice(&dev);
+  const bool cacheable = dev >= 0 && dev < kMaxDevices;
+  int optin = cacheable ? cached_optin[dev] : 0, sms = cacheable ? cached_sms[dev] : 0;
+  if (optin == 0) {
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    if (sms < 1) sms = 1;
+    if (cacheable) cached_optin[dev] = optin, cached_sms[dev] = sms;
+  }
+  WinArgs wa = wa_in;
+  wa.l = win_layout((int)a->S, (int)a->E);
+  if (wa.l.total > (size_t)optin) return false;
+  if (!cacheable || cached_set[dev] < wa.l.total) {
+    const cudaError_t err =
+        cudaFuncSetAttribute(fc2_window_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)wa.l.total);
+    if (err != cudaSuccess) {
+      set_error(cudaGetErrorString(err));
+      *rc = MOEFY_CUDA_ELAUNCH;
+      return true;
+    }
+    if (cacheable) cached_set[dev] = wa.l.total;
+  }
+  int occ = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fc2_window_kernel, kThreads, wa.l.total);
+  if (occ < 1) occ = 1;
+  wa.n_ns = (int)((a->D + f16win::BNW - 1) / f16win::BNW);
+  const long long tasks = (long long)wa.n_chunks * wa.n_ns;
+  const long long grid = tasks < (long long)sms * occ ? tasks : (long long)sms * occ;
+  if (grid >= 1) MOEFY_LAUNCH(fc2_window_kernel, (unsigned)grid, kThreads, wa.l.total, st)(wa);
+  return true;
+}
+
 template <typename T, bool VEC>
 int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, unsigned char* ws, cudaStream_t st) {
   const int T_ = rp.T, E = (int)a->E, D = (int)a->D, S = (int)a->S;
@@ -802,17 +1016,26 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
   int4* tiles = reinterpret_cast<int4*>(ws + w.tiles);
   int* pair_tok = reinterpret_cast<int*>(ws + w.pair_tok);
   void* H = ws + w.H;
+  int* row_start = reinterpret_cast<int*>(ws + w.row_start);
   float* acc = std::is_same<T, __half>::value ? reinterpret_cast<float*>(ws + w.acc) : static_cast<float*>(a->Y);
+  // FC2 strategy: the token-window kernel (fp16, vector sizes, enough shared memory) unless atomics are asked for.
+  bool window = std::is_same<T, __half>::value && VEC && a->fc2_mode != MOEFY_CUDA_FC2_ATOMIC;
+  if (window) {
+    int dev = 0, optin = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    window = win_layout(S, E).total <= (size_t)optin;
+  }
 
   mark(0, st);
   MOEFY_LAUNCH(route_kernel<T>, w.n_chunks, kChunk, 0, st)(static_cast<const T*>(a->norms), rp, mask, chunk_count, w.n_chunks,
-                                                 a->active, acc, static_cast<const T*>(a->B2), D);
+                                                 a->active, window ? nullptr : acc, static_cast<const T*>(a->B2), D);
   MOEFY_LAUNCH(scan_kernel, E, kThreads, 0, st)(chunk_count, chunk_offset, exp_count, w.n_chunks);
   MOEFY_LAUNCH(scatter_kernel, w.n_chunks, kChunk, sizeof(int) * E, st)(mask, chunk_offset, exp_count, w.n_chunks, T_, E,
                                                                pair_tok);
   const long long tl_threads = (long long)E * w.max_j;
   MOEFY_LAUNCH(tile_list_kernel, (unsigned)((tl_threads + kThreads - 1) / kThreads), kThreads, sizeof(int) * 3 * E, st)(
-      exp_count, E, w.max_j, tiles, num_tiles);
+      exp_count, E, w.max_j, tiles, num_tiles, row_start);
   mark(1, st);
 
   FcArgs fa;
@@ -833,6 +1056,26 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
   int rc = launch_fc<T, false, VEC>(fa, w.max_mtiles, (S + 127) / 128, st);
   if (rc) return rc;
   mark(2, st);
+  if (window) {
+    WinArgs wa;
+    memset(&wa, 0, sizeof(wa));
+    wa.H = static_cast<const __half*>(H);
+    wa.W2 = static_cast<const __half*>(a->W2);
+    wa.B2 = static_cast<const __half*>(a->B2);
+    wa.Y = static_cast<__half*>(a->Y);
+    wa.pair_tok = pair_tok;
+    wa.chunk_count = chunk_count;
+    wa.chunk_offset = chunk_offset;
+    wa.row_start = row_start;
+    wa.T = T_, wa.D = D, wa.E = E, wa.S = S, wa.n_chunks = w.n_chunks;
+    if (launch_fc2_window(a, wa, st, &rc)) {
+      if (rc) return rc;
+      mark(3, st);
+      mark(4, st);
+      return MOEFY_CUDA_OK;
+    }
+    return MOEFY_CUDA_ELAUNCH;  // unreachable: applicability was checked above
+  }
   fa.W = a->W2;
   rc = launch_fc<T, true, VEC>(fa, w.max_mtiles, (D + 127) / 128, st);
   if (rc) return rc;

@@ -53,7 +53,18 @@ typedef struct MoeCudaArgs {
   const float* threshold_dev;  // optional [num_thresholds] float on the device
   int num_thresholds;          // length of threshold_dev if given, else of threshold_attr
   float threshold_attr[MOEFY_CUDA_MAX_SCALES];
+
+  // FC2 strategy (float16 only; float32 always uses MOEFY_CUDA_FC2_ATOMIC):
+  //   MOEFY_CUDA_FC2_AUTO (0): token-window when it applies (16-byte-aligned sizes, enough shared memory), else atomic
+  //   MOEFY_CUDA_FC2_ATOMIC (1): expert-major tiles, fp32 atomics into a [T, D] accumulator
+  //   MOEFY_CUDA_FC2_WINDOW (2): token-window tiles accumulate all experts of 256 tokens in shared memory, one write
+  //                              (falls back to atomic when it does not apply)
+  int fc2_mode;
 } MoeCudaArgs;
+
+#define MOEFY_CUDA_FC2_AUTO 0
+#define MOEFY_CUDA_FC2_ATOMIC 1
+#define MOEFY_CUDA_FC2_WINDOW 2
 
 // Return codes.
 #define MOEFY_CUDA_OK 0

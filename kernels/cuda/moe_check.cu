@@ -54,7 +54,7 @@ static void* upload(const std::vector<float>& v) {
 }
 
 
-static bool run_case(const Case& c, bool half, uint64_t seed) {
+static bool run_case(const Case& c, bool half, uint64_t seed, int fc2_mode) {
   const int64_t T = c.B * c.L, D = c.D, E = c.E, S = c.S;
   const Data dd = make_data(c, half, seed);
   const std::vector<float>&X = dd.X, &N = dd.N, &W1 = dd.W1, &B1 = dd.B1, &W2 = dd.W2, &B2 = dd.B2;
@@ -66,6 +66,7 @@ static bool run_case(const Case& c, bool half, uint64_t seed) {
   MoeCudaArgs a;
   fill_args(a, c);
   a.dtype = half ? MOEFY_CUDA_F16 : MOEFY_CUDA_F32;
+  a.fc2_mode = fc2_mode;
   auto up = [&](const std::vector<float>& v) { return half ? upload<__half>(v) : upload<float>(v); };
   void *dX = up(X), *dN = up(N), *dW1 = up(W1), *dB1 = up(B1), *dW2 = up(W2), *dB2 = c.b2 ? up(B2) : nullptr;
   const size_t esz = half ? 2 : 4;
@@ -135,8 +136,8 @@ static bool run_case(const Case& c, bool half, uint64_t seed) {
   double mean_active = 0;
   for (int v : act_ref_v) mean_active += v;
   if (T) mean_active /= (double)T;
-  printf("  %-4s %-44s T=%-5lld D=%-4lld E=%-3lld S=%-3lld active %5.2f/%lld  rel.err %.2e (tol %.0e)%s%s  %s\n",
-         half ? "fp16" : "fp32", c.name.c_str(), (long long)T, (long long)D, (long long)E, (long long)S, mean_active,
+  printf("  %-4s %-6s %-44s T=%-5lld D=%-4lld E=%-3lld S=%-3lld active %5.2f/%lld  rel.err %.2e (tol %.0e)%s%s  %s\n",
+         half ? "fp16" : "fp32", half && fc2_mode == MOEFY_CUDA_FC2_ATOMIC ? "atomic" : "auto", c.name.c_str(), (long long)T, (long long)D, (long long)E, (long long)S, mean_active,
          (long long)E, rel, tol, bad_active ? "  BAD-ACTIVE" : "", nonfinite ? "  NON-FINITE" : "",
          ok ? "ok" : "FAIL");
   if (rc != MOEFY_CUDA_OK) printf("    rc=%d: %s\n", rc, moefy_dynamic_moe_cuda_last_error());
@@ -303,6 +304,7 @@ struct BenchRow {
   int64_t T;
   double frac;
   double moe_ms, dense_ms;
+  double moe_atomic_ms;  // fp16: the same with the atomic FC2 (fp32: -1)
   double phase_ms[4];  // MoE: routing, FC1, FC2, finalisation (averages of separate event-timed runs)
   double dense_gemm_ms;  // the two cuBLAS GEMMs alone
 };
@@ -334,6 +336,7 @@ static void bench_dtype(bool half, Cublas* cb, bool quick, std::vector<BenchRow>
 
   MoeCudaArgs a;
   memset(&a, 0, sizeof(a));
+  a.device = -1;
   a.dtype = half ? MOEFY_CUDA_F16 : MOEFY_CUDA_F32;
   a.activation = act;
   a.D = D, a.E = E, a.S = S, a.L = 256;
@@ -407,6 +410,12 @@ static void bench_dtype(bool half, Cublas* cb, bool quick, std::vector<BenchRow>
         if (r != MOEFY_CUDA_OK) rc = r;
       };
       const double moe_ms = time_it(moe);
+      double moe_atomic_ms = -1;
+      if (half) {
+        a.fc2_mode = MOEFY_CUDA_FC2_ATOMIC;
+        moe_atomic_ms = time_it(moe);
+        a.fc2_mode = MOEFY_CUDA_FC2_AUTO;
+      }
       if (rc != MOEFY_CUDA_OK) {
         printf("  MoE launch failed: %s\n", moefy_dynamic_moe_cuda_last_error());
         ++g_failures;
@@ -452,8 +461,8 @@ static void bench_dtype(bool half, Cublas* cb, bool quick, std::vector<BenchRow>
           }
         }
       }
-      rows.push_back(BenchRow{half ? "fp16" : "fp32", Bb, Tn, f, moe_ms, dense_ms, {ph[0], ph[1], ph[2], ph[3]},
-                              dense_gemm_ms});
+      rows.push_back(BenchRow{half ? "fp16" : "fp32", Bb, Tn, f, moe_ms, dense_ms, moe_atomic_ms,
+                              {ph[0], ph[1], ph[2], ph[3]}, dense_gemm_ms});
     }
   }
   cudaFree(X), cudaFree(N), cudaFree(W1), cudaFree(B1), cudaFree(W2), cudaFree(B2), cudaFree(Y), cudaFree(Yd);
@@ -509,8 +518,9 @@ int main(int argc, char** argv) {
   check_errors();
   uint64_t seed = 1234;
   for (const Case& c : cases) {
-    run_case(c, false, seed);
-    run_case(c, true, seed);
+    run_case(c, false, seed, MOEFY_CUDA_FC2_AUTO);
+    run_case(c, true, seed, MOEFY_CUDA_FC2_AUTO);  // token-window FC2 where it applies
+    run_case(c, true, seed, MOEFY_CUDA_FC2_ATOMIC);
     ++seed;
   }
 
@@ -525,8 +535,9 @@ int main(int argc, char** argv) {
     bench_dtype<__half>(true, have_cublas ? &cb : nullptr, quick, rows);
     bench_dtype<float>(false, have_cublas ? &cb : nullptr, quick, rows);
     printf("\nVAR-d16 FFN: D 1024, hidden 4096 = 32 experts x 128, gelu_tanh, tokens = 2*B*256\n");
-    printf("| dtype | B  | tokens | active | MoE ms   | dense ms | MoE/dense | target |\n");
-    printf("|-------|----|--------|--------|----------|----------|-----------|--------|\n");
+    printf("MoE = the default (fp16: token-window FC2); 'atomic FC2' = fp16 with MOEFY_CUDA_FC2_ATOMIC\n");
+    printf("| dtype | B  | tokens | active | MoE ms   | dense ms | MoE/dense | target | atomic FC2 ms (ratio) |\n");
+    printf("|-------|----|--------|--------|----------|----------|-----------|--------|-----------------------|\n");
     for (const BenchRow& r : rows) {
       const double ratio = r.dense_ms > 0 ? r.moe_ms / r.dense_ms : -1;
       const char* target = "";
@@ -535,8 +546,11 @@ int main(int argc, char** argv) {
       if (r.B == 64 && r.frac == 1.0) target = "<= 1.10";
       if (*target && ratio > 0)
         snprintf(tb, sizeof(tb), "%s %s", target, ratio <= (r.frac == 0.5 ? 0.6 : 1.1) ? "met" : "MISSED");
-      printf("| %-5s | %-2d | %6lld | %5.0f%% | %8.3f | %8.3f | %9.3f | %s |\n", r.dtype, r.B, (long long)r.T,
-             r.frac * 100, r.moe_ms, r.dense_ms, ratio, tb);
+      char at[48] = "-";
+      if (r.moe_atomic_ms > 0)
+        snprintf(at, sizeof(at), "%8.3f (%5.3f)", r.moe_atomic_ms, r.dense_ms > 0 ? r.moe_atomic_ms / r.dense_ms : -1);
+      printf("| %-5s | %-2d | %6lld | %5.0f%% | %8.3f | %8.3f | %9.3f | %s | %s |\n", r.dtype, r.B, (long long)r.T,
+             r.frac * 100, r.moe_ms, r.dense_ms, ratio, tb, at);
     }
     printf("\nMoE phases (ms; TFLOP/s of the useful work: 2*pairs*D*S per GEMM) and the dense GEMMs alone:\n");
     printf("| dtype | B  | active | routing | FC1 ms (TF/s)    | FC2 ms (TF/s)    | final | dense GEMMs ms (TF/s) |\n");

@@ -16,6 +16,7 @@
 // after the launches (stream-ordered reuse), and the op never synchronises the host with the device.
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <string>
@@ -37,6 +38,7 @@ enum Output { kY = 0, kActive, kNumOutputs };
 struct MoeCudaKernel {
   const OrtApi* api;
   int dtype;
+  int fc2_mode;  // MOEFY_CUDA_FC2_*: from the environment variable MOEFY_CUDA_FC2 (atomic | window | auto)
   int64_t num_experts;
   int activation;
   std::vector<int64_t> patch_nums;
@@ -106,6 +108,11 @@ OrtStatus* ORT_API_CALL CreateKernelV2(const OrtCustomOp* op, const OrtApi* api,
   k->api = api;
   k->dtype = self(op)->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? MOEFY_CUDA_F16 : MOEFY_CUDA_F32;
   k->num_experts = 0;
+  k->fc2_mode = MOEFY_CUDA_FC2_AUTO;
+  if (const char* m = getenv("MOEFY_CUDA_FC2")) {
+    if (!strcmp(m, "atomic")) k->fc2_mode = MOEFY_CUDA_FC2_ATOMIC;
+    if (!strcmp(m, "window")) k->fc2_mode = MOEFY_CUDA_FC2_WINDOW;
+  }
   attr_int(api, info, "num_experts", &k->num_experts);
   std::string act = "relu";
   attr_string(api, info, "activation", &act);
@@ -231,6 +238,7 @@ OrtStatus* ORT_API_CALL KernelComputeV2(void* kernel, OrtKernelContext* ctx) {
   a.device = -1;
   a.dtype = k->dtype;
   a.activation = k->activation;
+  a.fc2_mode = k->fc2_mode;
   a.B = B, a.L = L, a.D = D, a.E = E, a.S = S;
   a.num_patch_nums = (int)k->patch_nums.size();
   for (size_t i = 0; i < k->patch_nums.size(); ++i) a.patch_nums[i] = k->patch_nums[i];

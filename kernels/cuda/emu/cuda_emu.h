@@ -95,14 +95,21 @@ inline int max(int a, int b) { return a > b ? a : b; }
 typedef void* cudaStream_t;
 typedef int cudaError_t;
 #define cudaSuccess 0
-enum { cudaFuncAttributeMaxDynamicSharedMemorySize = 8, cudaDevAttrMultiProcessorCount = 16 };
+enum {
+  cudaFuncAttributeMaxDynamicSharedMemorySize = 8,
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97
+};
 typedef void* cudaEvent_t;
 inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
 inline const char* cudaGetErrorString(cudaError_t) { return "emulated error"; }
 inline cudaError_t cudaGetLastError() { return cudaSuccess; }
 inline cudaError_t cudaGetDevice(int* d) { return *d = 0, cudaSuccess; }
 inline cudaError_t cudaSetDevice(int) { return cudaSuccess; }
-inline cudaError_t cudaDeviceGetAttribute(int* v, int, int) { return *v = 3, cudaSuccess; }  // 3 "SMs"
+inline cudaError_t cudaDeviceGetAttribute(int* v, int attr, int) {  // 1 "SM" (persistent loops run several tiles
+  *v = attr == cudaDevAttrMaxSharedMemoryPerBlockOptin ? 166912 : 1;  // per block), an A100's 163 KB opt-in smem
+  return cudaSuccess;
+}
 template <typename F>
 inline cudaError_t cudaFuncSetAttribute(F, int, int) {
   return cudaSuccess;
@@ -195,18 +202,27 @@ inline void run_block(void (*body)(void*), void* arg) {
   std::mt19937 rng(order_seed() * 7919u + b.bid.x);
   for (;;) {
     for (unsigned i = 0; i < n; ++i) order[i] = order_mode() == 1 ? n - 1 - i : i;
-    if (order_mode() == 2) std::shuffle(order.begin(), order.end(), rng);
+    // random mode: a random order, and each round every warp is held back with probability 1/2, so that warps
+    // drift apart by several barrier-free segments (as on hardware) and missing block barriers show up
+    std::vector<char> hold((n + 31) / 32, 0);
+    if (order_mode() == 2) {
+      std::shuffle(order.begin(), order.end(), rng);
+      bool any = false;
+      for (auto& h : hold) any |= !(h = (char)(rng() & 1));
+      if (!any) hold.assign(hold.size(), 0);
+    }
     for (unsigned i : order) {
       Fiber& f = b.fibers[i];
-      if (f.state != kRunnable) continue;
+      if (f.state != kRunnable || hold[i / 32]) continue;
       b.cur = &f;
       swapcontext(&b.sched, &f.ctx);
     }
     // release barriers
-    unsigned done = 0, at_block = 0;
-    for (auto& f : b.fibers) done += f.state == kDone, at_block += f.state == kWaitBlock;
+    unsigned done = 0, at_block = 0, runnable = 0;
+    for (auto& f : b.fibers)
+      done += f.state == kDone, at_block += f.state == kWaitBlock, runnable += f.state == kRunnable;
     if (done == n) break;
-    bool released = false;
+    bool released = runnable > 0;  // held-back threads still have work: no deadlock
     if (at_block + done == n && at_block > 0) {
       long long count = 0;
       for (auto& f : b.fibers)

@@ -2,7 +2,7 @@
 // small cases that cover every code path: the three scale layouts, thresholds 0 / 1 / between (attribute and
 // run-time input), E = 1, scalar and vector loaders (odd and aligned sizes), several tiles per expert, several
 // routing chunks, several N tiles in both GEMMs, K remainders, persistent loops over more tiles than blocks.
-// Each case runs in fp32 and fp16, under three schedules: threads in order with immediate cp.async copies,
+// Each case runs in fp32 and fp16 (fp16 with both FC2 strategies: token-window and atomic), under three schedules: threads in order with immediate cp.async copies,
 // reversed order with copies deferred to their wait, and a random order with deferred copies.
 //
 //   g++ -std=c++17 -O2 -DMOEFY_CUDA_EMULATE -I kernels/cuda -x c++ kernels/cuda/dynamic_moe_cuda.cu
@@ -76,7 +76,7 @@ void* put(std::vector<Buf*>& keep, const std::vector<float>& v, bool half) {
 int g_fail = 0;
 int g_checks = 0;
 
-void run(const Case& c, bool half, uint64_t seed, int mode) {
+void run(const Case& c, bool half, uint64_t seed, int mode, int fc2_mode) {
   const int64_t T = c.B * c.L, D = c.D;
   const Data d = make_data(c, half, seed);
   std::vector<double> ref;
@@ -87,6 +87,7 @@ void run(const Case& c, bool half, uint64_t seed, int mode) {
   MoeCudaArgs a;
   fill_args(a, c);
   a.dtype = half ? MOEFY_CUDA_F16 : MOEFY_CUDA_F32;
+  a.fc2_mode = fc2_mode;
   a.X = put(keep, d.X, half);
   a.norms = put(keep, d.N, half);
   a.W1 = put(keep, d.W1, half);
@@ -122,7 +123,8 @@ void run(const Case& c, bool half, uint64_t seed, int mode) {
   const double tol = half ? 1e-3 : 1e-5;
   const bool ok = rc == MOEFY_CUDA_OK && nonfinite == 0 && bad_active == 0 && rel <= tol;
   static const char* modes[] = {"in-order/immediate", "reverse/deferred", "random/deferred"};
-  printf("  %-4s %-18s %-46s T=%-4lld rel.err %.2e%s%s  %s\n", half ? "fp16" : "fp32", modes[mode], c.name.c_str(),
+  const char* fc2 = !half ? "atomic" : fc2_mode == MOEFY_CUDA_FC2_ATOMIC ? "atomic" : "auto";
+  printf("  %-4s %-6s %-18s %-46s T=%-4lld rel.err %.2e%s%s  %s\n", half ? "fp16" : "fp32", fc2, modes[mode], c.name.c_str(),
          (long long)T, rel, bad_active ? "  BAD-ACTIVE" : "", nonfinite ? "  NON-FINITE" : "", ok ? "ok" : "FAIL");
   if (rc != MOEFY_CUDA_OK) printf("    rc=%d %s\n", rc, moefy_dynamic_moe_cuda_last_error());
   if (!ok) ++g_fail;
@@ -182,12 +184,13 @@ int main(int argc, char** argv) {
   uint64_t seed = 99;
   for (const Case& c : cases) {
     for (int mode = 0; mode < (quick ? 1 : 3); ++mode) {
-      run(c, false, seed, mode);
-      run(c, true, seed, mode);
+      run(c, false, seed, mode, MOEFY_CUDA_FC2_AUTO);
+      run(c, true, seed, mode, MOEFY_CUDA_FC2_AUTO);  // token-window FC2 where it applies (aligned sizes)
+      run(c, true, seed, mode, MOEFY_CUDA_FC2_ATOMIC);
     }
     ++seed;
   }
-  g_checks += (int)(cases.size() * 2 * (quick ? 1 : 3));
+  g_checks += (int)(cases.size() * 3 * (quick ? 1 : 3));
   printf("%d passed, %d failed\n", g_checks - g_fail, g_fail);
   return g_fail ? 1 : 0;
 }
