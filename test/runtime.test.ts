@@ -116,25 +116,31 @@ test('runtime: summarizeActive gives the mean experts per scale', () => {
   assert.throws(() => summarizeActive(new Tensor('int32', new Int32Array(6), [1, 6]), { patchNums: [1, 2] }), MoefyError);
 });
 
-test('runtime: concurrent runs on one session agree bitwise, with any thread count', async () => {
-  const r = rng(11);
-  const D = 24, E = 4, S = 16, B = 2, L = 14;
-  const w = { W1: randomArray(r, D * E * S), B1: randomArray(r, E * S), W2: randomArray(r, E * S * D), B2: randomArray(r, D) };
-  const s = await createSession(buildDynamicMoeModel({ D, E, S, patchNums: [1, 2, 3], threshold: [0.3, 0.5, 0.7], weights: w }), { intraOpNumThreads: 2 });
-  const feeds = [0, 1, 2, 3].map(() => ({
-    X: new Tensor('float32', randomArray(r, B * L * D), [B, L, D]),
-    norms: new Tensor('float32', Float32Array.from(randomArray(r, B * L * E), Math.abs), [B, L, E]),
-  }));
-  const serial: Float32Array[] = [];
-  for (const f of feeds) serial.push((await s.run(f)).Y.data as Float32Array);
-  const parallel = await Promise.all([...feeds, ...feeds].map((f) => s.run(f)));
-  parallel.forEach((o, i) => assert.deepStrictEqual(o.Y.data, serial[i % 4]));
-  s.release();
-  // bitwise the same whatever the thread count
-  const s1 = await createSession(buildDynamicMoeModel({ D, E, S, patchNums: [1, 2, 3], threshold: [0.3, 0.5, 0.7], weights: w }), { intraOpNumThreads: 1 });
-  for (let i = 0; i < 4; i++) assert.deepStrictEqual((await s1.run(feeds[i])).Y.data, serial[i]);
-  s1.release();
-});
+for (const [E, L] of [[4, 14], [2, 180], [12, 180]] as const) {
+  test(`runtime: concurrent runs on one session agree bitwise, with any thread count (E ${E}, L ${L})`, async () => {
+    const r = rng(11 + E);
+    const D = 24, S = 16, B = 2;
+    const patchNums = L === 14 ? [1, 2, 3] : [4, 8, 10];
+    const w = { W1: randomArray(r, D * E * S), B1: randomArray(r, E * S), W2: randomArray(r, E * S * D), B2: randomArray(r, D) };
+    const model = buildDynamicMoeModel({ D, E, S, patchNums, threshold: [0.3, 0.5, 0.7], weights: w });
+    const s = await createSession(model, { intraOpNumThreads: 2 });
+    const feeds = [0, 1, 2, 3].map(() => ({
+      X: new Tensor('float32', randomArray(r, B * L * D), [B, L, D]),
+      norms: new Tensor('float32', Float32Array.from(randomArray(r, B * L * E), Math.abs), [B, L, E]),
+    }));
+    const serial: Float32Array[] = [];
+    for (const f of feeds) serial.push((await s.run(f)).Y.data as Float32Array);
+    const parallel = await Promise.all([...feeds, ...feeds].map((f) => s.run(f)));
+    parallel.forEach((o, i) => assert.deepStrictEqual(o.Y.data, serial[i % 4]));
+    s.release();
+    // bitwise the same whatever the thread count
+    for (const threads of [1, 3]) {
+      const s1 = await createSession(model, { intraOpNumThreads: threads });
+      for (let i = 0; i < 4; i++) assert.deepStrictEqual((await s1.run(feeds[i])).Y.data, serial[i]);
+      s1.release();
+    }
+  });
+}
 
 test('runtime: an overridable initializer (threshold defaults) can be fed or left alone', async () => {
   const r = rng(5);

@@ -177,6 +177,10 @@ struct Workspace {
   std::vector<std::unique_ptr<Slot>> slots;  // one per expert group
   std::vector<int32_t> group_of;             // [E]
   std::vector<int64_t> order, load;
+  struct Chunk {
+    int64_t expert, begin, count;
+  };
+  std::vector<Chunk> chunks;  // few-experts path
 };
 
 struct Kernel {
@@ -613,6 +617,41 @@ static void compute(Kernel* k, OrtKernelContext* ctx) {
     }
   };
 
+  if (G == E && E < k->groups) {
+    // Few experts (one per group): the chunks of one expert touch disjoint token rows, so they run in parallel
+    // too, each on its own scratch; the result stays independent of scheduling.
+    ws.chunks.clear();
+    for (int64_t e = 0; e < E; ++e) {
+      const int64_t n = ws.offsets[e + 1] - ws.offsets[e];
+      if (n == 0) continue;
+      const int64_t nch = std::min<int64_t>(std::max<int64_t>((n + TM - 1) / TM, 8), (n + 47) / 48);
+      for (int64_t c = 0; c < nch; ++c) {
+        const int64_t a = c * n / nch, b = (c + 1) * n / nch;
+        if (b > a) ws.chunks.push_back({e, ws.offsets[e] + a, b - a});
+      }
+    }
+    while (ws.slots.size() < ws.chunks.size()) ws.slots.emplace_back(new Slot());
+    for (size_t i = 0; i < ws.chunks.size(); ++i) {
+      Slot* slot = ws.slots[i].get();
+      const size_t rows = static_cast<size_t>(ws.chunks[i].count);
+      if (fused) {
+        grow(slot->h, rows * static_cast<size_t>(S + 32));
+        grow(slot->arows, rows);
+        grow(slot->hrows, rows);
+        grow(slot->crows, rows);
+      } else {
+        grow(slot->a, rows * static_cast<size_t>(D));
+        grow(slot->h, rows * static_cast<size_t>(S));
+        grow(slot->z, rows * static_cast<size_t>(D));
+      }
+    }
+    for (int64_t g = 1; g < G; ++g) std::memset(ws.slots[g]->acc.data(), 0, sizeof(float) * N * D);
+    parallel_for(pc, ws.chunks.size(), [&](size_t i) {
+      const auto& c = ws.chunks[i];
+      float* acc = c.expert == 0 ? Y : ws.slots[c.expert]->acc.data();
+      run_chunk(ws.slots[i].get(), acc, c.expert, c.begin, static_cast<int>(c.count));
+    });
+  } else
   parallel_for(pc, static_cast<size_t>(G), [&](size_t gi) {
     const int64_t g = static_cast<int64_t>(gi);
     Slot* slot = ws.slots[g].get();
