@@ -1021,10 +1021,15 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
   // FC2 strategy: the token-window kernel (fp16, vector sizes, enough shared memory) unless atomics are asked for.
   bool window = std::is_same<T, __half>::value && VEC && a->fc2_mode != MOEFY_CUDA_FC2_ATOMIC;
   if (window) {
-    int dev = 0, optin = 0;
+    int dev = 0, optin = 0, sms = 0;
     cudaGetDevice(&dev);
     cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
     window = win_layout(S, E).total <= (size_t)optin;
+    // auto: a window task is one SM's work for 256 tokens x 64 columns; with fewer tasks than two per SM (small
+    // batches) the expert-major atomic tiles spread better
+    const long long tasks = (long long)w.n_chunks * ((D + f16win::BNW - 1) / f16win::BNW);
+    if (a->fc2_mode == MOEFY_CUDA_FC2_AUTO && tasks < 2LL * sms) window = false;
   }
 
   mark(0, st);

@@ -123,7 +123,7 @@ void run(const Case& c, bool half, uint64_t seed, int mode, int fc2_mode) {
   const double tol = half ? 1e-3 : 1e-5;
   const bool ok = rc == MOEFY_CUDA_OK && nonfinite == 0 && bad_active == 0 && rel <= tol;
   static const char* modes[] = {"in-order/immediate", "reverse/deferred", "random/deferred"};
-  const char* fc2 = !half ? "atomic" : fc2_mode == MOEFY_CUDA_FC2_ATOMIC ? "atomic" : "auto";
+  const char* fc2 = !half ? "atomic" : fc2_mode == MOEFY_CUDA_FC2_ATOMIC ? "atomic" : "window";
   printf("  %-4s %-6s %-18s %-46s T=%-4lld rel.err %.2e%s%s  %s\n", half ? "fp16" : "fp32", fc2, modes[mode], c.name.c_str(),
          (long long)T, rel, bad_active ? "  BAD-ACTIVE" : "", nonfinite ? "  NON-FINITE" : "", ok ? "ok" : "FAIL");
   if (rc != MOEFY_CUDA_OK) printf("    rc=%d %s\n", rc, moefy_dynamic_moe_cuda_last_error());
@@ -185,7 +185,7 @@ int main(int argc, char** argv) {
   for (const Case& c : cases) {
     for (int mode = 0; mode < (quick ? 1 : 3); ++mode) {
       run(c, false, seed, mode, MOEFY_CUDA_FC2_AUTO);
-      run(c, true, seed, mode, MOEFY_CUDA_FC2_AUTO);  // token-window FC2 where it applies (aligned sizes)
+      run(c, true, seed, mode, MOEFY_CUDA_FC2_WINDOW);  // token-window FC2 where it applies (aligned sizes)
       run(c, true, seed, mode, MOEFY_CUDA_FC2_ATOMIC);
     }
     ++seed;
