@@ -180,3 +180,21 @@ test('runtime: shape inference keeps unknown dims unknown (Shape of Y is the rea
     s.release();
   }
 });
+
+test('runtime: the registered kernel takes precedence over a model-local function body', async () => {
+  const r = rng(21);
+  const D = 8, E = 4, S = 4, B = 1, L = 5;
+  const w = { W1: randomArray(r, D * E * S), B1: randomArray(r, E * S), W2: randomArray(r, E * S * D), B2: randomArray(r, D) };
+  const model = buildDynamicMoeModel({ D, E, S, patchNums: [1, 2], threshold: [0, 0], weights: w, withActive: true, withMarkerFunctionBody: true });
+  const X = new Tensor('float32', randomArray(r, B * L * D), [B, L, D]);
+  const norms = new Tensor('float32', Float32Array.from(randomArray(r, B * L * E), (v) => Math.abs(v) + 1), [B, L, E]);
+  const kernel = await createSession(model);
+  const k = await kernel.run({ X, norms });
+  assert.ok(Array.from(k.active.data as Int32Array).every((v) => v === E));
+  assert.notDeepStrictEqual(Array.from(k.Y.data as Float32Array), Array.from(X.data as Float32Array));
+  kernel.release();
+  const body = await createSession(model, { registerMoefyOps: false });
+  const b = await body.run({ X, norms });
+  assert.deepStrictEqual(Array.from(b.Y.data as Float32Array), Array.from(X.data as Float32Array));
+  body.release();
+});

@@ -51,6 +51,11 @@ export interface MoeModelSpec {
   thresholdDefault?: number[];
   /** expose the `active` output */
   withActive?: boolean;
+  /**
+   * attach a model-local function body for DynamicMoE that is deliberately NOT the op's semantics (Y = X), so a test
+   * can tell whether the registered kernel or the function body ran
+   */
+  withMarkerFunctionBody?: boolean;
   /** also output Shape(Y) as `Y_shape` (checks that shape inference does not invent dims) */
   withShapeOutput?: boolean;
   /** how to write the dims of X/norms inputs: symbolic by default (null: unknown, unnamed) */
@@ -119,10 +124,29 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
     output: outputs,
     initializer: inits,
   };
-  return encode(graph, [
+  const opsets = [
     { domain: '', version: 17 },
     { domain: 'ai.moefy', version: 1 },
-  ]);
+  ];
+  if (!spec.withMarkerFunctionBody) return encode(graph, opsets);
+  const fn: onnx.IFunctionProto = {
+    name: 'DynamicMoE',
+    domain: 'ai.moefy',
+    input: ['X', 'norms', 'W1', 'B1', 'W2', 'B2', 'scale_index', 'threshold'],
+    output: spec.withActive ? ['Y', 'active'] : ['Y'],
+    attribute: ['num_experts', 'activation', 'patch_nums', 'threshold'],
+    node: [
+      { opType: 'Identity', input: ['X'], output: ['Y'] },
+      ...(spec.withActive
+        ? [
+            { opType: 'ReduceMax', input: ['norms'], output: ['m'], attribute: [{ name: 'axes', type: onnx.AttributeProto.AttributeType.INTS, ints: [2] }, { name: 'keepdims', type: onnx.AttributeProto.AttributeType.INT, i: 0 }] },
+            { opType: 'Cast', input: ['m'], output: ['active'], attribute: [{ name: 'to', type: onnx.AttributeProto.AttributeType.INT, i: INT32 }] },
+          ]
+        : []),
+    ],
+    opsetImport: [{ domain: '', version: 17 }],
+  };
+  return onnx.ModelProto.encode({ irVersion: 8, producerName: 'moefy-test', opsetImport: opsets, graph, functions: [fn] }).finish();
 }
 
 /** The dense FFN: Y = Relu(X·W1 + B1)·W2 + B2 (MatMul-Add-Relu-MatMul-Add), weights as initializers. */
