@@ -2,8 +2,8 @@
 //
 // Pipeline (all on one stream, no host synchronisation; data-dependent sizes stay on the device):
 //   1. route_kernel     one thread per token: scale -> threshold -> max/argmax over E norms -> mask[T,E], active[T];
-//                       per 256-token chunk, a per-expert count (__syncthreads_count); initialises the fp32
-//                       accumulator rows of its tokens with B2 (or 0).
+//                       per 256-token chunk, a per-expert count (__syncthreads_count); for the atomic FC2,
+//                       initialises the fp32 accumulator rows of its tokens with B2 (or 0).
 //   2. scan_kernel      one block per expert: exclusive scan of the chunk counts -> chunk offsets, expert totals.
 //   3. scatter_kernel   one thread per token: writes each (token, expert) pair to its slot in an expert-major
 //                       list whose expert segments are padded to BM rows; tokens stay in ascending order inside an
@@ -13,9 +13,13 @@
 //                       X gather and the Y accumulation).
 //   5. fc kernel (FC1)  persistent grouped GEMM: H[pair, :] = act(X[token(pair), :] . W1_e + B1_e), gathering the
 //                       X rows inside the GEMM's tile loader; H stored compactly (pair-major, S wide).
-//   6. fc kernel (FC2)  persistent grouped GEMM: acc[token(pair), :] += H[pair, :] . W2_e, fp32 atomics (float4
+//   6. FC2, one of
+//      fc2_window_kernel (fp16 default for large batches) a CTA owns 256 tokens x 64 columns of Y in shared memory,
+//                       walks every expert's (contiguous, token-sorted) pair segment of those tokens in 64-row
+//                       items and writes Y once (+B2): a token tile's experts accumulated before one write.
+//      fc kernel (FC2)  persistent grouped GEMM: acc[token(pair), :] += H[pair, :] . W2_e, fp32 atomics (float4
 //                       atomics on sm_90).
-//   7. finalize_kernel  (fp16 only) Y = half(acc). For fp32, acc is Y itself.
+//   7. finalize_kernel  (fp16 with the atomic FC2) Y = half(acc). For fp32, acc is Y itself.
 // Tiles past the device-side tile count exit (persistent loop bound read from the device).
 // fp16 GEMMs use tensor cores through WMMA (m16n16k16, fp32 accumulate); fp32 GEMMs use FP32 FMA register tiles
 // (no TF32, to keep the 1e-5 target).
