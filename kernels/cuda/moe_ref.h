@@ -110,10 +110,14 @@ inline void reference(const Case& c, bool half, const std::vector<float>& X, con
     for (int e = 0; e < E; ++e) {
       if (!(e == am || nr[e] >= cut)) continue;
       active[(size_t)t]++;
+      for (int64_t j = 0; j < S; ++j) h[(size_t)j] = B1[(size_t)(e * S + j)];
+      for (int64_t k = 0; k < D; ++k) {  // k outer, j inner: W1 rows are read contiguously
+        const double xk = X[(size_t)(t * D + k)];
+        const float* w1 = &W1[(size_t)(k * ES + e * S)];
+        for (int64_t j = 0; j < S; ++j) h[(size_t)j] += xk * w1[j];
+      }
       for (int64_t j = 0; j < S; ++j) {
-        double a = B1[(size_t)(e * S + j)];
-        for (int64_t k = 0; k < D; ++k) a += (double)X[(size_t)(t * D + k)] * W1[(size_t)(k * ES + e * S + j)];
-        double v = act_ref(a, c.act);
+        double v = act_ref(h[(size_t)j], c.act);
         if (half) v = round_half((float)v);
         h[(size_t)j] = v;
       }
