@@ -9,23 +9,10 @@ import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
 import { Value } from '../ir/graph';
 import { saveModel } from '../onnx/io';
+import { deriveSeed, gaussian, rng } from '../calib/random';
 import { ConversionState, LayerCapture, PassResult } from './types';
 
 type Feeds = Record<string, ort.Tensor>;
-
-/** Seeded PRNG (mulberry32) with a Box-Muller normal. */
-export function rng(seed: number): { uniform: () => number; normal: () => number } {
-  let a = seed >>> 0;
-  const uniform = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-  const normal = () => Math.sqrt(-2 * Math.log(uniform() + 1e-12)) * Math.cos(2 * Math.PI * uniform());
-  return { uniform, normal };
-}
 
 const ORT_TYPE: Record<number, ort.Tensor.Type> = { 1: 'float32', 6: 'int32', 7: 'int64', 9: 'bool', 10: 'float16', 11: 'float64' };
 
@@ -47,7 +34,8 @@ function numClasses(st: ConversionState): number {
 
 /** Synthesised inputs for `count` samples: labels uniform over the classes, features N(0,1), KV cache N(0,1). */
 function synthesise(st: ConversionState, count: number): { feeds: Feeds; scale: number } {
-  const r = rng(st.options.seed ^ 0x5eed);
+  const uniform = rng(deriveSeed(st.options.seed, 0x5eed));
+  const normal = gaussian(uniform);
   const s = st.structure;
   // A dynamic step graph is fed the finest scale (the one that matters most for the MoE).
   const scaleIdx = s.kind === 'step' ? (s.stepScale ?? s.layout.patchNums.length) - 1 : -1;
@@ -63,11 +51,11 @@ function synthesise(st: ConversionState, count: number): { feeds: Feeds; scale: 
     });
     const n = shape.reduce((a, b) => a * b, 1);
     const type = ORT_TYPE[v.elemType() ?? 1];
-    if (type === 'int64') feeds[v.name] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => BigInt(Math.floor(r.uniform() * classes))), shape);
+    if (type === 'int64') feeds[v.name] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => BigInt(Math.floor(uniform() * classes))), shape);
     else if (type === 'float32') {
       const d = new Float32Array(n);
       if (/cfg/i.test(v.name)) d.fill(1.5);
-      else for (let i = 0; i < n; i++) d[i] = r.normal();
+      else for (let i = 0; i < n; i++) d[i] = normal();
       feeds[v.name] = new ort.Tensor('float32', d, shape);
     } else throw new MoefyError(`cannot synthesise input '${v.name}' of type ${type}; pass --calib`);
   }
@@ -166,13 +154,7 @@ export async function capture(st: ConversionState, onProgress?: (done: number, t
     await sess.release();
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  const scaleOfToken = concatInt(scales);
-  const keep = subsample(scaleOfToken.length, st.options.maxTokens, st.options.seed);
-  st.captures = chunks.map((cs) => {
-    const all = concatFloat(cs);
-    const X = keep ? gatherRows(all, keep, D) : all;
-    return { X, N: X.length / D, D, scaleOfToken: keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken } satisfies LayerCapture;
-  });
+  st.captures = toCaptures(chunks, scales, D, st.options);
   const N = st.captures[0].N;
   return { name: 'capture', summary: `captured ${N} tokens × ${st.sites.length} FFN inputs from ${samples} ${st.options.calib ? 'calibration' : 'synthesised'} samples` };
 }
@@ -194,13 +176,24 @@ export function scaleOfPosition(st: ConversionState, pos: number): number {
   return k;
 }
 
+/** Per-layer captures from the chunks of each run, with one seeded token subsample shared by all layers. */
+function toCaptures(chunks: Float32Array[][], scales: Int32Array[], D: number, o: { maxTokens: number; seed: number }): LayerCapture[] {
+  const scaleOfToken = concatInt(scales);
+  const keep = subsample(scaleOfToken.length, o.maxTokens, o.seed);
+  return chunks.map((cs) => {
+    const all = concatFloat(cs);
+    const X = keep ? gatherRows(all, keep, D) : all;
+    return { X, N: X.length / D, D, scaleOfToken: keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken };
+  });
+}
+
 function subsample(n: number, cap: number, seed: number): Int32Array | null {
   if (n <= cap) return null;
-  const r = rng(seed ^ 0xcab);
+  const uniform = rng(deriveSeed(seed, 0xcab));
   // Seeded partial Fisher-Yates, then sorted so token order stays.
   const idx = Int32Array.from({ length: n }, (_, i) => i);
   for (let i = 0; i < cap; i++) {
-    const j = i + Math.floor(r.uniform() * (n - i));
+    const j = i + Math.floor(uniform() * (n - i));
     const t = idx[i];
     idx[i] = idx[j];
     idx[j] = t;
@@ -242,10 +235,6 @@ function hasAllInputs(st: ConversionState, set: Record<string, ort.Tensor>): boo
   return modelInputs(st).every((v) => set[v.name]);
 }
 
-/** The token-input of a step graph (x_BlCv, x_next_BlCv): 3-D, not a cache, not the label. */
-function stepXName(names: string[], shapes: Record<string, unknown[]>): string | undefined {
-  return names.find((n) => !/past_|label|cfg/.test(n) && shapes[n]?.length === 3);
-}
 
 /**
  * Step graphs from full-sequence calibration data: run the earlier scales' graphs (--kv-prefix) in a chain, each fed
@@ -319,14 +308,6 @@ async function captureChain(st: ConversionState, set: Record<string, ort.Tensor>
     for (const x of sessions) await x.release();
     fs.rmSync(dir, { recursive: true, force: true });
   }
-  const D = s.D;
-  const scaleOfToken = concatInt(scales);
-  const keep = subsample(scaleOfToken.length, st.options.maxTokens, st.options.seed);
-  st.captures = chunks.map((cs) => {
-    const all = concatFloat(cs);
-    const Xc = keep ? gatherRows(all, keep, D) : all;
-    return { X: Xc, N: Xc.length / D, D, scaleOfToken: keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken };
-  });
+  st.captures = toCaptures(chunks, scales, s.D, st.options);
   return { name: 'capture', summary: `captured ${st.captures[0].N} tokens × ${st.sites.length} FFN inputs of scales ${first + 1}…${last + 1} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };
 }
-void stepXName;
