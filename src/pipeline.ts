@@ -54,7 +54,7 @@ export function defaultOutput(input: string): string {
   return path.join(path.dirname(input), `${path.basename(input, ext)}.moe.onnx`);
 }
 
-export async function convert(input: string, opts: ConvertOptions & { output?: string }, ui: ProgressUi = quietUi): Promise<ConversionReport> {
+export async function convert(input: string, opts: ConvertOptions & { output?: string; externalData?: boolean }, ui: ProgressUi = quietUi): Promise<ConversionReport> {
   const output = opts.output ?? defaultOutput(input);
   const reportFile = output.replace(/\.onnx$/, '') + '.json';
   const model = loadModel(input);
@@ -142,7 +142,7 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
   const tmpReport = `${reportFile}.${process.pid}.tmp`;
   fs.writeFileSync(tmpReport, JSON.stringify(report, null, 2) + '\n');
   try {
-    saveModel(model, output);
+    saveModel(model, output, { externalData: opts.externalData ? true : 'auto' });
     fs.renameSync(tmpReport, reportFile);
   } catch (e) {
     fs.rmSync(tmpReport, { force: true });

@@ -10,6 +10,7 @@ interface Args {
   'from-scale': number;
   output?: string;
   calib?: string;
+  'external-data'?: boolean;
   'kv-prefix'?: string;
   threshold?: string;
   tau?: string;
@@ -47,6 +48,7 @@ const command: CommandModule<object, Args> = {
       .option('experts', { type: 'number', demandOption: true, describe: 'experts per FFN (must divide the hidden size)' })
       .option('from-scale', { type: 'number', demandOption: true, describe: 'first scale (1-based) that runs as MoE' })
       .option('output', { alias: 'o', type: 'string', describe: 'output model (default <model>.moe.onnx); the report goes beside it as .json' })
+      .option('external-data', { type: 'boolean', describe: 'write the weights to <output>.data (automatic above 2 GB)' })
       .option('calib', { type: 'string', describe: 'calibration inputs: a folder of .bin + manifest.json, or an .npz' })
       .option('kv-prefix', { type: 'string', describe: 'step graphs: comma-separated graphs of the earlier scales (scale 1 first), run to build the KV cache from full-sequence --calib data' })
       .option('threshold', { type: 'string', describe: 'thresholds for scales from-scale…last, comma-separated (or one for all)' })
@@ -63,7 +65,7 @@ const command: CommandModule<object, Args> = {
       .option('max-tokens', { type: 'number', default: 65536, describe: 'captured tokens per layer (seeded subsample above this)' }),
   handler: async (a) => {
     const r = await convert(a.model, {
-      experts: a.experts, fromScale: a['from-scale'], output: a.output, calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
+      experts: a.experts, fromScale: a['from-scale'], output: a.output, externalData: a['external-data'], calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
       thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
       seed: a.seed, activation: a.activation as 'relu' | 'keep', clusterBy: a['cluster-by'] as 'weights' | 'activations',
       patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'], routerTarget: a['router-target'] as 'sqrt' | 'norm',
