@@ -485,13 +485,14 @@ __device__ __forceinline__ void fc_tile_f16(const FcArgs& a, const int4 ti, int 
       wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa[4];
       wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb[2];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) wmma::load_matrix_sync(fa[i], as + (wm * 64 + i * 16) * LDA + kk * 16, LDA);
-#pragma unroll
       for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], bs + (kk * 16) * LDB + wn * 32 + j * 16, LDB);
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < 4; ++i) {
+        if (wm * 64 + i * 16 >= nvalid) break;  // warp-uniform: the rest of this warp's rows are padding (zeros)
+        wmma::load_matrix_sync(fa[i], as + (wm * 64 + i * 16) * LDA + kk * 16, LDA);
 #pragma unroll
         for (int j = 0; j < 2; ++j) wmma::mma_sync(c[i][j], fa[i], fb[j], c[i][j]);
+      }
     }
   }
   cp_async_wait<0>();
@@ -774,21 +775,27 @@ __global__ void __launch_bounds__(kThreads) fc2_window_kernel(WinArgs a) {
 
       const __half* as = As + (item & 1) * a_stage;
       const __half* bs = Bs + cur_b * b_stage;
+      const int valid = min(MS, cnt_s[cur_e] - cur_m);
+      // 16-row fragments wholly past the item's valid rows are skipped (warp-uniform), so a short tail item costs
+      // the tensor cores only its valid fragments
+      const int nfrag = min(2, max(0, (valid - wm * 32 + 15) / 16));
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> c[2];
       wmma::fill_fragment(c[0], 0.f);
       wmma::fill_fragment(c[1], 0.f);
-      for (int k0 = 0; k0 < SP; k0 += 16) {
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
-        wmma::load_matrix_sync(fb, bs + k0 * LDB + wn * 16, LDB);
+      if (nfrag > 0) {
+        for (int k0 = 0; k0 < SP; k0 += 16) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::row_major> fb;
+          wmma::load_matrix_sync(fb, bs + k0 * LDB + wn * 16, LDB);
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
-          wmma::load_matrix_sync(fa, as + (wm * 32 + i * 16) * LDA + k0, LDA);
-          wmma::mma_sync(c[i], fa, fb, c[i]);
+          for (int i = 0; i < 2; ++i) {
+            if (i >= nfrag) break;
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+            wmma::load_matrix_sync(fa, as + (wm * 32 + i * 16) * LDA + k0, LDA);
+            wmma::mma_sync(c[i], fa, fb, c[i]);
+          }
         }
       }
       // add the item's rows into their tokens' accumulator rows (distinct tokens inside an item: plain adds)
-      const int valid = min(MS, cnt_s[cur_e] - cur_m);
       float* scr = scratch + warp * 256;
       const int r = lane >> 1, c0 = (lane & 1) * 8;
 #pragma unroll
