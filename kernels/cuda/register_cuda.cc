@@ -306,6 +306,10 @@ OrtStatus* ORT_API_CALL KernelComputeV2(void* kernel, OrtKernelContext* ctx) {
   // Workspace from ORT's allocator for the device that holds X, tied to the compute stream.
   const OrtMemoryInfo* mem = nullptr;
   if (OrtStatus* st = api->GetTensorMemoryInfo(in[kX], &mem)) return st;
+  OrtMemoryInfoDeviceType dev_type = OrtMemoryInfoDeviceType_CPU;
+  api->MemoryInfoGetDeviceType(mem, &dev_type);
+  if (dev_type != OrtMemoryInfoDeviceType_GPU)
+    return fail(api, ORT_FAIL, "DynamicMoE(cuda): input X is not in GPU memory");
   int device = -1;
   if (OrtStatus* st = api->MemoryInfoGetId(mem, &device)) return st;
   a.device = device;
