@@ -149,6 +149,8 @@ int main(int argc, char** argv) {
       {"fp32 K remainder (D=20), S=12", 2, 4, 20, 3, 12, MOEFY_CUDA_GELU_TANH, {2}, {0.3f}, -1, true, false},
       {"scale_index by value (host), thr 0.5", 2, 40, 32, 4, 16, MOEFY_CUDA_GELU, {1, 2, 3}, {0.f, 0.5f, 1.f}, 1, true, false,
        true},
+      {"VAR expert width S=128, D=64, 2 chunks, thr 0.4", 2, 144, 64, 6, 128, MOEFY_CUDA_GELU_TANH, {3, 12},
+       {0.f, 0.4f}, -1, true, false},
   };
   printf("CUDA DynamicMoE kernels on the CPU emulator%s:\n",
 #ifdef MOEFY_EMU_VECTOR_ATOMICS
