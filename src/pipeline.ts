@@ -108,6 +108,10 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
     thresholds: opts.thresholds ?? null, tau: opts.tau ?? null, budget: opts.thresholds || opts.tau ? null : opts.budget ?? DEFAULT_BUDGET,
     calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget ?? 'norm', patchNums: structure.layout.patchNums,
   };
+  // moefy produced this model; the source's producer is kept in the metadata.
+  model.setMetadata('moefy.source_producer', `${model.proto.producer_name ?? ''} ${model.proto.producer_version ?? ''}`.trim());
+  model.proto.producer_name = 'moefy';
+  model.proto.producer_version = MOEFY_VERSION;
   model.setMetadata('moefy.version', MOEFY_VERSION);
   model.setMetadata('moefy.options', JSON.stringify(options));
   model.setMetadata('moefy.seed', String(opts.seed));
@@ -122,7 +126,8 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
     const moe = s >= opts.fromScale - 1;
     const f = st.activeFractions[s];
     const af = moe ? (Number.isNaN(f) ? null : f) : 1;
-    const m = moe ? moeFfnFlops(sc.flops.ffn, af ?? 1, routerPerToken, sc.tokens, rows) : { ffn: sc.flops.ffn, router: 0 };
+    // The routers run on every token of every scale (the graph computes them before the op), so they count everywhere.
+    const m = moeFfnFlops(sc.flops.ffn, af ?? 1, routerPerToken, sc.tokens, rows);
     return {
       scale: sc.scale, patch: sc.patch, tokens: sc.tokens, threshold: st.thresholds[s], moe, activeFraction: af,
       ffnFlopsDense: sc.flops.ffn, ffnFlopsMoe: m.ffn, routerFlops: m.router,

@@ -6,6 +6,7 @@
 //                                           including the token's own (what the block-causal mask keeps and what
 //                                           KV-cached generation computes), C = heads·head_dim = the block width D
 //   per-sample linear (AdaLN on the class): 2·K·N per sample row, once per graph run (once per scale for step graphs)
+//   router of a DynamicMoE block:          2·D·width + 2·width·E per token row, counted as 'other'
 //   FFN of one block:                       fc1 + fc2 = 2·D·H + 2·H·D = 4·D·H per token row
 //
 // Rows: the tokens of a scale times the batch times rowsPerSample (2 when the graph doubles the batch for CFG).
@@ -45,6 +46,7 @@ export function classifyMatMuls(model: Model, s: VarStructure): { perToken: Reco
   const g = model.graph;
   const ffnNodes = new Set<Node>();
   for (const b of s.blocks) if (b.ffn) ffnNodes.add(b.ffn.fc1.node).add(b.ffn.fc2.node);
+  const routerNodes = new Set<Node>(s.blocks.flatMap((b) => b.moe?.routerNodes ?? []));
   const perToken = zero();
   let perSample = 0;
   const attention: { node: Node; width: number }[] = [];
@@ -59,6 +61,7 @@ export function classifyMatMuls(model: Model, s: VarStructure): { perToken: Reco
     }
     const f = 2 * lin.inFeatures * lin.outFeatures;
     if (ffnNodes.has(n)) perToken.ffn += f;
+    else if (routerNodes.has(n)) perToken.other += f;
     else if (n === headNode) perToken.head += f;
     else if (isPerSample(n)) perSample += f;
     else perToken.projections += f;
@@ -122,7 +125,7 @@ export function countFlops(model: Model, s: VarStructure, batch = 1): FlopReport
     for (const kind of ['ffn', 'projections', 'head'] as FlopKind[]) f[kind] = perToken[kind] * tokens * rows;
     f.attention = attnPerTokenPerKv * kv * tokens * rows;
     // Per-sample AdaLN: computed once per run; a step graph runs once per scale.
-    f.other = (s.kind === 'step' || k === 0 ? perSample : 0) * rows;
+    f.other = ((s.kind === 'step' || k === 0 ? perSample : 0) + perToken.other * tokens) * rows;
     const total = FLOP_KINDS.reduce((a, kind) => a + f[kind], 0);
     for (const kind of FLOP_KINDS) totals[kind] += f[kind];
     scales.push({ scale: k + 1, patch: L.patchNums[k], tokens, flops: f, total, ffnShare: total ? f.ffn / total : 0 });

@@ -53,6 +53,8 @@ export interface MoeSite {
   /** Parameters of the router subgraph that computes the node's norms. */
   routerParams: number;
   routerWidth: number | null;
+  /** The nodes of the router subgraph (ffn_in → norms). */
+  routerNodes: Node[];
   /** Thresholds per scale: from the graph input/initializer feeding the node, else the attribute. */
   thresholds: number[];
 }
@@ -265,7 +267,7 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   const tIn = n.inputs[7];
   const tt = tIn?.tensor ?? tIn?.constantTensor();
   if (tt) thresholds = tt.numbers();
-  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, thresholds };
+  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds };
 }
 
 export interface AnalyseOptions {

@@ -304,7 +304,8 @@ function buildReport(dense: EvalSide, moe: EvalSide, acc: Acc, ceD: Float64Array
     const known = perLayer.filter((x): x is number => x !== null);
     const measured = known.length ? known.reduce((x, y) => x + y, 0) / known.length : 1;
     const activeFraction = moeScale ? measured : 1;
-    const m = moeScale ? moeFfnFlops(fs.flops.ffn, activeFraction, moe.routerPerToken, fs.tokens, rowsPer) : { ffn: fs.flops.ffn, router: 0 };
+    // Routers run on every token of every scale of a converted model.
+    const m = isMoeModel ? moeFfnFlops(fs.flops.ffn, activeFraction, moe.routerPerToken, fs.tokens, rowsPer) : { ffn: fs.flops.ffn, router: 0 };
     const expertsPerLayer = moe.experts.filter((e): e is number => e !== null);
     const meanE = expertsPerLayer.length ? expertsPerLayer.reduce((x, y) => x + y, 0) / expertsPerLayer.length : null;
     const activeExperts = isMoeModel ? moe.experts.reduce((x: number, E, j) => x + (E ? (moe.active[j] ? acc.active[j][s] / n : E) : 0), 0) / expertsPerLayer.length : null;
@@ -312,7 +313,7 @@ function buildReport(dense: EvalSide, moe: EvalSide, acc: Acc, ceD: Float64Array
     if (acc.replay) {
       const fr = moe.experts.map((E, j) => (E ? acc.replay![j][s] / (n * E) : null)).filter((x): x is number => x !== null);
       activeFractionDenseStream = moeScale ? fr.reduce((x, y) => x + y, 0) / fr.length : 1;
-      ffnFlopsMoeDenseStream = moeScale ? moeFfnFlops(fs.flops.ffn, activeFractionDenseStream, moe.routerPerToken, fs.tokens, rowsPer).ffn : fs.flops.ffn;
+      ffnFlopsMoeDenseStream = moeFfnFlops(fs.flops.ffn, activeFractionDenseStream, moe.routerPerToken, fs.tokens, rowsPer).ffn;
     }
     const ceDense = hasGt ? ceD[s] / n : null;
     const ceMoe = hasGt ? acc.ceM[s] / n : null;
