@@ -57,6 +57,9 @@ export function defaultOutput(input: string): string {
 export async function convert(input: string, opts: ConvertOptions & { output?: string; externalData?: boolean }, ui: ProgressUi = quietUi): Promise<ConversionReport> {
   const output = opts.output ?? defaultOutput(input);
   const reportFile = output.replace(/\.onnx$/, '') + '.json';
+  const outDir = path.dirname(path.resolve(output));
+  if (!fs.existsSync(outDir) || !fs.statSync(outDir).isDirectory()) throw new MoefyError(`-o ${output}: the folder ${outDir} does not exist`);
+  if (path.resolve(output) === path.resolve(input)) throw new MoefyError(`-o ${output}: the output would overwrite the input model`);
   const model = loadModel(input);
   const structure = analyseVar(model, { patchNums: opts.patchNums });
   const S = structure.layout.patchNums.length;

@@ -154,9 +154,10 @@ test('bad input: one clear line, non-zero exit, no output file left', () => {
       [[model, '--experts', '4', '--from-scale', '8', '--threshold', '0.2,0.3'], /need 3/],
       [[model, '--experts', '4', '--from-scale', '8', '--calib', badCalib], /no tensor named/],
       [[fixture('trained', 'gelu_steps', 'vqvae_decoder.onnx'), '--experts', '4', '--from-scale', '8'], /not a VAR/],
+      [[model, '--experts', '4', '--from-scale', '8', '--threshold', '0.2', '-o', path.join(dir, 'no', 'such', 'out.onnx')], /does not exist/],
     ];
     for (const [args, want] of cases) {
-      const r = runCli([...args, '-o', out]);
+      const r = runCli(args.includes('-o') ? args : [...args, '-o', out]);
       assert.notEqual(r.status, 0, args.join(' '));
       const lines = r.stderr.trim().split('\n');
       assert.equal(lines.length, 1, `${args.join(' ')}: ${r.stderr}`);

@@ -1,5 +1,6 @@
 import * as cliProgress from 'cli-progress';
 import type { CommandModule } from 'yargs';
+import { MoefyError } from '../../errors';
 import { convert, ProgressUi } from '../../pipeline';
 import { human, pct, table } from '../format';
 import { parseNumberList, parsePatchNums } from '../options';
@@ -64,6 +65,9 @@ const command: CommandModule<object, Args> = {
       .option('synth-samples', { type: 'number', default: 16, describe: 'samples to synthesise without --calib' })
       .option('max-tokens', { type: 'number', default: 65536, describe: 'captured tokens per layer (seeded subsample above this)' }),
   handler: async (a) => {
+    for (const k of ['output', 'calib', 'threshold', 'tau', 'budget', 'experts', 'from-scale'] as const) {
+      if (Array.isArray(a[k])) throw new MoefyError(`--${k} was given more than once`);
+    }
     const r = await convert(a.model, {
       experts: a.experts, fromScale: a['from-scale'], output: a.output, externalData: a['external-data'], calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
       thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
