@@ -2,7 +2,7 @@
  * Time of each conversion stage for a VAR-d16-sized model (16 blocks, D 1024, H 4096, V 4096) on 64 calibration
  * samples (synthetic teacher-forcing inputs; random weights, so router fit numbers mean nothing here).
  *
- *   node dist/bench/pipeline-bench.js [--samples 64] [--router-epochs 20] [--experts 32] [--from-scale 8]
+ *   node dist/bench/pipeline-bench.js [--samples 64] [--router-epochs 40] [--experts 32] [--from-scale 8]
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -19,7 +19,7 @@ function arg(name: string, def: string): string {
 
 async function main(): Promise<void> {
   const samples = Number(arg('samples', '64'));
-  const epochs = Number(arg('router-epochs', '20'));
+  const epochs = Number(arg('router-epochs', '40'));
   const experts = Number(arg('experts', '32'));
   const fromScale = Number(arg('from-scale', '8'));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-pipeline-bench-'));
@@ -36,7 +36,7 @@ async function main(): Promise<void> {
     let last = Date.now();
     const t1 = Date.now();
     await convert(file, {
-      experts, fromScale, calib, seed: 0, activation: 'relu', clusterBy: 'activations', routerWidth: 128, routerEpochs: epochs,
+      experts, fromScale, calib, seed: 0, activation: 'relu', clusterBy: 'activations', routerWidth: 128, routerEpochs: epochs, routerTarget: 'sqrt',
       synthSamples: samples, maxTokens: 65536, budget: 0.6, output: path.join(dir, 'var_d16.moe.onnx'),
     }, {
       stage: () => ({ tick: () => {}, stop: () => {} }),
