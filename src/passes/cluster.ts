@@ -4,22 +4,8 @@ import { MoefyError } from '../errors';
 import { clusterNeurons } from '../calib/kmeans';
 import { computeHiddenActivations } from '../calib/expert-norms';
 import { deriveSeed } from '../calib/random';
-import { transpose } from './relufy';
+import { fc1Weights } from './ffn-weights';
 import { ConversionState, PassResult } from './types';
-
-/** fc1 weight as [D, H] and bias [H], whatever the export's layout. */
-export function fc1Weights(st: ConversionState, k: number): { W1: Float32Array; B1: Float32Array } {
-  const s = st.sites[k];
-  const w = s.fc1.weight.tensor!.floats();
-  return { W1: s.fc1.transposed ? transpose(w, s.H, s.D) : w, B1: s.fc1.bias?.tensor?.floats() ?? new Float32Array(s.H) };
-}
-
-/** fc2 weight as [H, D] and bias [D] (or null). */
-export function fc2Weights(st: ConversionState, k: number): { W2: Float32Array; B2: Float32Array | null } {
-  const s = st.sites[k];
-  const w = s.fc2.weight.tensor!.floats();
-  return { W2: s.fc2.transposed ? transpose(w, s.D, s.H) : w, B2: s.fc2.bias?.tensor?.floats() ?? null };
-}
 
 export async function cluster(st: ConversionState, onLayer?: (k: number) => void): Promise<PassResult> {
   const E = st.options.experts;
@@ -28,7 +14,7 @@ export async function cluster(st: ConversionState, onLayer?: (k: number) => void
   for (let k = 0; k < st.sites.length; k++) {
     const s = st.sites[k];
     if (s.H % E !== 0) throw new MoefyError(`--experts ${E} does not divide the FFN hidden size H = ${s.H} of block ${s.block}`);
-    const { W1, B1 } = fc1Weights(st, k);
+    const { W1, B1 } = fc1Weights(s);
     const c = st.captures[k];
     // Activations on a seeded subsample of captured tokens: for clustering by activations and the concentration report.
     const n = Math.min(c.N, 2048);

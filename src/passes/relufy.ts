@@ -8,6 +8,7 @@ import { Model } from '../ir/model';
 import { encodeModel } from '../onnx/io';
 import { Tensor } from '../onnx/tensor';
 import { emitActivationIR } from './activation-ir';
+import { fc1Weights, fc2Weights } from './ffn-weights';
 import { ConversionState, PassResult } from './types';
 
 export function relufy(st: ConversionState): PassResult {
@@ -41,18 +42,18 @@ export async function relufyReport(st: ConversionState): Promise<(number | null)
       out.push(null);
       continue;
     }
-    const w = st.weights[k] ?? null;
     const site = st.sites[k];
     const c = st.captures[k];
-    const W1 = w?.W1 ?? site.fc1.weight.tensor!.floats();
+    const { W1, B1 } = fc1Weights(site);
+    const { W2 } = fc2Weights(site);
     const g = new Graph('relufy_check', () => { throw new Error('unused'); });
     const x = g.getOrCreate('X');
     x.info = { name: 'X', type: { tensor_type: { elem_type: 1, shape: { dim: [{}, { dim_value: c.D }] } } } };
     g.inputs.push(x);
     const D = c.D, H = site.H;
-    const w1 = g.addInitializer('W1', Tensor.fromFloat32(site.fc1.transposed ? transpose(W1, H, D) : W1, [D, H]));
-    const b1 = g.addInitializer('B1', Tensor.fromFloat32(site.fc1.bias?.tensor?.floats() ?? new Float32Array(H), [H]));
-    const w2 = g.addInitializer('W2', Tensor.fromFloat32(site.fc2.transposed ? transpose(site.fc2.weight.tensor!.floats(), D, H) : site.fc2.weight.tensor!.floats(), [H, D]));
+    const w1 = g.addInitializer('W1', Tensor.fromFloat32(W1, [D, H]));
+    const b1 = g.addInitializer('B1', Tensor.fromFloat32(B1, [H]));
+    const w2 = g.addInitializer('W2', Tensor.fromFloat32(W2, [H, D]));
     const pre = g.addNode({ op: 'Add', inputs: [g.addNode({ op: 'MatMul', inputs: [x, w1] }).output(0), b1] }).output(0);
     const model = new Model({ ir_version: 8, opset_import: [{ version: 17 }], graph: {} } as never, g);
     const ys = [orig, st.expertActivation[k]].map((kind, j) => g.addNode({ op: 'MatMul', inputs: [emitActivationIR(g, kind, pre, 17, `a${j}`), w2], outputs: [`Y${j}`] }).output(0).name);
@@ -74,10 +75,3 @@ export async function relufyReport(st: ConversionState): Promise<(number | null)
   }
   return out;
 }
-
-export function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = a[r * cols + c];
-  return out;
-}
-
