@@ -6,25 +6,15 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../errors';
+import type { IoDType } from '../io/dtypes';
 
 export { dynamicMoeReference } from './reference';
 export type { DynamicMoeInputs, DynamicMoeAttributes, DynamicMoeResult, Activation } from './reference';
 export { summarizeActive, scaleOfPositions, formatActiveSummary } from './summary';
 export type { ActiveSummary, ScaleActiveSummary } from './summary';
 
-export type TensorType =
-  | 'float32'
-  | 'float16'
-  | 'float64'
-  | 'int8'
-  | 'uint8'
-  | 'int16'
-  | 'uint16'
-  | 'int32'
-  | 'uint32'
-  | 'int64'
-  | 'uint64'
-  | 'bool';
+/** Element types the runtime takes and returns (the same set as moefy's tensor-set I/O). */
+export type TensorType = IoDType;
 
 const SUPPORTED_TYPES = new Set<string>([
   'float32', 'float16', 'float64', 'int8', 'uint8', 'int16', 'uint16', 'int32', 'uint32', 'int64', 'uint64', 'bool',
