@@ -44,8 +44,8 @@ test('cli: run writes outputs and summarises experts per scale', async () => {
   const res = moefy(['run', model, '--inputs', inputs, '--output', out, '--patch-nums', '1,2', '--experts', '4', '--threads', '1']);
   assert.strictEqual(res.status, 0, res.stderr);
   assert.match(res.stdout, /Y float32 \[2, 5, 8\]/);
-  assert.match(res.stdout, /scale 0 \(1x1\): 4\.00 experts\/token \(100\.0%\)/);
-  assert.match(res.stdout, /scale 1 \(2x2\): 1\.00 experts\/token \(25\.0%\)/);
+  assert.match(res.stdout, /scale 1 \(1x1\): 4\.00 experts\/token \(100\.0%\)/);
+  assert.match(res.stdout, /scale 2 \(2x2\): 1\.00 experts\/token \(25\.0%\)/);
   const back = await readTensorSet(out);
   assert.deepStrictEqual([...back.Y.dims], [2, 5, 8]);
   const bad = moefy(['run', model, '--inputs', path.join(dir, 'missing.npz')]);
@@ -74,7 +74,7 @@ test('cli: run reports experts per scale when active is not a graph output', asy
   const out = path.join(dir, 'out.npz');
   const res = moefy(['run', model, '--inputs', inputs, '--output', out]);
   assert.strictEqual(res.status, 0, res.stderr);
-  assert.match(res.stdout, /scale 1 \(2x2\): 1\.00 experts\/token \(25\.0%\)/);
+  assert.match(res.stdout, /scale 2 \(2x2\): 1\.00 experts\/token \(25\.0%\)/);
   assert.deepStrictEqual(Object.keys(await readTensorSet(out)), ['Y']);
   const plain = moefy(['run', model, '--inputs', inputs, '--no-summary']);
   assert.strictEqual(plain.status, 0, plain.stderr);

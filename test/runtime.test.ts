@@ -110,7 +110,7 @@ test('runtime: summarizeActive gives the mean experts per scale', () => {
   assert.strictEqual(s.layers, 2);
   assert.deepStrictEqual(s.perScale.map((e) => [e.scale, e.tokens, e.meanActive]), [[0, 4, 4], [1, 16, 2.5]]);
   assert.strictEqual(s.perScale[1].fraction, 2.5 / 4);
-  assert.ok(formatActiveSummary(s).some((l) => l.startsWith('scale 1 (2x2): 2.50 experts/token (62.5%)')));
+  assert.ok(formatActiveSummary(s).some((l) => l.startsWith('scale 2 (2x2): 2.50 experts/token (62.5%)')));
   const step = summarizeActive(new Tensor('int32', Int32Array.from([1, 2, 3, 4]), [1, 4]), { patchNums: [1, 2, 3] });
   assert.deepStrictEqual(step.perScale.map((e) => e.scale), [1]);
   assert.throws(() => summarizeActive(new Tensor('int32', new Int32Array(6), [1, 6]), { patchNums: [1, 2] }), MoefyError);

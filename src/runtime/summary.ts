@@ -75,11 +75,11 @@ export function summarizeActive(
   return { layers: list.length, perScale, meanActive: n ? total / n : 0, numExperts: options.numExperts };
 }
 
-/** Human-readable lines: `scale 7 (10x10): 12.50 experts/token (39.1%)`. */
+/** Human-readable lines, scales numbered from 1 as on the command line: `scale 8 (10x10): 12.50 experts/token (39.1%)`. */
 export function formatActiveSummary(s: ActiveSummary): string[] {
   const lines = s.perScale.map(
     (e) =>
-      `scale ${e.scale} (${e.patchNum}x${e.patchNum}): ${e.meanActive.toFixed(2)} experts/token` +
+      `scale ${e.scale + 1} (${e.patchNum}x${e.patchNum}): ${e.meanActive.toFixed(2)} experts/token` +
       (e.fraction !== undefined ? ` (${(100 * e.fraction).toFixed(1)}%)` : ''),
   );
   lines.push(`all: ${s.meanActive.toFixed(2)} experts/token over ${s.layers} layer(s)`);
