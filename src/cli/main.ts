@@ -7,6 +7,7 @@ import inspect from './commands/inspect';
 import run from './commands/run';
 import libPath from './commands/lib-path';
 import evalCommand from './commands/eval';
+import bench from './commands/bench';
 
 const verbose = process.argv.includes('--verbose');
 
@@ -20,7 +21,7 @@ function fail(e: unknown): never {
 process.on('unhandledRejection', fail);
 
 export async function main(argv: string[]): Promise<void> {
-  const commands = [inspect, run, libPath, evalCommand, convert];
+  const commands = [inspect, run, libPath, evalCommand, bench, convert];
   let y = yargs(argv)
     .scriptName('moefy')
     .usage('moefy <model.onnx> --experts N --from-scale S [options]   convert a dense VAR into a dynamic-MoE VAR\nmoefy <command> ...')

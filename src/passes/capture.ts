@@ -32,6 +32,11 @@ function numClasses(st: ConversionState): number {
   return 10;
 }
 
+/** Inputs for `count` samples synthesised from a VAR's signature (for benchmarks and conversion without --calib). */
+export function synthesiseInputs(model: ConversionState['model'], structure: ConversionState['structure'], count: number, seed: number): Feeds {
+  return synthesise({ model, structure, options: { seed } } as ConversionState, count).feeds;
+}
+
 /** Synthesised inputs for `count` samples: labels uniform over the classes, features N(0,1), KV cache N(0,1). */
 function synthesise(st: ConversionState, count: number): { feeds: Feeds; scale: number } {
   const uniform = rng(deriveSeed(st.options.seed, 0x5eed));

@@ -1,0 +1,70 @@
+import * as fs from 'node:fs';
+import type { CommandModule } from 'yargs';
+import { Tensor } from 'onnxruntime-common';
+import { analyseVar } from '../../analysis/var-structure';
+import { MoefyError } from '../../errors';
+import { readTensorSet } from '../../io';
+import { loadModel } from '../../onnx/io';
+import { synthesiseInputs } from '../../passes/capture';
+import { createSession } from '../../runtime';
+import { table } from '../format';
+
+interface Args {
+  dense: string;
+  moe: string;
+  inputs?: string;
+  samples: number;
+  threads: number;
+  reps: number;
+  seed: number;
+}
+
+/** Best wall time of `reps` runs after one warm-up, in ms. */
+async function time(file: string, feeds: Record<string, Tensor>, threads: number, reps: number): Promise<number> {
+  const s = await createSession(file, { intraOpNumThreads: threads });
+  try {
+    const f = Object.fromEntries(s.inputNames.map((n) => {
+      if (!feeds[n]) throw new MoefyError(`${file} needs input '${n}', which the inputs do not hold`);
+      return [n, feeds[n]];
+    }));
+    await s.run(f);
+    let best = Infinity;
+    for (let i = 0; i < reps; i++) {
+      const t0 = process.hrtime.bigint();
+      await s.run(f);
+      best = Math.min(best, Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    return best;
+  } finally {
+    s.release();
+  }
+}
+
+/** `moefy bench dense.onnx moe.onnx`: the two models timed in one run with moefy's runtime, as a ratio. */
+const command: CommandModule<object, Args> = {
+  command: 'bench <dense> <moe>',
+  describe: 'Time a dense VAR and its converted MoE model in one run (moefy runtime) and print the ratio',
+  builder: (y) =>
+    y
+      .positional('dense', { type: 'string', demandOption: true, describe: 'the dense model' })
+      .positional('moe', { type: 'string', demandOption: true, describe: 'the converted model' })
+      .option('inputs', { type: 'string', describe: 'inputs (folder of .bin + manifest.json, or .npz); default: synthesised' })
+      .option('samples', { type: 'number', default: 1, describe: 'samples to synthesise without --inputs' })
+      .option('threads', { type: 'number', default: 0, describe: 'intra-op threads (0: ONNX Runtime default)' })
+      .option('reps', { type: 'number', default: 5, describe: 'timed runs per model (best is reported)' })
+      .option('seed', { type: 'number', default: 0 }),
+  handler: async (a) => {
+    for (const f of [a.dense, a.moe]) if (!fs.existsSync(f)) throw new MoefyError(`${f}: no such file`);
+    const dense = loadModel(a.dense);
+    const structure = analyseVar(dense);
+    const feeds = a.inputs ? await readTensorSet(a.inputs) : (synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>);
+    const md = analyseVar(loadModel(a.moe));
+    if (!md.blocks.some((b) => b.moe)) throw new MoefyError(`${a.moe} holds no DynamicMoE node`);
+    const d = await time(a.dense, feeds, a.threads, a.reps);
+    const m = await time(a.moe, feeds, a.threads, a.reps);
+    const kind = structure.kind === 'step' ? `step graph${structure.stepScale ? ` (scale ${structure.stepScale})` : ''}` : 'full sequence';
+    process.stdout.write(`${kind}, best of ${a.reps} runs after a warm-up\n`);
+    process.stdout.write(table(['model', 'ms', 'ratio'], [[a.dense, d.toFixed(1), '1.000'], [a.moe, m.toFixed(1), (m / d).toFixed(3)]]) + '\n');
+  },
+};
+export default command;
