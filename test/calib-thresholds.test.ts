@@ -120,3 +120,23 @@ test('bad inputs throw MoefyError', () => {
   assert.throws(() => chooseThresholds([], 0.5), MoefyError);
   assert.throws(() => chooseThresholds([{ tokensPerSample: 4, norms: [new Float32Array(7)], E: 4 }], 0.5), MoefyError);
 });
+
+test('chooseThresholds: a very sparse model (most predicted norms a hair above 0) still meets the budget', () => {
+  // 4 of 32 experts carry each token; the others are predicted at 1e-6…1e-4 of the max, as a √norm router
+  // squared back does on a 99%-sparse model. A linear grid would jump from 100% active to 1/8.
+  const r = rng(11);
+  const E = 32, N = 3000;
+  const mk = (): Float32Array => {
+    const a = new Float32Array(N * E);
+    for (let i = 0; i < N; i++) {
+      for (let e = 0; e < E; e++) a[i * E + e] = 10 ** (-6 + 2 * r());
+      for (let k = 0; k < 4; k++) a[i * E + Math.floor(r() * E)] = 0.5 + r();
+    }
+    return a;
+  };
+  const perScale: ScaleCalibration[] = [100, 169, 256].map((t) => ({ tokensPerSample: t, norms: [mk()], E }));
+  const c = chooseThresholds(perScale, 0.5);
+  assert.ok(Math.abs(c.spent - 0.5) <= 0.02, `spent ${c.spent} (thresholds ${c.thresholds.join(',')})`);
+  for (let s = 1; s < c.thresholds.length; s++) assert.ok(c.thresholds[s] >= c.thresholds[s - 1]);
+  assert.ok(c.thresholds.every((t) => t > 0 && t < 1e-3), `thresholds ${c.thresholds.join(',')}`);
+});

@@ -139,6 +139,10 @@ export function chooseThresholds(perScale: ScaleCalibration[], budget: number, o
   const gridList: number[] = [];
   for (let k = 0; k * step < maxT - 1e-12; k++) gridList.push(k * step);
   gridList.push(maxT);
+  // Very sparse models put most experts' predicted norms a hair above 0: between 0 (every expert) and the first
+  // linear step the active fraction falls off a cliff, so the grid is also geometric there (1e-7 … step).
+  for (let t = 1e-7; t < step; t *= 2) if (t < maxT) gridList.push(t, t * 1.5);
+  gridList.sort((a, b) => a - b);
   const grid = Float64Array.from(gridList);
   const G = grid.length, S = perScale.length;
   const wsum = perScale.reduce((a, s) => a + s.tokensPerSample, 0);

@@ -8,6 +8,11 @@ import { ConversionState, PassResult } from './types';
 
 export const DEFAULT_BUDGET = 0.6;
 
+/** Thresholds of very sparse models sit near 1e-5: print those in exponent form. */
+export function formatThreshold(t: number): string {
+  return t === 0 ? '0' : t < 1e-3 ? t.toExponential(1) : t.toFixed(3);
+}
+
 /** Checks the threshold options against the model before any work is done. */
 export function validateThresholdOptions(st: ConversionState): void {
   const o = st.options;
@@ -91,5 +96,5 @@ export function thresholds(st: ConversionState, norms: LayerNorms[]): PassResult
       if (p.count) st.layers[k].activeFractionPerScale[String(first + j + 1)] = activeFraction(p.norms[k], p.norms[k].length / E, E, st.thresholds[first + j]);
     }
   }
-  return { name: 'thresholds', summary: `thresholds ${chosen.map((t) => t.toFixed(3)).join(',')} for scales ${o.fromScale}…${S}, ${how}` };
+  return { name: 'thresholds', summary: `thresholds ${chosen.map(formatThreshold).join(',')} for scales ${o.fromScale}…${S}, ${how}` };
 }

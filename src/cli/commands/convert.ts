@@ -2,6 +2,7 @@ import * as cliProgress from 'cli-progress';
 import type { CommandModule } from 'yargs';
 import { MoefyError } from '../../errors';
 import { convert, ProgressUi } from '../../pipeline';
+import { formatThreshold } from '../../passes/thresholds';
 import { human, pct, table } from '../format';
 import { parseNumberList, parsePatchNums } from '../options';
 
@@ -75,7 +76,7 @@ const command: CommandModule<object, Args> = {
       patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'], routerTarget: a['router-target'] as 'sqrt' | 'norm',
       synthSamples: a['synth-samples'], maxTokens: a['max-tokens'],
     }, ui());
-    const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.tokens, s.moe ? s.threshold.toFixed(3) : 'dense', s.activeFraction === null ? '-' : pct(s.activeFraction), human(s.ffnFlopsDense), human(s.ffnFlopsMoe), pct(s.ffnFlopsMoe / s.ffnFlopsDense)]);
+    const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.tokens, s.moe ? formatThreshold(s.threshold) : 'dense', s.activeFraction === null ? '-' : pct(s.activeFraction), human(s.ffnFlopsDense), human(s.ffnFlopsMoe), pct(s.ffnFlopsMoe / s.ffnFlopsDense)]);
     process.stdout.write(table(['scale', 'patch', 'tokens', 'threshold', 'active', 'FFN dense', 'FFN MoE', 'MoE/dense'], rows) + '\n');
     const t = r.totals;
     process.stdout.write(`FFN FLOPs per sample: dense ${human(t.ffnFlopsDense)}, MoE ${human(t.ffnFlopsMoe)} (${pct(t.ffnFlopsMoe / t.ffnFlopsDense)})\n`);

@@ -3,6 +3,7 @@ import { loadModel } from '../../onnx/io';
 import { inspectModel, InspectReport } from '../../inspect';
 import { bytes, human, pct, table } from '../format';
 import { parsePatchNums } from '../options';
+import { formatThreshold } from '../../passes/thresholds';
 
 interface Args {
   model: string;
@@ -25,7 +26,7 @@ export function printInspect(r: InspectReport): string {
   if (thr) headers.push('threshold');
   out.push(table(headers, r.scales.map((s) => {
     const row: (string | number)[] = [s.scale, `${s.patch}x${s.patch}`, s.tokens, human(s.total), human(s.flops.ffn), human(s.flops.attention), human(s.flops.projections), human(s.flops.head), pct(s.ffnShare)];
-    if (thr) row.push(thr[s.scale - 1] !== undefined ? thr[s.scale - 1].toFixed(3) : '-');
+    if (thr) row.push(thr[s.scale - 1] !== undefined ? formatThreshold(thr[s.scale - 1]) : '-');
     return row;
   })));
   out.push(`  total ${human(r.flops.total)}FLOPs per sample (dense), FFN ${pct(r.flops.totals.ffn / r.flops.total)}`);
