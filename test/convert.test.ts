@@ -146,6 +146,15 @@ test('bad input: one clear line, non-zero exit, no output file left', () => {
     fs.mkdirSync(badCalib);
     fs.writeFileSync(path.join(badCalib, 'manifest.json'), JSON.stringify({ wrong_name: { file: 'w.bin', dtype: 'float32', shape: [2] } }));
     fs.writeFileSync(path.join(badCalib, 'w.bin'), Buffer.alloc(8));
+    // Right names, wrong shape: x with 100 tokens instead of 679.
+    const badShape = path.join(dir, 'calib2');
+    fs.mkdirSync(badShape);
+    fs.writeFileSync(path.join(badShape, 'manifest.json'), JSON.stringify({
+      label_B: { file: 'l.bin', dtype: 'int64', shape: [1] },
+      x_BLCv_wo_first_l: { file: 'x.bin', dtype: 'float32', shape: [1, 100, 32] },
+    }));
+    fs.writeFileSync(path.join(badShape, 'l.bin'), Buffer.alloc(8));
+    fs.writeFileSync(path.join(badShape, 'x.bin'), Buffer.alloc(100 * 32 * 4));
     const cases: [string[], RegExp][] = [
       [[model, '--experts', '3', '--from-scale', '8'], /does not divide/],
       [[model, '--experts', '4', '--from-scale', '11'], /from-scale 11 is out of range/],
@@ -153,6 +162,7 @@ test('bad input: one clear line, non-zero exit, no output file left', () => {
       [[model, '--experts', '4', '--from-scale', '8', '--threshold', '0.2,1.5,0.3'], /outside \[0, 1\]/],
       [[model, '--experts', '4', '--from-scale', '8', '--threshold', '0.2,0.3'], /need 3/],
       [[model, '--experts', '4', '--from-scale', '8', '--calib', badCalib], /no tensor named/],
+      [[model, '--experts', '4', '--from-scale', '8', '--calib', badShape], /'x_BLCv_wo_first_l' has shape \[1, 100, 32\], the model expects/],
       [[fixture('trained', 'gelu_steps', 'vqvae_decoder.onnx'), '--experts', '4', '--from-scale', '8'], /not a VAR/],
       [[model, '--experts', '4', '--from-scale', '8', '--threshold', '0.2', '-o', path.join(dir, 'no', 'such', 'out.onnx')], /does not exist/],
     ];
@@ -162,7 +172,7 @@ test('bad input: one clear line, non-zero exit, no output file left', () => {
       const lines = r.stderr.trim().split('\n');
       assert.equal(lines.length, 1, `${args.join(' ')}: ${r.stderr}`);
       assert.match(lines[0], want);
-      assert.ok(!fs.existsSync(out) && fs.readdirSync(dir).filter((f) => f !== 'calib').length === 0, `output left behind for ${args.join(' ')}`);
+      assert.ok(!fs.existsSync(out) && fs.readdirSync(dir).filter((f) => f !== 'calib' && f !== 'calib2').length === 0, `output left behind for ${args.join(' ')}`);
     }
   } finally {
     rmDir(dir);
