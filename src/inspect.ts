@@ -1,7 +1,7 @@
 // The data behind `moefy inspect`: what a model holds, as one JSON-able object (documented in the README).
 import * as fs from 'node:fs';
 import { analyseVar, VarStructure } from './analysis/var-structure';
-import { countFlops, FlopKind, ScaleFlops } from './analysis/flops';
+import { countFlops, FlopKind, moeFfnFlops, routerFlopsPerToken, ScaleFlops } from './analysis/flops';
 import { Model } from './ir/model';
 import { dataTypeName } from './onnx/schema';
 
@@ -33,7 +33,12 @@ export interface InspectReport {
   blocks: BlockReport[];
   scales: ScaleFlops[];
   flops: { batch: number; total: number; totals: Record<FlopKind, number> };
-  moe: null | { experts: number; expertSize: number; routerParams: number; routerWidth: number | null; thresholds: number[]; fromScale: number | null; metadata: Record<string, string> };
+  moe: null | {
+    experts: number; expertSize: number; routerParams: number; routerWidth: number | null; thresholds: number[]; fromScale: number | null;
+    metadata: Record<string, string>;
+    /** Per scale, from the conversion's expected active fraction (calibration data): FFN FLOPs dense and MoE (routers included), batch 1. */
+    expected: { scale: number; activeFraction: number | null; ffnFlopsDense: number; ffnFlopsMoe: number; routerFlops: number }[] | null;
+  };
 }
 
 export function inspectModel(model: Model, file: string, opts: { patchNums?: number[]; structure?: VarStructure } = {}): InspectReport {
@@ -86,7 +91,17 @@ export function inspectModel(model: Model, file: string, opts: { patchNums?: num
       routerParams: moeBlocks.reduce((a, m) => a + m.routerParams, 0), routerWidth: m0.routerWidth,
       thresholds, fromScale: md['moefy.from_scale'] ? Number(md['moefy.from_scale']) : first >= 0 ? first + 1 : null,
       metadata: Object.fromEntries(Object.entries(md).filter(([k]) => k.startsWith('moefy.'))),
+      expected: null,
     };
+    const af = md['moefy.expected_active_fraction']?.split(',').map((x) => (x === '-' ? null : Number(x)));
+    if (af) {
+      const routerPerToken = moeBlocks.reduce((a, m) => a + routerFlopsPerToken(m.D, m.routerWidth ?? 0, m.experts), 0);
+      moe.expected = flops.scales.map((sc) => {
+        const f = af[sc.scale - 1] ?? null;
+        const e = moeFfnFlops(sc.flops.ffn, f ?? 1, routerPerToken, sc.tokens, s.rowsPerSample);
+        return { scale: sc.scale, activeFraction: f, ffnFlopsDense: sc.flops.ffn, ffnFlopsMoe: e.ffn, routerFlops: e.router };
+      });
+    }
   }
   return {
     file, irVersion: model.irVersion,

@@ -10,6 +10,7 @@ import { encodeModel, loadModel } from '../src/onnx/io';
 import { relufy } from '../src/passes/relufy';
 import { ConversionState } from '../src/passes/types';
 import { convert } from '../src/pipeline';
+import { inspectModel } from '../src/inspect';
 import { fixture, readIo, repoRoot, rmDir, runCli, tmpDir } from './helpers/fixtures';
 
 const FAST = { routerWidth: 16, routerEpochs: 1, synthSamples: 2, maxTokens: 4096, clusterBy: 'weights' as const, seed: 0, activation: 'relu' as const };
@@ -194,6 +195,32 @@ test('step graphs: full-sequence calibration data runs through a KV-cache chain 
       /needs the KV cache of scale 1: pass --kv-prefix/,
     );
     assert.ok(!fs.existsSync(path.join(dir, 'x.onnx')));
+  } finally {
+    rmDir(dir);
+  }
+});
+
+test('inspect of a converted model: experts, routers, thresholds and expected FFN FLOPs as in the conversion report', async () => {
+  const dir = tmpDir('convert-inspect');
+  try {
+    const out = path.join(dir, 'm.moe.onnx');
+    const calib = path.join(repoRoot, 'fixtures', 'small-var-calib');
+    const r = await convert(path.join(repoRoot, 'fixtures', 'small-var.onnx'), { ...FAST, experts: 4, fromScale: 8, calib, budget: 0.6, output: out });
+    const i = inspectModel(loadModel(out), out);
+    assert.ok(i.moe);
+    assert.equal(i.moe.experts, 4);
+    assert.equal(i.moe.expertSize, 64);
+    assert.equal(i.moe.routerWidth, FAST.routerWidth);
+    assert.equal(i.moe.fromScale, 8);
+    // Router parameters: per block D·width + width·E, no biases.
+    assert.equal(i.moe.routerParams, 2 * (64 * FAST.routerWidth + FAST.routerWidth * 4));
+    r.scales.forEach((s, k) => {
+      assert.ok(Math.abs(i.moe!.thresholds[k] - s.threshold) < 1e-7, `threshold of scale ${s.scale}`);
+      const e = i.moe!.expected![k];
+      // The metadata rounds the active fraction to 3 decimals.
+      assert.ok(Math.abs(e.ffnFlopsMoe - s.ffnFlopsMoe) <= 1e-3 * s.ffnFlopsDense, `scale ${s.scale}: ${e.ffnFlopsMoe} vs ${s.ffnFlopsMoe}`);
+    });
+    assert.ok(i.blocks.every((b) => b.moe && b.moe.experts === 4));
   } finally {
     rmDir(dir);
   }

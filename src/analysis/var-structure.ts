@@ -258,7 +258,7 @@ function moeSiteOf(n: Node, block: number): MoeSite {
     for (const i of p.inputs) {
       if (!i || i === x) continue;
       if (i.tensor) {
-        routerParams += i.tensor.size;
+        if (i.tensor.dims.length >= 2) routerParams += i.tensor.size; // weights, not the GELU's scalar constants
         if (p.opType === 'MatMul' && i.tensor.dims.length === 2 && i.tensor.dims[0] === D) routerWidth = i.tensor.dims[1];
       } else stack.push(i);
     }

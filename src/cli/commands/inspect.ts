@@ -35,6 +35,14 @@ export function printInspect(r: InspectReport): string {
     out.push(`  DynamicMoE: ${r.moe.experts} experts of ${r.moe.expertSize}, routers ${human(r.moe.routerParams)} parameters (width ${r.moe.routerWidth ?? '?'}), MoE from scale ${r.moe.fromScale ?? '-'}`);
     const md = r.moe.metadata;
     if (md['moefy.expected_active_fraction']) out.push(`  expected active fraction per scale (calibration): ${md['moefy.expected_active_fraction']}`);
+    const ex = r.moe.expected;
+    if (ex) {
+      const d = ex.reduce((a, x) => a + x.ffnFlopsDense, 0), m = ex.reduce((a, x) => a + x.ffnFlopsMoe, 0);
+      // The scale table's totals already hold the routers (as 'other') and the dense FFN.
+      const router = ex.reduce((a, x) => a + x.routerFlops, 0);
+      const denseTotal = r.flops.total - router, moeTotal = r.flops.total - d - router + m;
+      out.push(`  expected FFN FLOPs per sample: dense ${human(d)}, MoE ${human(m)} (${pct(m / d)}, routers included); all FLOPs ${human(denseTotal)} → ${human(moeTotal)} (${pct(moeTotal / denseTotal)})`);
+    }
   }
   return out.join('\n');
 }
