@@ -76,6 +76,8 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
     warnings: [], notes: [],
   };
   validateThresholdOptions(st);
+  if (structure.kind === 'step' && structure.stepScale !== null && structure.stepScale < opts.fromScale)
+    throw new MoefyError(`this step graph computes scale ${structure.stepScale}, before --from-scale ${opts.fromScale}: it has nothing to run as MoE (convert only the step graphs of scales ${opts.fromScale}…${S})`);
   const dense = countFlops(model, structure, 1);
 
   const passes: PassResult[] = [];

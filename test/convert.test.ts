@@ -165,6 +165,7 @@ test('bad input: one clear line, non-zero exit, no output file left', () => {
       [[model, '--experts', '4', '--from-scale', '8', '--calib', badCalib], /no tensor named/],
       [[model, '--experts', '4', '--from-scale', '8', '--calib', badShape], /'x_BLCv_wo_first_l' has shape \[1, 100, 32\], the model expects/],
       [[fixture('trained', 'gelu_steps', 'vqvae_decoder.onnx'), '--experts', '4', '--from-scale', '8'], /not a VAR/],
+      [[fixture('var_tiny_step0.onnx'), '--experts', '4', '--from-scale', '8'], /computes scale 1, before --from-scale 8/],
       [[model, '--experts', '4', '--from-scale', '8', '--threshold', '0.2', '-o', path.join(dir, 'no', 'such', 'out.onnx')], /does not exist/],
     ];
     for (const [args, want] of cases) {
