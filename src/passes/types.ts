@@ -2,6 +2,7 @@
 import type { ActivationKind } from '../analysis/patterns';
 import type { FfnSite, VarStructure } from '../analysis/var-structure';
 import type { Model } from '../ir/model';
+import type { ExpertLayout } from '../calib/kmeans';
 
 export interface ConvertOptions {
   experts: number;
@@ -35,14 +36,7 @@ export interface ConvertOptions {
 }
 
 /** Experts of one FFN: expert e owns neurons order[e·S … e·S+S−1] of the original hidden layer. */
-export interface ExpertLayout {
-  experts: number;
-  expertSize: number;
-  /** New hidden position → original neuron. */
-  order: Int32Array;
-  /** Original neuron → expert. */
-  labels: Int32Array;
-}
+export type { ExpertLayout };
 
 /** Captured calibration data of one FFN: its inputs, and the scale (0-based) of each captured token. */
 export interface LayerCapture {
