@@ -14,8 +14,8 @@
 
 namespace moe_ref {
 
-// float -> nearest-even half -> float (bit-exact with __float2half_rn for finite values)
-inline float round_half(float f) {
+// float -> nearest-even half bits (bit-exact with __float2half_rn for finite values)
+inline uint16_t half_bits(float f) {
   uint32_t x;
   memcpy(&x, &f, 4);
   const uint32_t sign = (x >> 16) & 0x8000u;
@@ -35,6 +35,12 @@ inline float round_half(float f) {
     if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
     h |= sign;
   }
+  return (uint16_t)h;
+}
+
+// half bits -> float (exact)
+inline float half_value(uint16_t h16) {
+  const uint32_t h = h16;
   const uint32_t hs = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
   if (e == 0) {
     const float v = (float)m * (1.0f / 16777216.0f);
@@ -45,6 +51,9 @@ inline float round_half(float f) {
   memcpy(&r, &y, 4);
   return r;
 }
+
+// float -> nearest-even half -> float
+inline float round_half(float f) { return half_value(half_bits(f)); }
 
 struct Rng {
   uint64_t s;

@@ -24,31 +24,6 @@ using namespace moe_ref;
 
 namespace {
 
-uint16_t to_half_bits(float f) {  // f is already a half value
-  // the reference rounding is exact here; recover the bits through the same rule as the emulator
-  uint32_t x;
-  memcpy(&x, &f, 4);
-  const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-  if (ax == 0) return (uint16_t)sign;
-  if (ax < 0x38800000u) {
-    float a;
-    memcpy(&a, &ax, 4);
-    return (uint16_t)(sign | (uint32_t)lrintf(a * 16777216.0f));
-  }
-  return (uint16_t)(sign | ((((ax >> 23) - 127u + 15u) << 10) | ((ax & 0x7fffffu) >> 13)));
-}
-float from_half_bits(uint16_t h) {
-  const uint32_t hs = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  if (e == 0) {
-    const float v = (float)m * (1.0f / 16777216.0f);
-    return hs ? -v : v;
-  }
-  const uint32_t y = e == 31 ? (hs | 0x7f800000u | (m << 13)) : (hs | ((e - 15u + 127u) << 23) | (m << 13));
-  float r;
-  memcpy(&r, &y, 4);
-  return r;
-}
-
 struct Buf {
   void* p = nullptr;
   explicit Buf(size_t bytes) {
@@ -66,7 +41,7 @@ void* put(std::vector<Buf*>& keep, const std::vector<float>& v, bool half) {
   keep.push_back(b);
   if (half) {
     uint16_t* h = static_cast<uint16_t*>(b->p);
-    for (size_t i = 0; i < v.size(); ++i) h[i] = to_half_bits(v[i]);
+    for (size_t i = 0; i < v.size(); ++i) h[i] = half_bits(v[i]);
   } else {
     memcpy(b->p, v.data(), v.size() * 4);
   }
@@ -116,7 +91,7 @@ void run(const Case& c, bool half, uint64_t seed, int mode, int fc2_mode) {
 
   std::vector<float> out((size_t)(T * D));
   for (size_t i = 0; i < out.size(); ++i)
-    out[i] = half ? from_half_bits(static_cast<uint16_t*>(y.p)[i]) : static_cast<float*>(y.p)[i];
+    out[i] = half ? half_value(static_cast<uint16_t*>(y.p)[i]) : static_cast<float*>(y.p)[i];
   int nonfinite = 0, bad_active = 0;
   const double rel = rel_error(out, ref, &nonfinite);
   for (int64_t t = 0; t < T; ++t) bad_active += static_cast<int32_t*>(act.p)[t] != ref_active[(size_t)t];
