@@ -167,17 +167,8 @@ export function buildDenseFfnModel(D: number, H: number, w: { W1: Float32Array; 
   return encode(graph, [{ domain: '', version: 17 }]);
 }
 
-/** Deterministic PRNG (mulberry32) for seeded test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The project's seeded PRNG, for test data. */
+export { rng } from '../calib/random';
 
 /** Float32Array of n values uniform in [-scale, scale). */
 export function randomArray(r: () => number, n: number, scale = 1): Float32Array {
