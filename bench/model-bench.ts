@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
-import { generateInputs, generateVarD16Like } from '../fixtures/generate';
+import { D16, generateInputs, generateVarD16Like } from '../fixtures/generate';
 import { saveModel } from '../src/onnx/io';
 import { convert } from '../src/pipeline';
 import { createSession } from '../src/runtime';
@@ -37,7 +37,6 @@ async function main(): Promise<void> {
     });
     const last = r.scales[r.scales.length - 1];
     console.log(`converted in ${((Date.now() - t0) / 1000).toFixed(0)} s: scale ${last.scale} threshold ${last.threshold.toFixed(3)}, expected active fraction ${last.activeFraction?.toFixed(3)} (calibration: synthesised inputs)`);
-    const { D16 } = await import('../fixtures/generate');
     const feeds = generateInputs({ ...D16, kind: 'step', batch: 1, stepTokens: 256, pastLen: 424 }, 1, 3, { pastLen: 424, stepTokens: 256 }) as unknown as Record<string, Tensor>;
     const time = async (file: string, fetchActive: boolean) => {
       const s = await createSession(file, { intraOpNumThreads: threads });

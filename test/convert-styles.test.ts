@@ -6,13 +6,11 @@ import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { generateInputs, generateVar, VarGenOptions } from '../fixtures/generate';
-import { analyseVar } from '../src/analysis/var-structure';
-import { encodeModel, saveModel } from '../src/onnx/io';
-import { relufy } from '../src/passes/relufy';
-import { ConversionState } from '../src/passes/types';
+import { saveModel } from '../src/onnx/io';
 import { convert } from '../src/pipeline';
 import { writeTensorSet } from '../src/io';
 import { rmDir, tmpDir } from './helpers/fixtures';
+import { relufied } from './helpers/relufied';
 
 const SMALL: VarGenOptions = { depth: 2, width: 64, ffnHidden: 256, vocab: 128, numClasses: 10, patchNums: [1, 2, 3, 4], seed: 5 };
 const FAST = { routerWidth: 16, routerEpochs: 1, synthSamples: 2, maxTokens: 4096, clusterBy: 'weights' as const, seed: 0 };
@@ -52,14 +50,7 @@ for (const style of STYLES) {
         const out = path.join(dir, `m.${activation}.moe.onnx`);
         await convert(file, { ...FAST, activation, experts: 8, fromScale: 1, thresholds: [0], calib, output: out, patchNums: SMALL.patchNums });
         const got = await run(out, feeds);
-        let want: Float32Array;
-        if (activation === 'keep') want = await run(file, feeds);
-        else {
-          const m = (await import('../src/onnx/io')).loadModel(file);
-          const s = analyseVar(m, { patchNums: SMALL.patchNums });
-          relufy({ model: m, structure: s, options: { activation: 'relu' }, sites: s.blocks.map((b) => b.ffn!), layers: [] } as unknown as ConversionState);
-          want = await run(encodeModel(m), feeds);
-        }
+        const want = await run(activation === 'keep' ? file : relufied(file, SMALL.patchNums), feeds);
         assert.ok(maxAbs(got, want) < 1e-4, `${activation}: max abs ${maxAbs(got, want)}`);
       }
     } finally {

@@ -6,23 +6,14 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { analyseVar } from '../src/analysis/var-structure';
-import { encodeModel, loadModel } from '../src/onnx/io';
-import { relufy } from '../src/passes/relufy';
-import { ConversionState } from '../src/passes/types';
+import { loadModel } from '../src/onnx/io';
 import { convert } from '../src/pipeline';
 import { inspectModel } from '../src/inspect';
+import { relufied } from './helpers/relufied';
 import { fixture, readIo, repoRoot, rmDir, runCli, tmpDir } from './helpers/fixtures';
 
 const FAST = { routerWidth: 16, routerEpochs: 1, synthSamples: 2, maxTokens: 4096, clusterBy: 'weights' as const, seed: 0, activation: 'relu' as const };
 
-/** The dense model with its GELUs swapped for ReLU by the relufy pass alone (the reference for threshold 0). */
-function relufied(file: string): Uint8Array {
-  const model = loadModel(file);
-  const structure = analyseVar(model);
-  const st = { model, structure, options: { activation: 'relu' }, sites: structure.blocks.map((b) => b.ffn!), layers: [] } as unknown as ConversionState;
-  relufy(st);
-  return encodeModel(model);
-}
 
 function feedsOf(io: ReturnType<typeof readIo>, session: ort.InferenceSession): Record<string, ort.Tensor> {
   const feeds: Record<string, ort.Tensor> = {};

@@ -6,11 +6,8 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Tensor } from 'onnxruntime-common';
 import { createSession } from '../src/runtime';
-import { analyseVar } from '../src/analysis/var-structure';
-import { encodeModel, loadModel } from '../src/onnx/io';
-import { relufy } from '../src/passes/relufy';
-import { ConversionState } from '../src/passes/types';
 import { convert } from '../src/pipeline';
+import { relufied } from './helpers/relufied';
 import { fixture, readIo, rmDir, tmpDir } from './helpers/fixtures';
 
 const FAST = { routerWidth: 32, routerEpochs: 2, synthSamples: 2, maxTokens: 8192, clusterBy: 'weights' as const, seed: 0, activation: 'relu' as const };
@@ -45,12 +42,6 @@ function relMaxErr(a: Float32Array, b: Float32Array): number {
   return m / Math.max(n, 1e-12);
 }
 
-function relufied(file: string): Uint8Array {
-  const model = loadModel(file);
-  const structure = analyseVar(model);
-  relufy({ model, structure, options: { activation: 'relu' }, sites: structure.blocks.map((b) => b.ffn!), layers: [] } as unknown as ConversionState);
-  return encodeModel(model);
-}
 
 const CASES = [
   { model: 'var_tiny_full.onnx', io: 'var_tiny_full_io', out: 'logits_BLV' },
