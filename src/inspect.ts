@@ -4,6 +4,7 @@ import { analyseVar, VarStructure } from './analysis/var-structure';
 import { countFlops, FlopKind, moeFfnFlops, routerFlopsPerToken, ScaleFlops } from './analysis/flops';
 import { Model } from './ir/model';
 import { dataTypeName } from './onnx/schema';
+import { METADATA, METADATA_PREFIX, MOE_DOMAIN, MOE_OP } from './op';
 
 export interface BlockReport {
   index: number;
@@ -75,7 +76,7 @@ export function inspectModel(model: Model, file: string, opts: { patchNums?: num
     const m = b.moe!;
     const ffnParams = [2, 3, 4, 5].reduce((a, k) => a + (m.node.inputs[k]?.tensor?.size ?? 0), 0);
     return {
-      index: b.index, D: m.D, H: m.H, activation: m.activation, pattern: 'ai.moefy::DynamicMoE', ffnParams, ffnIn: m.ffnIn.name,
+      index: b.index, D: m.D, H: m.H, activation: m.activation, pattern: `${MOE_DOMAIN}::${MOE_OP}`, ffnParams, ffnIn: m.ffnIn.name,
       moe: { experts: m.experts, expertSize: m.expertSize, routerParams: m.routerParams, routerWidth: m.routerWidth, node: m.node.name },
     };
   });
@@ -85,15 +86,14 @@ export function inspectModel(model: Model, file: string, opts: { patchNums?: num
     const m0 = moeBlocks[0];
     const md = model.metadata();
     const thresholds = m0.thresholds;
-    const first = thresholds.findIndex((t) => t > 0);
     moe = {
       experts: m0.experts, expertSize: m0.expertSize,
       routerParams: moeBlocks.reduce((a, m) => a + m.routerParams, 0), routerWidth: m0.routerWidth,
-      thresholds, fromScale: md['moefy.from_scale'] ? Number(md['moefy.from_scale']) : first >= 0 ? first + 1 : null,
-      metadata: Object.fromEntries(Object.entries(md).filter(([k]) => k.startsWith('moefy.'))),
+      thresholds, fromScale: s.moe?.fromScale ?? null,
+      metadata: Object.fromEntries(Object.entries(md).filter(([k]) => k.startsWith(METADATA_PREFIX))),
       expected: null,
     };
-    const af = md['moefy.expected_active_fraction']?.split(',').map((x) => (x === '-' ? null : Number(x)));
+    const af = md[METADATA.expectedActiveFraction]?.split(',').map((x) => (x === '-' ? null : Number(x)));
     if (af) {
       const routerPerToken = moeBlocks.reduce((a, m) => a + routerFlopsPerToken(m.D, m.routerWidth ?? 0, m.experts), 0);
       moe.expected = flops.scales.map((sc) => {

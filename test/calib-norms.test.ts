@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert';
-import { computeExpertNorms, expertNormsReference, computeHiddenActivations, act, FfnActivation } from '../src/calib/expert-norms';
+import { computeExpertNorms, expertNormsReference, computeHiddenActivations } from '../src/calib/expert-norms';
+import { activate as act, ActivationKind as FfnActivation } from '../src/op';
 import { MoefyError } from '../src/errors';
 import { rng } from '../src/calib/random';
 

@@ -1,7 +1,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert';
 import { buildTrainStep, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
-import { computeExpertNorms, erf } from '../src/calib/expert-norms';
+import { computeExpertNorms } from '../src/calib/expert-norms';
+import { erf } from '../src/op';
 import { f32, f32Scalar } from '../src/calib/ort-graph';
 import { gaussian, rng } from '../src/calib/random';
 import { MoefyError } from '../src/errors';

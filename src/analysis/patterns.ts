@@ -2,8 +2,9 @@
 // node that produces the hidden activation and captures `pre`, the fc1 output it is applied to.
 import { Node } from '../ir/graph';
 import { OpPattern, P } from '../ir/match';
+import type { ActivationKind } from '../op';
 
-export type ActivationKind = 'relu' | 'gelu_tanh' | 'gelu';
+export type { ActivationKind };
 
 export interface ActivationPattern {
   name: string;

@@ -4,10 +4,11 @@ import { MoefyError } from '../errors';
 import { Graph, Node, Value } from '../ir/graph';
 import { describeFailure, MatchFailure, matchAny } from '../ir/match';
 import { Model } from '../ir/model';
-import { ACTIVATION_PATTERNS, ActivationKind } from './patterns';
+import { ActivationKind, isDynamicMoe, METADATA, MOE_INPUT, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
+import { routerOf, RouterWeights } from './moe-router';
+import { ACTIVATION_PATTERNS } from './patterns';
 
-export const VAR_PATCH_NUMS = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16];
-export const MOE_DOMAIN = 'ai.moefy';
+export { VAR_PATCH_NUMS };
 
 /** A linear layer: MatMul(x, W[in,out]) (+ bias Add, either operand order) or Gemm(x, W, b). */
 export interface Linear {
@@ -39,6 +40,12 @@ export interface FfnSite {
   gate?: Node;
   D: number;
   H: number;
+  /**
+   * The [B, L, D] values a DynamicMoE node replacing this FFN reads and replaces: ffnIn and output, or for a Gemm
+   * FFN (run on [B·L, D] rows) the values before and after the Reshapes around it; null when a Gemm FFN has no such
+   * Reshapes (it cannot be converted).
+   */
+  moeIo: { X: Value; Y: Value } | null;
 }
 
 export interface MoeSite {
@@ -57,6 +64,24 @@ export interface MoeSite {
   routerNodes: Node[];
   /** Thresholds per scale: from the graph input/initializer feeding the node, else the attribute. */
   thresholds: number[];
+  /** The router subgraph's weights, or null when it is not MatMul → GELU → MatMul → Abs (→ square). */
+  router: RouterWeights | null;
+}
+
+/** What a converted model says about its conversion. */
+export interface MoeFacts {
+  /** The `moe_threshold` graph input feeding the nodes, when the model has it. */
+  thresholdInput: Value | null;
+  /** Default thresholds per scale: the threshold input's initializer, else the first node's. */
+  thresholds: number[];
+  /** First MoE scale (1-based): from the conversion metadata, else the first scale with a threshold above 0. */
+  fromScale: number | null;
+}
+
+/** The KV cache of a step graph: past_* inputs and present_* outputs, by the exporter's names. */
+export interface KvCache {
+  inputs: Value[];
+  outputs: Value[];
 }
 
 export interface Block {
@@ -87,8 +112,30 @@ export interface VarStructure {
   layout: PatchLayout;
   D: number;
   H: number;
+  /** The logits output (named *logit*, else the first output). */
+  logits: Value;
   /** Width of the logits (VQ vocabulary), when found. */
   vocab: number | null;
+  /** Classes of the label input: rows of the class-embedding table minus the null class (10 when not found). */
+  classes: number;
+  /** Step graphs' KV cache (empty lists for full-sequence graphs). */
+  kv: KvCache;
+  /** The token-feature input ([B, l, Cvae]; x_BLCv_wo_first_l in full graphs), null in the first step's graph. */
+  tokenInput: Value | null;
+  /** For converted models: thresholds and from-scale; null for dense models. */
+  moe: MoeFacts | null;
+}
+
+/** The exporter's KV-cache names: past_key_i / past_value_i in, present_key_i / present_value_i out. */
+export const isKvInputName = (name: string): boolean => /past_(key|value)/.test(name);
+export const isKvOutputName = (name: string): boolean => /present_(key|value)/.test(name);
+/** The past_* input a present_* output feeds at the next step. */
+export const kvInputFor = (present: string): string => present.replace('present_', 'past_');
+
+/** The scale (0-based) whose token count is l, or -1 when none or several are. */
+export function scaleOfTokenCount(layout: PatchLayout, l: number): number {
+  const s = layout.tokens.indexOf(l);
+  return s >= 0 && layout.tokens.indexOf(l, s + 1) < 0 ? s : -1;
 }
 
 export function makeLayout(patchNums: number[], source: PatchLayout['source']): PatchLayout {
@@ -215,6 +262,13 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
     const kind = ACTIVATION_PATTERNS.find((a) => a.name === m.name)!.kind;
     const outUses = fc2.output.uses;
     const gate = outUses.length === 1 && outUses[0].node.opType === 'Mul' ? outUses[0].node : undefined;
+    let moeIo: FfnSite['moeIo'] = { X: fc1.input, Y: fc2.output };
+    if (fc1.node.opType === 'Gemm') {
+      // Gemm-style FFNs run on [B·L, D] rows between two Reshapes: the op wants [B, L, D].
+      const rs = fc1.input.producer;
+      const back = fc2.output.uses.length === 1 ? fc2.output.uses[0].node : null;
+      moeIo = rs && rs.opType === 'Reshape' && back && back.opType === 'Reshape' ? { X: rs.inputs[0]!, Y: back.output(0) } : null;
+    }
     sites.push({
       block: -1,
       ffnIn: fc1.input,
@@ -226,6 +280,7 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
       gate,
       D: fc1.inFeatures,
       H: fc1.outFeatures,
+      moeIo,
     });
   }
   return { sites, failures };
@@ -234,7 +289,7 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
 /** Whether v reaches a DynamicMoE node's `norms` input through at most a few elementwise ops. */
 function feedsMoeNorms(v: Value, depth = 4): boolean {
   for (const u of v.uses) {
-    if (u.node.domain === MOE_DOMAIN && u.node.opType === 'DynamicMoE' && u.index === 1) return true;
+    if (isDynamicMoe(u.node) && u.index === MOE_INPUT.norms) return true;
     if (depth > 0 && ['Abs', 'Mul', 'Relu', 'Sqrt', 'Identity'].includes(u.node.opType) && u.node.outputs[0] && feedsMoeNorms(u.node.outputs[0], depth - 1)) return true;
   }
   return false;
@@ -264,10 +319,10 @@ function moeSiteOf(n: Node, block: number): MoeSite {
     }
   }
   let thresholds = (n.attr('threshold')?.floats ?? []).map(Number);
-  const tIn = n.inputs[7];
+  const tIn = n.inputs[MOE_INPUT.threshold];
   const tt = tIn?.tensor ?? tIn?.constantTensor();
   if (tt) thresholds = tt.numbers();
-  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds };
+  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds, router: routerOf(n) };
 }
 
 export interface AnalyseOptions {
@@ -277,7 +332,7 @@ export interface AnalyseOptions {
 export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructure {
   const g = model.graph;
   const { sites, failures } = findFfnSites(g);
-  const moeNodes = g.nodes.filter((n) => n.domain === MOE_DOMAIN && n.opType === 'DynamicMoE');
+  const moeNodes = g.nodes.filter(isDynamicMoe);
   if (failures.length) {
     const f = failures[0];
     throw new MoefyError(
@@ -300,26 +355,31 @@ export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructur
   const first = blocks[0].ffn ?? blocks[0].moe!;
   const D = first.D, H = first.H;
 
-  const stepGraph = g.inputs.some((v) => /past_(key|value)/.test(v.name)) || g.outputs.some((v) => /present_(key|value)/.test(v.name));
-  const layoutNums = opts.patchNums ?? VAR_PATCH_NUMS;
+  const kv: KvCache = { inputs: g.inputs.filter((v) => isKvInputName(v.name)), outputs: g.outputs.filter((v) => isKvOutputName(v.name)) };
+  const stepGraph = kv.inputs.length > 0 || kv.outputs.length > 0;
+  const layoutNums = opts.patchNums ?? [...VAR_PATCH_NUMS];
   const layout = makeLayout(layoutNums, opts.patchNums ? 'override' : 'default');
   if (layout.patchNums.some((p) => !Number.isInteger(p) || p <= 0)) throw new MoefyError(`--patch-nums must be positive integers, got ${layoutNums.join(',')}`);
-  const vocab = findVocab(g);
+  const logits = findLogits(g);
+  const vocab = logitsWidth(logits);
+  const classes = numClasses(g, D, layout.L);
+  const moe = moeFacts(model, blocks);
+  const tokenInput = findTokenInput(g);
   if (!stepGraph) {
     const L = fullSequenceLength(g, D);
     if (L === null) throw new MoefyError(`not a VAR: found ${blocks.length} FFN blocks but neither a KV cache (past_key_*/present_key_*) nor a full-sequence token length (Σ pn² = ${layout.L}) in the graph`);
     if (L !== layout.L)
       throw new MoefyError(`the model's sequence has ${L} tokens but the patch layout ${layout.patchNums.join(',')} has ${layout.L}; pass --patch-nums to match`);
-    return { blocks, kind: 'full', stepScale: null, rowsPerSample: 1, layout, D, H, vocab };
+    return { blocks, kind: 'full', stepScale: null, rowsPerSample: 1, layout, D, H, logits, vocab, classes, kv, tokenInput, moe };
   }
   const l = stepTokens(g);
   let stepScale: number | null = null;
   if (l !== null) {
-    const s = layout.tokens.indexOf(l);
-    if (s < 0 || layout.tokens.indexOf(l, s + 1) >= 0) throw new MoefyError(`the step graph computes ${l} tokens, which is not exactly one scale of the patch layout ${layout.patchNums.join(',')}; pass --patch-nums`);
+    const s = scaleOfTokenCount(layout, l);
+    if (s < 0) throw new MoefyError(`the step graph computes ${l} tokens, which is not exactly one scale of the patch layout ${layout.patchNums.join(',')}; pass --patch-nums`);
     stepScale = s + 1;
   }
-  return { blocks, kind: 'step', stepScale, rowsPerSample: doublesBatch(g) ? 2 : 1, layout, D, H, vocab };
+  return { blocks, kind: 'step', stepScale, rowsPerSample: doublesBatch(g) ? 2 : 1, layout, D, H, logits, vocab, classes, kv, tokenInput, moe };
 }
 
 /** L of a full-sequence graph: from a static token axis of an input, the mask [1,1,L,L] or the position table [1,L,C]. */
@@ -342,10 +402,15 @@ function fullSequenceLength(g: Graph, D: number): number | null {
 
 /** Tokens of a step graph when static: from the x input's axis 1, or 1 for the first step (no x input). */
 function stepTokens(g: Graph): number | null {
-  const x = g.inputs.find((v) => !/past_|label|cfg/.test(v.name) && (v.shape()?.length ?? 0) === 3);
+  const x = findTokenInput(g);
   if (!x) return 1;
   const s = x.shape()!;
   return typeof s[1] === 'number' ? s[1] : null;
+}
+
+/** The token-feature input: rank 3, not the label, the CFG scale or the KV cache. */
+function findTokenInput(g: Graph): Value | null {
+  return g.inputs.find((v) => !v.tensor && !isKvInputName(v.name) && !/label|cfg/.test(v.name) && (v.shape()?.length ?? 0) === 3) ?? null;
 }
 
 /** Classifier-free guidance inside the graph: the label batch is concatenated with the null class, or tiled ×2. */
@@ -360,9 +425,41 @@ function doublesBatch(g: Graph): boolean {
   return false;
 }
 
-function findVocab(g: Graph): number | null {
-  const out = g.outputs.find((v) => /logit/i.test(v.name)) ?? g.outputs[0];
-  const s = out?.shape();
+function findLogits(g: Graph): Value {
+  const v = g.outputs.find((o) => /logit/i.test(o.name)) ?? g.outputs[0];
+  if (!v) throw new MoefyError('the model has no outputs');
+  return v;
+}
+
+function logitsWidth(v: Value): number | null {
+  const s = v.shape();
   const last = s?.[s.length - 1];
   return typeof last === 'number' ? last : null;
+}
+
+/** Classes from the class-embedding table [classes + 1, D] feeding a Gather (the last row is the null class). */
+function numClasses(g: Graph, D: number, L: number): number {
+  for (const n of g.nodes) {
+    if (n.opType === 'Gather' && n.inputs[0]?.tensor && n.inputs[0].tensor.dims.length === 2) {
+      const rows = n.inputs[0].tensor.dims[0];
+      if (n.inputs[0].tensor.dims[1] === D && rows > 10 && rows !== L) return rows - 1;
+    }
+  }
+  return 10;
+}
+
+function moeFacts(model: Model, blocks: Block[]): MoeFacts | null {
+  const first = blocks.find((b) => b.moe)?.moe;
+  if (!first) return null;
+  const g = model.graph;
+  const thresholdInput = g.has(THRESHOLD_INPUT) && g.inputs.includes(g.value(THRESHOLD_INPUT)) ? g.value(THRESHOLD_INPUT) : null;
+  const thresholds = thresholdInput?.tensor ? Array.from(thresholdInput.tensor.numbers()) : first.thresholds;
+  const md = model.metadata()[METADATA.fromScale];
+  let fromScale: number | null = null;
+  if (md && Number.isFinite(Number(md))) fromScale = Number(md);
+  else {
+    const k = thresholds.findIndex((t) => t > 0);
+    fromScale = k >= 0 ? k + 1 : null;
+  }
+  return { thresholdInput, thresholds, fromScale };
 }

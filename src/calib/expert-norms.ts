@@ -1,9 +1,8 @@
 // Router targets: the L2 norm of each expert's output, ‖act(x·W1_e + b1_e)·W2_e‖₂ (fc2 bias excluded), computed in
 // onnxruntime-node on chunks of tokens. Also the FFN's hidden activations, for clustering neurons by co-activation.
 import { MoefyError } from '../errors';
+import { ActivationKind as FfnActivation, activate as act } from '../op';
 import { GraphBuilder, activationOp, f32 } from './ort-graph';
-
-export type FfnActivation = 'relu' | 'gelu_tanh' | 'gelu';
 
 export interface ExpertNormOptions {
   /** Tokens per ORT run (bounds memory). Default: about 64 MiB of intermediates. */
@@ -140,18 +139,4 @@ export function expertNormsReference(
     }
   }
   return out;
-}
-
-export function act(a: number, activation: FfnActivation): number {
-  if (activation === 'relu') return a > 0 ? a : 0;
-  if (activation === 'gelu_tanh') return 0.5 * a * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (a + 0.044715 * a * a * a)));
-  return 0.5 * a * (1 + erf(a / Math.SQRT2));
-}
-
-/** erf with |error| < 1.2e-7 (Numerical Recipes erfc). */
-export function erf(x: number): number {
-  const z = Math.abs(x);
-  const t = 1 / (1 + 0.5 * z);
-  const r = t * Math.exp(-z * z - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))));
-  return x >= 0 ? 1 - r : r - 1;
 }

@@ -6,6 +6,7 @@ import { Model } from '../ir/model';
 import { encodeModel } from '../onnx/io';
 import { DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
+import type { ActivationKind } from '../op';
 
 export type Dim = number | string;
 
@@ -79,7 +80,7 @@ export function f32Scalar(x: number): ort.Tensor {
 }
 
 /** Applies an FFN activation by name: relu, gelu_tanh (tanh approximation), gelu (exact erf). */
-export function activationOp(b: GraphBuilder, x: Value, activation: 'relu' | 'gelu_tanh' | 'gelu'): Value {
+export function activationOp(b: GraphBuilder, x: Value, activation: ActivationKind): Value {
   if (activation === 'relu') return b.op('Relu', [x]);
   if (activation === 'gelu_tanh') return b.op('Gelu', [x], { approximate: 'tanh' });
   return b.op('Gelu', [x]);

@@ -1,5 +1,5 @@
 // Terminal rendering of eval reports.
-import { human, pct, table } from '../cli/format';
+import { human, pct, table } from '../format';
 import type { EvalReport } from './teacher';
 
 const f = (x: number | null, d = 4) => (x === null || Number.isNaN(x) ? '-' : x.toFixed(d));

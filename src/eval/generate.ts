@@ -11,8 +11,9 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { PNG } from 'pngjs';
 import { deriveSeed, rng } from '../calib/random';
-import { pct, table } from '../cli/format';
 import { MoefyError } from '../errors';
+import { pct, table } from '../format';
+import { THRESHOLD_INPUT } from '../op';
 import { loadModel } from '../onnx/io';
 import { writeTensorSet } from '../io';
 import { analyseVar } from '../analysis/var-structure';
@@ -201,12 +202,12 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
           const d = side.thresholdDefault!;
           const t = !o.thresholds ? d : o.thresholds.length === 1 ? d.map((_, s) => (s + 1 >= (side.fromScale ?? 1) ? o.thresholds![0] : 0)) : o.thresholds;
           if (t.length !== d.length) throw new MoefyError(`--threshold has ${t.length} values; ${side.file} has ${d.length} scales`);
-          f.moe_threshold = new ort.Tensor('float32', Float32Array.from(t), [t.length]);
+          f[THRESHOLD_INPUT] = new ort.Tensor('float32', Float32Array.from(t), [t.length]);
         }
         return f;
       };
       const fD = feedsOf(chains[0], d);
-      if (o.dumpCalib) await writeTensorSet(path.join(o.dumpCalib, `s${k}`), Object.fromEntries(Object.entries(fD).filter(([n]) => n !== 'moe_threshold')));
+      if (o.dumpCalib) await writeTensorSet(path.join(o.dumpCalib, `s${k}`), Object.fromEntries(Object.entries(fD).filter(([n]) => n !== THRESHOLD_INPUT)));
       const rD = await d.session.run(fD);
       const rM = await (m ?? d).session.run(feedsOf(chains[1], m ?? d));
       const rC = m ? await m.session.run(feedsOf(chains[0], m)) : rD;

@@ -11,7 +11,7 @@ import { MoefyError } from '../errors';
 import { Model } from '../ir/model';
 import { Value } from '../ir/graph';
 import { loadModel, saveModel } from '../onnx/io';
-import { THRESHOLD_INPUT } from '../passes/insert';
+import { THRESHOLD_INPUT } from '../op';
 
 export interface EvalSide {
   file: string;
@@ -42,27 +42,11 @@ export interface EvalSide {
   dir: string;
 }
 
-export function logitsValue(model: Model): Value {
-  const outs = model.graph.outputs;
-  const v = outs.find((o) => /logit/i.test(o.name)) ?? outs[0];
-  if (!v) throw new MoefyError('the model has no outputs');
-  return v;
-}
-
-export function moeInfo(model: Model, structure: VarStructure): { routerPerToken: number; thresholdDefault: number[] | null; fromScale: number | null; experts: (number | null)[] } {
+function moeInfo(structure: VarStructure): { routerPerToken: number; thresholdDefault: number[] | null; fromScale: number | null; experts: (number | null)[] } {
   let routerPerToken = 0;
   const experts = structure.blocks.map((b) => (b.moe ? b.moe.experts : null));
   for (const b of structure.blocks) if (b.moe) routerPerToken += routerFlopsPerToken(b.moe.D, b.moe.routerWidth ?? 0, b.moe.experts);
-  const thrV = model.graph.has(THRESHOLD_INPUT) ? model.graph.value(THRESHOLD_INPUT) : null;
-  const thresholdDefault = thrV?.tensor ? Array.from(thrV.tensor.numbers()) : structure.blocks.find((b) => b.moe)?.moe?.thresholds ?? null;
-  let fromScale: number | null = null;
-  const md = model.metadata()['moefy.from_scale'];
-  if (md && Number.isFinite(Number(md))) fromScale = Number(md);
-  else if (thresholdDefault) {
-    const k = thresholdDefault.findIndex((t) => t > 0);
-    fromScale = k >= 0 ? k + 1 : null;
-  }
-  return { routerPerToken, thresholdDefault, fromScale, experts };
+  return { routerPerToken, thresholdDefault: structure.moe?.thresholds ?? null, fromScale: structure.moe?.fromScale ?? null, experts };
 }
 
 export interface SideOptions {
@@ -85,7 +69,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
     throw new MoefyError(`${file} is a ${structure.kind === 'step' ? 'KV-cached step' : 'full-sequence'} graph; ${kind === 'full' ? 'teacher-forced eval needs full-sequence graphs (use --generate with step graphs)' : '--generate needs step graphs'}`);
   const flops = countFlops(model, structure, 1);
   const g = model.graph;
-  const logits = logitsValue(model);
+  const logits = structure.logits;
   const withFfn = opts.withFfn ?? true;
   const ffnOut: Value[] = [];
   const active: (Value | null)[] = [];
@@ -99,7 +83,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
       active.push(null);
     }
   }
-  const info = moeInfo(model, structure);
+  const info = moeInfo(structure);
   const saved = g.outputs;
   const outs: Value[] = opts.keepOutputs ? [...saved] : [logits];
   const add = (v: Value | null) => {

@@ -4,9 +4,10 @@
 // before). Written as sweep.csv, sweep.json and sweep.png (quality against FFN FLOPs, as DMoE-VAR's figures 3, 4).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { human, pct, table } from '../cli/format';
 import { MoefyError } from '../errors';
+import { human, pct, table } from '../format';
 import type { TensorSet } from '../io';
+import { THRESHOLD_INPUT } from '../op';
 import { vegaLiteToPng } from './plot';
 import type { EvalSide } from './side';
 import { evaluate, EvalSummary } from './teacher';
@@ -105,7 +106,7 @@ export function sweepSpec(rows: SweepRow[], groundTruth: boolean, title: string)
 }
 
 export async function sweep(dense: EvalSide, moe: EvalSide, inputs: TensorSet, o: SweepOptions): Promise<SweepReport> {
-  if (!moe.hasThresholdInput) throw new MoefyError(`${moe.file} has no 'moe_threshold' input: --sweep needs a converted model`);
+  if (!moe.hasThresholdInput) throw new MoefyError(`${moe.file} has no '${THRESHOLD_INPUT}' input: --sweep needs a converted model`);
   const S = dense.structure.layout.patchNums.length;
   const settings = sweepSettings(S, moe.thresholdDefault, o.grid ?? DEFAULT_GRID);
   const res = await evaluate(dense, moe, inputs, { settings: settings.map((s) => s.thresholds), batch: o.batch, limit: o.limit, names: o.names, moeScalesBy: 'threshold', onProgress: o.onProgress });

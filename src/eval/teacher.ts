@@ -8,7 +8,8 @@ import * as ort from 'onnxruntime-node';
 import { moeFfnFlops } from '../analysis/flops';
 import { MoefyError } from '../errors';
 import { readTensorSet, TensorSet } from '../io';
-import { replayActive, routerWeights, RouterWeights } from './router-replay';
+import { scaleOfPositions, THRESHOLD_INPUT } from '../op';
+import { replayActive, RouterWeights } from './router-replay';
 import { EvalSide, thresholdTensor } from './side';
 
 export const GT_INPUT = 'gt_idx_BL';
@@ -123,17 +124,6 @@ function sliceBatch(t: ort.Tensor, a: number, b: number): ort.Tensor {
   return new ort.Tensor(t.type, data as never, [b - a, ...t.dims.slice(1)]);
 }
 
-/** Token-position → scale index for the layout. */
-function scaleOfPositions(offsets: number[], L: number): Int32Array {
-  const out = new Int32Array(L);
-  let k = 0;
-  for (let l = 0; l < L; l++) {
-    while (k + 1 < offsets.length && offsets[k + 1] <= l) k++;
-    out[l] = k;
-  }
-  return out;
-}
-
 export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet, opts: EvalOptions = {}): Promise<EvalResult> {
   const ds = dense.structure, ms = moe.structure;
   const layout = ds.layout;
@@ -144,7 +134,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
   const nL = dense.ffnOut.length;
   const settings = opts.settings && opts.settings.length ? opts.settings : [null];
   for (const s of settings) {
-    if (s && !moe.hasThresholdInput) throw new MoefyError(`${moe.file} has no '${'moe_threshold'}' input: thresholds cannot be set (is it a converted model?)`);
+    if (s && !moe.hasThresholdInput) throw new MoefyError(`${moe.file} has no '${THRESHOLD_INPUT}' input: thresholds cannot be set (is it a converted model?)`);
     if (s && s.length !== S) throw new MoefyError(`thresholds have ${s.length} values; the model has ${S} scales`);
   }
   if (dense.hasThresholdInput) throw new MoefyError(`${dense.file} is a converted model: give the dense model first`);
@@ -156,7 +146,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
   const samples = Math.min(samplesAll, opts.limit ?? samplesAll);
   if (gt && (gt.dims.length !== 2 || gt.dims[0] < samples || gt.dims[1] !== L)) throw new MoefyError(`'${GT_INPUT}' has shape [${gt.dims.join(', ')}]; expected [${samples}, ${L}]`);
   const gtData = gt ? (gt.data as BigInt64Array) : null;
-  const scaleOf = scaleOfPositions(layout.offsets, L);
+  const scaleOf = Int32Array.from(scaleOfPositions(L, layout.patchNums)!);
   const accs: Acc[] = settings.map(() => ({
     n: new Float64Array(S), kl: new Float64Array(S), agree: new Float64Array(S), ceM: new Float64Array(S),
     diff2: Array.from({ length: nL }, () => new Float64Array(S)), ref2: Array.from({ length: nL }, () => new Float64Array(S)),
@@ -166,7 +156,11 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
   let routers: (RouterWeights | null)[] | null = null;
   if (opts.replayRouters && moe.experts.some((e) => e !== null)) {
     if (dense.ffnIn.some((x, j) => x === null && moe.experts[j] !== null)) throw new MoefyError('router replay needs the dense model\'s FFN inputs');
-    routers = moe.structure.blocks.map((b) => (b.moe ? routerWeights(b.moe) : null));
+    routers = moe.structure.blocks.map((b) => {
+      if (!b.moe) return null;
+      if (!b.moe.router) throw new MoefyError(`block ${b.index}: the router is not MatMul → GELU → MatMul → Abs (→ square)`);
+      return b.moe.router;
+    });
     accs.forEach((acc) => (acc.replay = Array.from({ length: nL }, () => new Float64Array(S))));
   }
   const ceD = new Float64Array(S);
@@ -201,7 +195,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
     for (let k = 0; k < settings.length; k++) {
       const acc = accs[k];
       const f = feed(moe);
-      if (moe.hasThresholdInput) f.moe_threshold = thresholdTensor(settings[k] ?? moe.thresholdDefault!);
+      if (moe.hasThresholdInput) f[THRESHOLD_INPUT] = thresholdTensor(settings[k] ?? moe.thresholdDefault!);
       const rm = await moe.session.run(f);
       const lm = rm[moe.logits].data as Float32Array;
       if (lm.length !== ld.length) throw new MoefyError(`the models' logits differ in shape ([${rd[dense.logits].dims.join(', ')}] and [${rm[moe.logits].dims.join(', ')}])`);

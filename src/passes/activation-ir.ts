@@ -1,5 +1,5 @@
 // Activations emitted into the IR with standard ops (the router's GELU, reference FFNs for reports).
-import type { ActivationKind } from '../analysis/patterns';
+import type { ActivationKind } from '../op';
 import { attr, Graph, Value } from '../ir/graph';
 import { Tensor } from '../onnx/tensor';
 

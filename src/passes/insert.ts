@@ -5,10 +5,8 @@ import { MoefyError } from '../errors';
 import { attr, Value } from '../ir/graph';
 import { Tensor } from '../onnx/tensor';
 import { emitActivationIR } from './activation-ir';
-import { dynamicMoeFunction, MOE_DOMAIN, MOE_OP, MOE_OPSET } from './dynamic-moe-function';
+import { dynamicMoeFunction, MOE_DOMAIN, MOE_OP, MOE_OPSET, THRESHOLD_INPUT } from '../op';
 import { ConversionState, PassResult } from './types';
-
-export const THRESHOLD_INPUT = 'moe_threshold';
 
 export function insert(st: ConversionState): PassResult {
   const m = st.model;

@@ -2,7 +2,7 @@
 // model's own activation stays and the experts use it. The change each layer's FFN output suffers on the
 // calibration data is measured later (relufyReport), once the inputs have been captured.
 import * as ort from 'onnxruntime-node';
-import { ActivationKind } from '../analysis/patterns';
+import { ActivationKind } from '../op';
 import { Graph } from '../ir/graph';
 import { Model } from '../ir/model';
 import { encodeModel } from '../onnx/io';

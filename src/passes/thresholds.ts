@@ -2,16 +2,12 @@
 // 1 − τ), or chosen on the calibration data for a FLOP budget (--budget, default 0.6), non-decreasing toward finer
 // scales as the paper found best. Scales before from-scale get 0 (every expert: the dense FFN).
 import { MoefyError } from '../errors';
+import { formatThreshold } from '../format';
 import { activeFraction, chooseThresholds, thresholdsFromTau } from '../calib/thresholds';
 import type { LayerNorms } from './routers';
 import { ConversionState, PassResult } from './types';
 
 export const DEFAULT_BUDGET = 0.6;
-
-/** Thresholds of very sparse models sit near 1e-5: print those in exponent form. */
-export function formatThreshold(t: number): string {
-  return t === 0 ? '0' : t < 1e-3 ? t.toExponential(1) : t.toFixed(3);
-}
 
 /** Checks the threshold options against the model before any work is done. */
 export function validateThresholdOptions(st: ConversionState): void {

@@ -1,5 +1,5 @@
 // The data the conversion passes hand each other. The analysis (VarStructure) is computed once, up front.
-import type { ActivationKind } from '../analysis/patterns';
+import type { ActivationKind } from '../op';
 import type { FfnSite, VarStructure } from '../analysis/var-structure';
 import type { Model } from '../ir/model';
 import type { ExpertLayout } from '../calib/kmeans';

@@ -1,11 +1,12 @@
 /**
- * Plain TypeScript reference of ai.moefy::DynamicMoE (DESIGN.md section 3), written for clarity, used by tests.
+ * Plain TypeScript reference of the DynamicMoE op (docs/dynamic-moe.md), written for clarity, used by tests.
  * Routing is computed in float32 exactly as the kernels do; the expert math is accumulated in float64.
  */
 import { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../errors';
+import { activate, ActivationKind, DEFAULT_ACTIVATION, scaleOfPositions } from '../op';
 
-export type Activation = 'relu' | 'gelu_tanh' | 'gelu';
+export type Activation = ActivationKind;
 
 export interface DynamicMoeInputs {
   X: Tensor; // float32 [B, L, D]
@@ -30,54 +31,16 @@ export interface DynamicMoeResult {
   active: Tensor; // int32 [B, L]
 }
 
-/** erf(x) via the complementary error function's Chebyshev fit (Numerical Recipes erfcc, |rel err| < 1.2e-7). */
-export function erf(x: number): number {
-  const z = Math.abs(x);
-  const t = 1 / (1 + 0.5 * z);
-  const r =
-    t *
-    Math.exp(
-      -z * z -
-        1.26551223 +
-        t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
-    );
-  return x >= 0 ? 1 - r : r - 1;
-}
-
-export function activate(x: number, act: Activation): number {
-  switch (act) {
-    case 'relu':
-      return x > 0 ? x : 0;
-    case 'gelu_tanh':
-      return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
-    case 'gelu':
-      return 0.5 * x * (1 + erf(x / Math.SQRT2));
-  }
-}
-
-/** The scale of each position l of a sequence of length L (the op's layout rule), or throws MoefyError. */
-export function scaleOfPositionsRef(L: number, patchNums: number[], scaleIndex?: number): number[] {
-  if (scaleIndex !== undefined) {
-    if (scaleIndex < 0 || scaleIndex >= patchNums.length) throw new MoefyError(`scale_index ${scaleIndex} out of range`);
-    return new Array(L).fill(scaleIndex);
-  }
-  const full = patchNums.reduce((a, p) => a + p * p, 0);
-  if (L === full) {
-    const out: number[] = [];
-    patchNums.forEach((p, s) => {
-      for (let i = 0; i < p * p; i++) out.push(s);
-    });
-    return out;
-  }
-  const matches = patchNums.map((p, s) => (p * p === L ? s : -1)).filter((s) => s >= 0);
-  if (matches.length !== 1) {
-    throw new MoefyError(`cannot infer the scale of the tokens: L = ${L} (full sequence ${full}, patch_nums ${patchNums.join(',')})`);
-  }
-  return new Array(L).fill(matches[0]);
+/** The op's layout rule (src/op), or throws MoefyError naming L and the layout. */
+function scaleOfTokens(L: number, patchNums: number[], scaleIndex?: number): number[] {
+  if (scaleIndex !== undefined && (scaleIndex < 0 || scaleIndex >= patchNums.length)) throw new MoefyError(`scale_index ${scaleIndex} out of range`);
+  const s = scaleOfPositions(L, patchNums, scaleIndex);
+  if (!s) throw new MoefyError(`cannot infer the scale of the tokens: L = ${L} (full sequence ${patchNums.reduce((a, p) => a + p * p, 0)}, patch_nums ${patchNums.join(',')})`);
+  return s;
 }
 
 export function dynamicMoeReference(inputs: DynamicMoeInputs, attrs: DynamicMoeAttributes): DynamicMoeResult {
-  const act = attrs.activation ?? 'relu';
+  const act = attrs.activation ?? DEFAULT_ACTIVATION;
   const E = attrs.numExperts;
   const [B, L, D] = inputs.X.dims;
   const ES = inputs.W1.dims[1];
@@ -101,7 +64,7 @@ export function dynamicMoeReference(inputs: DynamicMoeInputs, attrs: DynamicMoeA
     const v = inputs.scaleIndex instanceof Tensor ? (inputs.scaleIndex.data as BigInt64Array)[0] : inputs.scaleIndex;
     si = Number(v);
   }
-  const scaleOf = scaleOfPositionsRef(L, attrs.patchNums, si);
+  const scaleOf = scaleOfTokens(L, attrs.patchNums, si);
 
   const Y = new Float32Array(B * L * D);
   const active = new Int32Array(B * L);

@@ -1,6 +1,9 @@
 /** Experts-used-per-scale summaries from DynamicMoE `active` outputs (int32 [B, L], experts run per token). */
 import { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../errors';
+import { scaleOfPositions, VAR_PATCH_NUMS } from '../op';
+
+export { scaleOfPositions };
 
 export interface ScaleActiveSummary {
   scale: number;
@@ -20,21 +23,6 @@ export interface ActiveSummary {
   numExperts?: number;
 }
 
-/** The op's layout rule: scale of each position for a sequence of length L, or null when it cannot be inferred. */
-export function scaleOfPositions(L: number, patchNums: readonly number[], scaleIndex?: number): number[] | null {
-  if (scaleIndex !== undefined) return new Array(L).fill(scaleIndex);
-  const full = patchNums.reduce((a, p) => a + p * p, 0);
-  if (L === full) {
-    const out: number[] = [];
-    patchNums.forEach((p, s) => {
-      for (let i = 0; i < p * p; i++) out.push(s);
-    });
-    return out;
-  }
-  const m = patchNums.map((p, s) => (p * p === L ? s : -1)).filter((s) => s >= 0);
-  return m.length === 1 ? new Array(L).fill(m[0]) : null;
-}
-
 /**
  * Mean active experts per scale over one or more `active` tensors (e.g. one per MoE layer).
  * `patchNums` default: VAR 256px (1,2,3,4,5,6,8,10,13,16).
@@ -43,7 +31,7 @@ export function summarizeActive(
   active: Tensor | readonly Tensor[] | Record<string, Tensor>,
   options: { patchNums?: readonly number[]; scaleIndex?: number; numExperts?: number } = {},
 ): ActiveSummary {
-  const patchNums = options.patchNums ?? [1, 2, 3, 4, 5, 6, 8, 10, 13, 16];
+  const patchNums = options.patchNums ?? VAR_PATCH_NUMS;
   const list: Tensor[] = active instanceof Tensor ? [active] : Array.isArray(active) ? [...active] : Object.values(active);
   const sums = new Float64Array(patchNums.length);
   const counts = new Float64Array(patchNums.length);

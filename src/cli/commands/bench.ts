@@ -7,7 +7,7 @@ import { readTensorSet } from '../../io';
 import { loadModel } from '../../onnx/io';
 import { synthesiseInputs } from '../../passes/capture';
 import { createSession } from '../../runtime';
-import { table } from '../format';
+import { table } from '../../format';
 
 interface Args {
   dense: string;

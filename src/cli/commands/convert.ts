@@ -2,8 +2,7 @@ import * as cliProgress from 'cli-progress';
 import type { CommandModule } from 'yargs';
 import { MoefyError } from '../../errors';
 import { convert, ProgressUi } from '../../pipeline';
-import { formatThreshold } from '../../passes/thresholds';
-import { human, pct, table } from '../format';
+import { formatThreshold, human, pct, table } from '../../format';
 import { parseNumberList, parsePatchNums } from '../options';
 
 interface Args {

@@ -1,9 +1,9 @@
 import type { CommandModule } from 'yargs';
 import { loadModel } from '../../onnx/io';
 import { inspectModel, InspectReport } from '../../inspect';
-import { bytes, human, pct, table } from '../format';
+import { bytes, formatThreshold, human, pct, table } from '../../format';
+import { METADATA } from '../../op';
 import { parsePatchNums } from '../options';
-import { formatThreshold } from '../../passes/thresholds';
 
 interface Args {
   model: string;
@@ -34,7 +34,7 @@ export function printInspect(r: InspectReport): string {
     out.push('');
     out.push(`  DynamicMoE: ${r.moe.experts} experts of ${r.moe.expertSize}, routers ${human(r.moe.routerParams)} parameters (width ${r.moe.routerWidth ?? '?'}), MoE from scale ${r.moe.fromScale ?? '-'}`);
     const md = r.moe.metadata;
-    if (md['moefy.expected_active_fraction']) out.push(`  expected active fraction per scale (calibration): ${md['moefy.expected_active_fraction']}`);
+    if (md[METADATA.expectedActiveFraction]) out.push(`  expected active fraction per scale (calibration): ${md[METADATA.expectedActiveFraction]}`);
     const ex = r.moe.expected;
     if (ex) {
       const d = ex.reduce((a, x) => a + x.ffnFlopsDense, 0), m = ex.reduce((a, x) => a + x.ffnFlopsMoe, 0);

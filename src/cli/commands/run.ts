@@ -5,6 +5,7 @@ import { MoefyError } from '../../errors';
 import { readTensorSet, writeTensorSet, describeTensor } from '../../io';
 import { createSession, formatActiveSummary, summarizeActive } from '../../runtime';
 import { encodeModel, loadModel, PROTOBUF_LIMIT } from '../../onnx/io';
+import { isDynamicMoe } from '../../op';
 import { parsePatchNums } from '../options';
 
 interface Args {
@@ -39,7 +40,7 @@ function moeView(file: string): MoeView {
   const st = fs.statSync(file);
   if (st.size > PROTOBUF_LIMIT / 2) return view;
   const m = loadModel(file);
-  const nodes = m.graph.nodes.filter((n) => n.opType === 'DynamicMoE' && n.domain === 'ai.moefy');
+  const nodes = m.graph.nodes.filter(isDynamicMoe);
   if (nodes.length === 0) return view;
   view.patchNums = nodes[0].attrInts('patch_nums');
   view.experts = nodes[0].attrInt('num_experts');

@@ -1,4 +1,4 @@
-// Plain-text tables for the terminal.
+// Terminal formatting, shared by the CLI and eval: plain-text tables, human-readable numbers.
 export function table(headers: string[], rows: (string | number)[][]): string {
   const cells = [headers, ...rows.map((r) => r.map(String))];
   const w = headers.map((_, k) => Math.max(...cells.map((r) => (r[k] ?? '').length)));
@@ -20,4 +20,9 @@ export function bytes(n: number): string {
 
 export function pct(x: number): string {
   return `${(x * 100).toFixed(1)}%`;
+}
+
+/** Thresholds of very sparse models sit near 1e-5: print those in exponent form. */
+export function formatThreshold(t: number): string {
+  return t === 0 ? '0' : t < 1e-3 ? t.toExponential(1) : t.toFixed(3);
 }

@@ -1,15 +1,10 @@
 // The model-local function body of ai.moefy::DynamicMoE in standard ONNX ops (masked dense compute), so that any
 // stock runtime runs a converted model correctly; moefy's kernels replace it where registered. Semantics are the
-// op contract of DESIGN.md §3: expert e runs for a token iff norms[e] >= threshold[scale] · max_k norms[k].
+// op contract of docs/dynamic-moe.md: expert e runs for a token iff norms[e] >= threshold[scale] · max_k norms[k].
 import { MoefyError } from '../errors';
 import { AttributeType, AttributeProto, FunctionProto, NodeProto } from '../onnx/schema';
-import type { ActivationKind } from '../analysis/patterns';
-
-export const MOE_DOMAIN = 'ai.moefy';
-export const MOE_OP = 'DynamicMoE';
-export const MOE_OPSET = 1;
-export const MOE_INPUTS = ['X', 'norms', 'W1', 'B1', 'W2', 'B2', 'scale_index', 'threshold'];
-export const MOE_OUTPUTS = ['Y', 'active'];
+import type { ActivationKind } from './activation';
+import { MOE_ATTRIBUTES, MOE_DOMAIN, MOE_INPUTS, MOE_OP, MOE_OUTPUTS } from './contract';
 
 const DT_FLOAT = 1, DT_INT32 = 6, DT_INT64 = 7;
 
@@ -92,9 +87,9 @@ export function dynamicMoeFunction(activation: ActivationKind, opset: number): F
   return {
     name: MOE_OP,
     domain: MOE_DOMAIN,
-    input: MOE_INPUTS,
-    output: MOE_OUTPUTS,
-    attribute: ['num_experts', 'activation', 'patch_nums', 'threshold'],
+    input: [...MOE_INPUTS],
+    output: [...MOE_OUTPUTS],
+    attribute: [...MOE_ATTRIBUTES],
     node: b.nodes,
     opset_import: [{ domain: '', version: opset }],
     doc_string: 'DynamicMoE in standard ops (masked dense compute): correct on any runtime; moefy\'s kernels run only the selected experts.',
