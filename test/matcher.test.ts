@@ -14,7 +14,7 @@ import { MoefyError } from '../src/errors';
 import { fixture } from './helpers/fixtures';
 
 function newGraph(): Graph {
-  return new Graph('t', (t: TensorProto) => new Tensor(t.data_type ?? 0, (t.dims ?? []).map(Number), { kind: 'bytes', bytes: t.raw_data ?? new Uint8Array() }));
+  return new Graph('t');
 }
 
 /** A float scalar as a Constant node, the way PyTorch exports them. */

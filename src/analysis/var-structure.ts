@@ -160,10 +160,10 @@ export function linearAt(n: Node): Linear | null {
     const [k, m] = w.tensor.dims;
     const out = n.output(0);
     let bias: Value | undefined, biasNode: Node | undefined;
-    if (out.uses.length === 1 && !out.isGraphOutput) {
-      const a = out.uses[0].node;
+    if (out.useCount === 1 && !out.isGraphOutput) {
+      const a = out.uses()[0].node;
       if (a.opType === 'Add' && a.domain === '') {
-        const other = a.inputs[1 - out.uses[0].index];
+        const other = a.inputs[1 - out.uses()[0].index];
         if (other?.tensor && other.tensor.size === m && dimsOf(other).length === 1) {
           bias = other;
           biasNode = a;
@@ -255,18 +255,18 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
     }
     // Every use of fc1's output must be inside the activation: the MoE replaces the whole chain.
     const chain = new Set(m.matched);
-    if (pre.uses.some((u) => !chain.has(u.node)) || pre.isGraphOutput) {
+    if (pre.uses().some((u) => !chain.has(u.node)) || pre.isGraphOutput) {
       failures.push({ fc2: n, failure: { node: pre.producer, predicate: `fc1's output '${pre.name}' is used outside the activation`, depth: 99 }, upstreamFc1: fc1.node });
       continue;
     }
     const kind = ACTIVATION_PATTERNS.find((a) => a.name === m.name)!.kind;
-    const outUses = fc2.output.uses;
+    const outUses = fc2.output.uses();
     const gate = outUses.length === 1 && outUses[0].node.opType === 'Mul' ? outUses[0].node : undefined;
     let moeIo: FfnSite['moeIo'] = { X: fc1.input, Y: fc2.output };
     if (fc1.node.opType === 'Gemm') {
       // Gemm-style FFNs run on [B·L, D] rows between two Reshapes: the op wants [B, L, D].
       const rs = fc1.input.producer;
-      const back = fc2.output.uses.length === 1 ? fc2.output.uses[0].node : null;
+      const back = fc2.output.useCount === 1 ? fc2.output.uses()[0].node : null;
       moeIo = rs && rs.opType === 'Reshape' && back && back.opType === 'Reshape' ? { X: rs.inputs[0]!, Y: back.output(0) } : null;
     }
     sites.push({
@@ -288,7 +288,7 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
 
 /** Whether v reaches a DynamicMoE node's `norms` input through at most a few elementwise ops. */
 function feedsMoeNorms(v: Value, depth = 4): boolean {
-  for (const u of v.uses) {
+  for (const u of v.uses()) {
     if (isDynamicMoe(u.node) && u.index === MOE_INPUT.norms) return true;
     if (depth > 0 && ['Abs', 'Mul', 'Relu', 'Sqrt', 'Identity'].includes(u.node.opType) && u.node.outputs[0] && feedsMoeNorms(u.node.outputs[0], depth - 1)) return true;
   }

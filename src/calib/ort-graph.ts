@@ -15,9 +15,7 @@ export class GraphBuilder {
   private count = 0;
 
   constructor(name: string) {
-    this.graph = new Graph(name, () => {
-      throw new Error('calibration graphs carry no proto tensors');
-    });
+    this.graph = new Graph(name);
   }
 
   input(name: string, dims: Dim[], elemType: number = DataType.FLOAT): Value {

@@ -10,7 +10,7 @@ import { countFlops, FlopReport, routerFlopsPerToken } from '../analysis/flops';
 import { MoefyError } from '../errors';
 import { Model } from '../ir/model';
 import { Value } from '../ir/graph';
-import { loadModel, saveModel } from '../onnx/io';
+import { loadModel, saveCopy } from '../onnx/io';
 import { THRESHOLD_INPUT } from '../op';
 
 export interface EvalSide {
@@ -97,21 +97,9 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
   const tmp = path.join(dir, 'eval.onnx');
   // onnxruntime-node feeds only the inputs it lists, and it does not list initializer-backed inputs: in the copy the
   // eval runs, `moe_threshold` becomes a plain input (always fed: the model's defaults unless overridden).
-  const thrV = g.has(THRESHOLD_INPUT) ? g.value(THRESHOLD_INPUT) : null;
-  const thrTensor = thrV && g.inputs.includes(thrV) ? thrV.tensor : undefined;
-  const savedInits = g.initializers;
-  g.outputs = outs;
-  if (thrTensor) {
-    g.initializers = g.initializers.filter((v) => v !== thrV);
-    thrV!.tensor = undefined;
-  }
-  try {
-    saveModel(model, tmp);
-  } finally {
-    g.outputs = saved;
-    g.initializers = savedInits;
-    if (thrTensor) thrV!.tensor = thrTensor;
-  }
+  const thrV = structure.moe?.thresholdInput ?? null;
+  const hasThresholdInput = thrV?.tensor !== undefined;
+  saveCopy(model, tmp, { outputs: outs, plainInputs: thrV ? [thrV] : [] });
   let session: ort.InferenceSession;
   try {
     session = await ort.InferenceSession.create(tmp, { graphOptimizationLevel: 'all' });
@@ -124,7 +112,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
     file, model, structure, flops, logits: logits.name,
     ffnOut: ffnOut.map((v) => v.name), ffnIn: ffnIn.map((v) => v?.name ?? null), active: active.map((v) => v?.name ?? null),
     experts: info.experts, routerPerToken: info.routerPerToken, thresholdDefault: info.thresholdDefault, fromScale: info.fromScale,
-    feeds, hasThresholdInput: thrTensor !== undefined, session, dir,
+    feeds, hasThresholdInput, session, dir,
   };
 }
 

@@ -1,6 +1,6 @@
 // The graph IR: small and mutable. A Value knows its producer and its uses; a Node knows its input and output
 // Values. Everything a pass does not touch keeps the proto fields it was read with, so a round trip is exact.
-import { Tensor } from '../onnx/tensor';
+import { Tensor, tensorFromInlineProto } from '../onnx/tensor';
 import { AttributeProto, AttributeType, NodeProto, TypeProto, ValueInfoProto } from '../onnx/schema';
 
 export interface Use {
@@ -10,7 +10,8 @@ export interface Use {
 
 export class Value {
   producer: Node | null = null;
-  uses: Use[] = [];
+  /** Live list of uses, kept by Node.setInput; read it through uses(). */
+  private useList: Use[] = [];
   /** Set for initializers. */
   tensor?: Tensor;
   /** value_info / graph input / graph output entry this value was declared with. */
@@ -30,9 +31,30 @@ export class Value {
   get isGraphOutput(): boolean {
     return this.graph.outputs.includes(this);
   }
+  /** The uses now, as a snapshot: rewiring while iterating over it is safe. */
+  uses(): Use[] {
+    return [...this.useList];
+  }
+  get useCount(): number {
+    return this.useList.length;
+  }
   /** Consumers in node order. */
   consumers(): Node[] {
-    return [...new Set(this.uses.map((u) => u.node))];
+    return [...new Set(this.useList.map((u) => u.node))];
+  }
+  /** @internal Node.setInput's bookkeeping. */
+  addUse(u: Use): void {
+    this.useList.push(u);
+  }
+  /** @internal */
+  removeUse(node: Node, index: number): void {
+    const k = this.useList.findIndex((u) => u.node === node && u.index === index);
+    if (k >= 0) this.useList.splice(k, 1);
+  }
+  /** Declares the value's tensor type (value_info / graph input / graph output entry): numbers fixed, strings symbolic, null unknown. */
+  setTensorType(elemType: number, shape?: (number | string | null)[]): void {
+    const dim = shape?.map((d) => (typeof d === 'number' ? { dim_value: d } : typeof d === 'string' ? { dim_param: d } : {}));
+    this.info = { name: this.name, type: { tensor_type: shape ? { elem_type: elemType, shape: { dim: dim! } } : { elem_type: elemType } } };
   }
   get type(): TypeProto | undefined {
     return this.info?.type;
@@ -54,7 +76,7 @@ export class Value {
     const p = this.producer;
     if (p && p.opType === 'Constant' && p.domain === '') {
       const a = p.attr('value');
-      if (a?.t) return this.graph.tensorFromProto(a.t);
+      if (a?.t) return tensorFromInlineProto(a.t);
       if (a && a.f !== undefined && Object.prototype.hasOwnProperty.call(a, 'f')) return Tensor.fromFloat32(Float32Array.of(a.f), []);
       if (p.attr('value_float')) return Tensor.fromFloat32(Float32Array.of(p.attr('value_float')!.f ?? 0), []);
       if (p.attr('value_int')) return Tensor.fromInt64([p.attr('value_int')!.i ?? 0], []);
@@ -97,7 +119,7 @@ export class Node {
   }
   /** The u-th consumer of output k (onnx-graphsurgeon's o()). */
   o(k = 0, u = 0): Node | null {
-    return this.outputs[k]?.uses[u]?.node ?? null;
+    return this.outputs[k]?.uses()[u]?.node ?? null;
   }
   input(k: number): Value | null {
     return this.inputs[k] ?? null;
@@ -133,13 +155,10 @@ export class Node {
   }
   setInput(k: number, v: Value | null): void {
     const old = this.inputs[k];
-    if (old) {
-      const idx = old.uses.findIndex((u) => u.node === this && u.index === k);
-      if (idx >= 0) old.uses.splice(idx, 1);
-    }
+    if (old) old.removeUse(this, k);
     while (this.inputs.length <= k) this.inputs.push(null);
     this.inputs[k] = v;
-    if (v) v.uses.push({ node: this, index: k });
+    if (v) v.addUse({ node: this, index: k });
   }
   describe(): string {
     return `'${this.name || '(unnamed)'}' (${this.domain ? this.domain + '::' : ''}${this.opType})`;
@@ -169,11 +188,7 @@ export class Graph {
   readonly values = new Map<string, Value>();
   private nameCounter = new Map<string, number>();
 
-  constructor(
-    public name: string,
-    /** Converts an attribute's TensorProto (e.g. a Constant's value) into a Tensor. */
-    public tensorFromProto: (t: import('../onnx/schema').TensorProto) => Tensor,
-  ) {}
+  constructor(public name: string) {}
 
   value(name: string): Value {
     const v = this.values.get(name);
@@ -234,10 +249,14 @@ export class Graph {
     const at = this.nodes.indexOf(n);
     if (at >= 0) this.nodes.splice(at, 1);
   }
-  /** Points every use of `from` (and graph outputs) at `to`. */
-  replaceAllUses(from: Value, to: Value): void {
-    for (const u of [...from.uses]) u.node.setInput(u.index, to);
-    this.outputs = this.outputs.map((o) => (o === from ? to : o));
+  /**
+   * Points every use of `from` at `to`. A graph output `from` is the caller's decision: 'move' makes `to` that graph
+   * output instead (the output takes `to`'s name), 'keep' leaves it on `from`, 'refuse' throws.
+   */
+  replaceAllUses(from: Value, to: Value, graphOutput: 'move' | 'keep' | 'refuse'): void {
+    if (graphOutput === 'refuse' && from.isGraphOutput) throw new Error(`value '${from.name}' is a graph output`);
+    for (const u of from.uses()) u.node.setInput(u.index, to);
+    if (graphOutput === 'move') this.outputs = this.outputs.map((o) => (o === from ? to : o));
   }
   /** Removes nodes whose outputs nobody uses (and that are not graph outputs), then unused initializers. */
   removeDeadNodes(): number {
@@ -246,15 +265,15 @@ export class Graph {
       changed = false;
       for (let k = this.nodes.length - 1; k >= 0; k--) {
         const n = this.nodes[k];
-        if (n.outputs.every((o) => !o || (o.uses.length === 0 && !this.outputs.includes(o)))) {
+        if (n.outputs.every((o) => !o || (o.useCount === 0 && !this.outputs.includes(o)))) {
           this.removeNode(n);
           removed++;
           changed = true;
         }
       }
     }
-    this.initializers = this.initializers.filter((v) => v.uses.length > 0 || this.outputs.includes(v) || this.inputs.includes(v));
-    for (const [name, v] of this.values) if (!v.producer && v.uses.length === 0 && !v.tensor && !this.inputs.includes(v) && !this.outputs.includes(v)) this.values.delete(name);
+    this.initializers = this.initializers.filter((v) => v.useCount > 0 || this.outputs.includes(v) || this.inputs.includes(v));
+    for (const [name, v] of this.values) if (!v.producer && v.useCount === 0 && !v.tensor && !this.inputs.includes(v) && !this.outputs.includes(v)) this.values.delete(name);
     for (const [name, v] of this.values) if (v.tensor && !this.initializers.includes(v)) this.values.delete(name);
     this.valueInfo = this.valueInfo.filter((v) => this.values.get(v.name) === v);
     return removed;

@@ -116,7 +116,7 @@ class Matcher {
         const ops = Array.isArray(p.op) ? p.op : [p.op];
         if (!n) return this.fail(from, `${where} should be computed by ${ops.join('|')}, but '${v.name}' is ${v.tensor ? 'an initializer' : 'a graph input'}`, depth, matched);
         if (!ops.includes(n.opType) || n.domain !== '') return this.fail(from, `${where} should be computed by ${ops.join('|')}, found ${n.describe()}`, depth, matched);
-        if (from && (p.singleUse ?? true) && (v.uses.length !== 1 || v.isGraphOutput)) return this.fail(n, `its output '${v.name}' is also used elsewhere (${v.uses.length} uses)`, depth, matched);
+        if (from && (p.singleUse ?? true) && (v.useCount !== 1 || v.isGraphOutput)) return this.fail(n, `its output '${v.name}' is also used elsewhere (${v.useCount} uses)`, depth, matched);
         return this.node(n, p, c, matched, depth);
       }
     }

@@ -2,10 +2,11 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MoefyError } from '../errors';
-import { Model, graphFromProto, graphToProto } from '../ir/model';
+import { Model } from '../ir/model';
+import { graphFromProto, graphToProto } from './ir-proto';
 import { Value } from '../ir/graph';
 import { ModelProto, ModelProtoType, StringStringEntryProto, TensorProto } from './schema';
-import { Tensor, readRegion } from './tensor';
+import { Tensor, readRegion, tensorFromInlineProto } from './tensor';
 
 /** Protobuf's hard limit on one message; models larger than this must keep weights in external data. */
 export const PROTOBUF_LIMIT = 2 ** 31 - 1;
@@ -66,7 +67,6 @@ export function decodeModel(buf: Uint8Array, file = '<memory>'): Model {
 function tensorFromProto(t: TensorProto, baseDir: string, file: string): Tensor {
   const dims = (t.dims ?? []).map(Number);
   const dataType = t.data_type ?? 0;
-  let tensor: Tensor;
   if (t.data_location === 1) {
     const kv = Object.fromEntries((t.external_data ?? []).map((e) => [e.key, e.value]));
     if (!kv.location) throw new MoefyError(`${file}: initializer '${t.name}' says external data but names no location`);
@@ -81,14 +81,11 @@ function tensorFromProto(t: TensorProto, baseDir: string, file: string): Tensor 
     const offset = Number(kv.offset ?? 0);
     const length = kv.length !== undefined ? Number(kv.length) : size - offset;
     if (offset + length > size) throw new MoefyError(`${file}: external data file '${kv.location}' is too short for initializer '${t.name}' (needs ${offset + length} bytes, has ${size})`);
-    tensor = new Tensor(dataType, dims, { kind: 'external', path: loc, offset, length });
-  } else if (t.raw_data && Object.prototype.hasOwnProperty.call(t, 'raw_data')) {
-    tensor = new Tensor(dataType, dims, { kind: 'bytes', bytes: t.raw_data });
-  } else {
-    tensor = new Tensor(dataType, dims, { kind: 'proto', proto: t });
+    const tensor = new Tensor(dataType, dims, { kind: 'external', path: loc, offset, length });
+    tensor.origin = t;
+    return tensor;
   }
-  tensor.origin = t;
-  return tensor;
+  return tensorFromInlineProto(t);
 }
 
 export interface SaveOptions {
@@ -184,4 +181,40 @@ export function encodeModel(model: Model): Uint8Array {
     return { ...baseTensorProto(v.name, t), raw_data: t.bytes() };
   });
   return ModelProtoType.encode({ ...model.proto, graph: gp } as never).finish();
+}
+
+/** What a temporary copy of a model changes: its graph outputs, and initializer-backed inputs made plain inputs. */
+export interface CopyChanges {
+  outputs: Value[];
+  /** Graph inputs whose initializer (default) the copy drops, so a runtime must feed them. */
+  plainInputs?: Value[];
+}
+
+/** Runs `write` with the changes applied to the model, then restores it, whatever `write` does. */
+function withChanges<T>(model: Model, c: CopyChanges, write: () => T): T {
+  const g = model.graph;
+  const outputs = g.outputs;
+  const initializers = g.initializers;
+  const plain = (c.plainInputs ?? []).filter((v) => v.tensor && g.inputs.includes(v));
+  const tensors = plain.map((v) => v.tensor);
+  g.outputs = c.outputs;
+  if (plain.length) g.initializers = g.initializers.filter((v) => !plain.includes(v));
+  plain.forEach((v) => (v.tensor = undefined));
+  try {
+    return write();
+  } finally {
+    g.outputs = outputs;
+    g.initializers = initializers;
+    plain.forEach((v, k) => (v.tensor = tensors[k]));
+  }
+}
+
+/** Saves a copy of the model with other graph outputs (see CopyChanges) to `file`; the model itself is unchanged. */
+export function saveCopy(model: Model, file: string, c: CopyChanges, opts: SaveOptions = {}): { externalData: string | null; bytes: number } {
+  return withChanges(model, c, () => saveModel(model, file, opts));
+}
+
+/** The same as saveCopy, encoded in memory (small models only). */
+export function encodeCopy(model: Model, c: CopyChanges): Uint8Array {
+  return withChanges(model, c, () => encodeModel(model));
 }

@@ -9,6 +9,18 @@ export type TensorSource =
   | { kind: 'external'; path: string; offset: number; length: number }
   | { kind: 'proto'; proto: TensorProto };
 
+/** A tensor held inside its proto (raw_data or the typed fields), such as a Constant node's value. */
+export function tensorFromInlineProto(t: TensorProto): Tensor {
+  const dims = (t.dims ?? []).map(Number);
+  const dataType = t.data_type ?? 0;
+  const tensor =
+    t.raw_data && Object.prototype.hasOwnProperty.call(t, 'raw_data')
+      ? new Tensor(dataType, dims, { kind: 'bytes', bytes: t.raw_data })
+      : new Tensor(dataType, dims, { kind: 'proto', proto: t });
+  tensor.origin = t;
+  return tensor;
+}
+
 export class Tensor {
   /** The TensorProto this tensor was read from, kept so an unchanged tensor is written back byte for byte. */
   origin?: TensorProto;

@@ -3,6 +3,7 @@
 // initializer) feeds every node, so a deployer can trade quality for compute per run without re-exporting.
 import { MoefyError } from '../errors';
 import { attr, Value } from '../ir/graph';
+import { DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
 import { emitActivationIR } from './activation-ir';
 import { dynamicMoeFunction, MOE_DOMAIN, MOE_OP, MOE_OPSET, THRESHOLD_INPUT } from '../op';
@@ -18,7 +19,7 @@ export function insert(st: ConversionState): PassResult {
   const numScales = st.structure.layout.patchNums.length;
 
   const thr = g.addInitializer(THRESHOLD_INPUT, Tensor.fromFloat32(Float32Array.from(st.thresholds), [numScales]));
-  thr.info = { name: thr.name, type: { tensor_type: { elem_type: 1, shape: { dim: [{ dim_value: numScales }] } } } };
+  thr.setTensorType(DataType.FLOAT, [numScales]);
   g.inputs.push(thr);
 
   st.sites.forEach((s, k) => {
@@ -31,7 +32,7 @@ export function insert(st: ConversionState): PassResult {
     let Yold: Value = s.output;
     if (s.fc1.node.opType === 'Gemm') {
       const rs = s.ffnIn.producer;
-      const back = s.output.uses.length === 1 ? s.output.uses[0].node : null;
+      const back = s.output.useCount === 1 ? s.output.uses()[0].node : null;
       if (!rs || rs.opType !== 'Reshape' || !back || back.opType !== 'Reshape')
         throw new MoefyError(`block ${s.block}: Gemm FFN ${s.fc1.node.describe()} is not between Reshapes to and from [B, L, D]`);
       X = rs.inputs[0]!;
@@ -40,13 +41,13 @@ export function insert(st: ConversionState): PassResult {
     const D = s.D, H = s.H;
     const rw1 = g.addInitializer(`${prefix}/router.W1`, Tensor.fromFloat32(r.W1, [D, r.width]));
     const rw2 = g.addInitializer(`${prefix}/router.W2`, Tensor.fromFloat32(r.W2, [r.width, E]));
-    const anchor = Yold.uses[0]?.node;
+    const anchor = Yold.uses()[0]?.node;
     const h = g.addNode({ op: 'MatMul', inputs: [X, rw1], outputs: [`${prefix}/router/MatMul`], name: `${prefix}/router/MatMul`, before: anchor });
     const a = emitActivationIR(g, 'gelu', h.output(0), opset, `${prefix}/router/gelu`);
     const p = g.addNode({ op: 'MatMul', inputs: [a, rw2], outputs: [`${prefix}/router/MatMul_1`], name: `${prefix}/router/MatMul_1` });
     let norms = g.addNode({ op: 'Abs', inputs: [p.output(0)], outputs: [r.squared ? `${prefix}/router/Abs` : `${prefix}/norms`], name: `${prefix}/router/Abs` }).output(0);
     if (r.squared) norms = g.addNode({ op: 'Mul', inputs: [norms, norms], outputs: [`${prefix}/norms`], name: `${prefix}/router/Square` }).output(0);
-    norms.info = { name: norms.name, type: { tensor_type: { elem_type: 1, shape: { dim: [{}, {}, { dim_value: E }] } } } };
+    norms.setTensorType(DataType.FLOAT, [null, null, E]);
     g.valueInfo.push(norms);
 
     const W1 = g.addInitializer(`${prefix}/moe.W1`, Tensor.fromFloat32(w.W1, [D, H]));
@@ -61,9 +62,9 @@ export function insert(st: ConversionState): PassResult {
       attrs: [attr.int('num_experts', E), attr.string('activation', activation), attr.ints('patch_nums', st.structure.layout.patchNums), attr.floats('threshold', st.thresholds)],
     });
     const Y = moe.output(0);
-    Y.info = { name: Y.name, type: { tensor_type: { elem_type: 1, shape: { dim: [{}, {}, { dim_value: D }] } } } };
+    Y.setTensorType(DataType.FLOAT, [null, null, D]);
     g.valueInfo.push(Y);
-    g.replaceAllUses(Yold, Y);
+    g.replaceAllUses(Yold, Y, 'move');
   });
   g.removeDeadNodes();
   g.toposort();

@@ -4,8 +4,9 @@ import type { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../../errors';
 import { readTensorSet, writeTensorSet, describeTensor } from '../../io';
 import { createSession, formatActiveSummary, summarizeActive } from '../../runtime';
-import { encodeModel, loadModel, PROTOBUF_LIMIT } from '../../onnx/io';
-import { isDynamicMoe } from '../../op';
+import { encodeCopy, loadModel, PROTOBUF_LIMIT } from '../../onnx/io';
+import { DataType } from '../../onnx/schema';
+import { isDynamicMoe, MOE_OUTPUT } from '../../op';
 import { parsePatchNums } from '../options';
 
 interface Args {
@@ -44,16 +45,17 @@ function moeView(file: string): MoeView {
   if (nodes.length === 0) return view;
   view.patchNums = nodes[0].attrInts('patch_nums');
   view.experts = nodes[0].attrInt('num_experts');
+  const outputs = [...m.graph.outputs];
   for (const n of nodes) {
-    const a = n.outputs[1];
+    const a = n.outputs[MOE_OUTPUT.active];
     if (!a) continue;
     view.active.push(a.name);
-    if (m.graph.outputs.includes(a)) continue;
-    a.info = { ...(a.info ?? {}), name: a.name, type: { tensor_type: { elem_type: 6 } } };
-    m.graph.outputs.push(a);
+    if (outputs.includes(a)) continue;
+    a.setTensorType(DataType.INT32);
+    outputs.push(a);
     view.added.push(a.name);
   }
-  if (view.added.length) view.bytes = encodeModel(m);
+  if (view.added.length) view.bytes = encodeCopy(m, { outputs });
   return view;
 }
 
