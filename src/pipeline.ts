@@ -1,19 +1,21 @@
 // The main job: a dense VAR in, a dynamic-MoE VAR out. Validation first (so bad input leaves no output), then the
-// passes in order, then the model and its report written atomically.
+// stages in order, each a function of what the earlier ones returned, then the model and its report written
+// atomically. Only relufy and insert rewrite the model; the stages between them read it.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { analyseVar } from './analysis/var-structure';
 import { countFlops, moeFfnFlops, routerFlopsPerToken } from './analysis/flops';
+import { CONVERT_DEFAULTS, ConvertOptions, resolveOptions } from './convert-options';
 import { MoefyError } from './errors';
 import { loadModel, saveModel } from './onnx/io';
-import { capture } from './passes/capture';
-import { cluster } from './passes/cluster';
+import { METADATA } from './op';
 import { insert } from './passes/insert';
-import { permute } from './passes/permute';
 import { relufy, relufyReport } from './passes/relufy';
-import { LayerNorms, routers } from './passes/routers';
-import { thresholds, validateThresholdOptions, DEFAULT_BUDGET } from './passes/thresholds';
-import { ConversionState, ConvertOptions, PassResult } from './passes/types';
+import { capture } from './stages/capture';
+import { cluster } from './stages/cluster';
+import { permute } from './stages/permute';
+import { trainRouters } from './stages/routers';
+import { chooseThresholds, validateThresholdOptions } from './stages/thresholds';
 
 export const MOEFY_VERSION: string = require('../../package.json').version;
 
@@ -36,13 +38,34 @@ export interface ScaleReport {
   routerFlops: number;
 }
 
+export interface LayerReport {
+  block: number;
+  relufyRelChange: number | null;
+  clusterBy: string;
+  concentration: number | null;
+  routerR2: number | null;
+  routerRecall: number | null;
+  activeFractionPerScale: Record<string, number>;
+  D: number;
+  H: number;
+  experts: number;
+  expertSize: number;
+  activation: string;
+  originalActivation: string;
+}
+
+export interface PassResult {
+  name: string;
+  summary: string;
+}
+
 export interface ConversionReport {
   moefy: string;
   input: string;
   output: string;
   options: Record<string, unknown>;
   graph: { kind: string; stepScale: number | null; patchNums: number[] };
-  layers: (ConversionState['layers'][number] & { D: number; H: number; experts: number; expertSize: number; activation: string; originalActivation: string })[];
+  layers: LayerReport[];
   scales: ScaleReport[];
   totals: { ffnFlopsDense: number; ffnFlopsMoe: number; moeScalesBudgetSpent: number | null };
   passes: PassResult[];
@@ -54,8 +77,9 @@ export function defaultOutput(input: string): string {
   return path.join(path.dirname(input), `${path.basename(input, ext)}.moe.onnx`);
 }
 
-export async function convert(input: string, opts: ConvertOptions & { output?: string; externalData?: boolean }, ui: ProgressUi = quietUi): Promise<ConversionReport> {
-  const output = opts.output ?? defaultOutput(input);
+export async function convert(input: string, given: ConvertOptions & { output?: string; externalData?: boolean }, ui: ProgressUi = quietUi): Promise<ConversionReport> {
+  const opts = resolveOptions(given);
+  const output = given.output ?? defaultOutput(input);
   const reportFile = output.replace(/\.onnx$/, '') + '.json';
   const outDir = path.dirname(path.resolve(output));
   if (!fs.existsSync(outDir) || !fs.statSync(outDir).isDirectory()) throw new MoefyError(`-o ${output}: the folder ${outDir} does not exist`);
@@ -69,72 +93,70 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
     if (b.ffn!.H % opts.experts !== 0) throw new MoefyError(`--experts ${opts.experts} does not divide the FFN hidden size H = ${b.ffn!.H} (block ${b.index})`);
   }
   if (!Number.isInteger(opts.fromScale) || opts.fromScale < 1 || opts.fromScale > S) throw new MoefyError(`--from-scale ${opts.fromScale} is out of range: the model has scales 1…${S}`);
-  const st: ConversionState = {
-    model, structure, options: opts, sites: structure.blocks.map((b) => b.ffn!),
-    originalActivation: [], expertActivation: [], captures: [], layouts: [], weights: [], routers: [], thresholds: [], activeFractions: [],
-    layers: structure.blocks.map((b) => ({ block: b.index, relufyRelChange: null, clusterBy: opts.clusterBy, concentration: null, routerR2: null, routerRecall: null, activeFractionPerScale: {} })),
-    warnings: [], notes: [],
-  };
-  validateThresholdOptions(st);
+  const sites = structure.blocks.map((b) => b.ffn!);
+  validateThresholdOptions(opts, S);
   if (structure.kind === 'step' && structure.stepScale !== null && structure.stepScale < opts.fromScale)
     throw new MoefyError(`this step graph computes scale ${structure.stepScale}, before --from-scale ${opts.fromScale}: it has nothing to run as MoE (convert only the step graphs of scales ${opts.fromScale}…${S})`);
   const dense = countFlops(model, structure, 1);
 
   const passes: PassResult[] = [];
-  const timed = async (name: string, total: number, f: (tick: (d: number) => void) => Promise<PassResult> | PassResult) => {
+  const timed = async <T>(name: string, total: number, f: (tick: (d: number) => void) => Promise<T> | T, summary: (r: T) => string): Promise<T> => {
     const bar = ui.stage(name, total);
     const t0 = Date.now();
     try {
       const r = await f((d) => bar.tick(d));
-      passes.push(r);
+      const line = summary(r);
+      passes.push({ name, summary: line });
       bar.stop();
-      ui.log(`${name.padEnd(10)} ${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s  ${r.summary}`);
+      ui.log(`${name.padEnd(10)} ${((Date.now() - t0) / 1000).toFixed(1).padStart(6)} s  ${line}`);
+      return r;
     } catch (e) {
       bar.stop();
       throw e;
     }
   };
-  const L = st.sites.length;
-  await timed('relufy', 1, () => relufy(st));
-  await timed('capture', opts.calib ? 1 : opts.synthSamples, (tick) => capture(st, (d) => tick(d)));
-  for (const w of st.warnings) ui.log(`warning: ${w}`);
-  const changes = await relufyReport(st);
-  changes.forEach((c, k) => (st.layers[k].relufyRelChange = c));
+  const L = sites.length;
+  const E = opts.experts;
+  // relufy first: the captured FFN inputs, the clustering and the router targets are those of the ReLU model.
+  const acts = await timed('relufy', 1, () => relufy(model, sites, opts.activation), (r) => r.summary);
+  const sample = await timed('capture', opts.calib ? 1 : opts.synthSamples, (tick) => capture(model, structure, sites, opts, (d) => tick(d)), (r) => r.summary);
+  for (const w of sample.warnings) ui.log(`warning: ${w}`);
+  const changes = await relufyReport(sites, acts, sample);
   if (changes.some((c) => c !== null)) ui.log(`relufy: FFN output change on calibration data per layer: ${changes.map((c) => (c === null ? '-' : (c * 100).toFixed(1) + '%')).join(', ')}`);
-  await timed('cluster', L, (tick) => cluster(st, (k) => tick(k + 1)));
-  await timed('permute', 1, () => permute(st));
-  const norms: LayerNorms[] = [];
-  await timed('routers', L, (tick) => routers(st, norms, (k) => tick(k + 1)));
-  await timed('thresholds', 1, () => thresholds(st, norms));
-  await timed('insert', 1, () => insert(st));
+  const clustering = await timed('cluster', L, (tick) => cluster(sites, acts.experts, sample, opts, (k) => tick(k + 1)), (r) => r.summary);
+  const weights = await timed('permute', 1, () => permute(sites, clustering, acts.experts), () => `permuted ${L} FFNs into expert-contiguous layout`);
+  // Routers learn the permuted experts' norms, so expert e of the router is expert e of the op.
+  const routers = await timed('routers', L, (tick) => trainRouters(sample, weights, opts, (k) => tick(k + 1)), (r) => r.summary);
+  const plan = await timed('thresholds', 1, () => chooseThresholds(structure.layout, sample, routers, opts), (r) => r.summary);
+  await timed('insert', 1, () => insert(model, structure.layout, sites, E, weights, routers, plan), (line) => line);
 
   const options = {
     experts: opts.experts, fromScale: opts.fromScale, activation: opts.activation, clusterBy: opts.clusterBy, seed: opts.seed,
-    thresholds: opts.thresholds ?? null, tau: opts.tau ?? null, budget: opts.thresholds || opts.tau ? null : opts.budget ?? DEFAULT_BUDGET,
-    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget ?? 'norm', patchNums: structure.layout.patchNums,
+    thresholds: opts.thresholds ?? null, tau: opts.tau ?? null, budget: opts.thresholds || opts.tau ? null : opts.budget ?? CONVERT_DEFAULTS.budget,
+    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget, patchNums: structure.layout.patchNums,
   };
   // moefy produced this model; the source's producer is kept in the metadata.
-  model.setMetadata('moefy.source_producer', `${model.proto.producer_name ?? ''} ${model.proto.producer_version ?? ''}`.trim());
+  model.setMetadata(METADATA.sourceProducer, `${model.proto.producer_name ?? ''} ${model.proto.producer_version ?? ''}`.trim());
   model.proto.producer_name = 'moefy';
   model.proto.producer_version = MOEFY_VERSION;
-  model.setMetadata('moefy.version', MOEFY_VERSION);
-  model.setMetadata('moefy.options', JSON.stringify(options));
-  model.setMetadata('moefy.seed', String(opts.seed));
-  model.setMetadata('moefy.from_scale', String(opts.fromScale));
-  model.setMetadata('moefy.expected_active_fraction', st.activeFractions.map((f) => (Number.isNaN(f) ? '-' : f.toFixed(3))).join(','));
+  model.setMetadata(METADATA.version, MOEFY_VERSION);
+  model.setMetadata(METADATA.options, JSON.stringify(options));
+  model.setMetadata(METADATA.seed, String(opts.seed));
+  model.setMetadata(METADATA.fromScale, String(opts.fromScale));
+  model.setMetadata(METADATA.expectedActiveFraction, plan.activeFractions.map((f) => (Number.isNaN(f) ? '-' : f.toFixed(3))).join(','));
 
   // FFN FLOPs per scale, dense against MoE (expected from the calibration active fractions, plus the routers).
   const rows = structure.rowsPerSample;
-  const routerPerToken = st.routers.reduce((a, r, k) => a + routerFlopsPerToken(st.sites[k].D, r.width, opts.experts), 0);
+  const routerPerToken = routers.routers.reduce((a, r, k) => a + routerFlopsPerToken(sites[k].D, r.width, E), 0);
   const scales: ScaleReport[] = dense.scales.map((sc) => {
     const s = sc.scale - 1;
     const moe = s >= opts.fromScale - 1;
-    const f = st.activeFractions[s];
+    const f = plan.activeFractions[s];
     const af = moe ? (Number.isNaN(f) ? null : f) : 1;
     // The routers run on every token of every scale (the graph computes them before the op), so they count everywhere.
     const m = moeFfnFlops(sc.flops.ffn, af ?? 1, routerPerToken, sc.tokens, rows);
     return {
-      scale: sc.scale, patch: sc.patch, tokens: sc.tokens, threshold: st.thresholds[s], moe, activeFraction: af,
+      scale: sc.scale, patch: sc.patch, tokens: sc.tokens, threshold: plan.thresholds[s], moe, activeFraction: af,
       ffnFlopsDense: sc.flops.ffn, ffnFlopsMoe: m.ffn, routerFlops: m.router,
     };
   });
@@ -143,16 +165,20 @@ export async function convert(input: string, opts: ConvertOptions & { output?: s
   const report: ConversionReport = {
     moefy: MOEFY_VERSION, input: path.basename(input), output: path.basename(output), options,
     graph: { kind: structure.kind, stepScale: structure.stepScale, patchNums: structure.layout.patchNums },
-    layers: st.layers.map((l, k) => ({ ...l, D: st.sites[k].D, H: st.sites[k].H, experts: opts.experts, expertSize: st.sites[k].H / opts.experts, activation: st.expertActivation[k], originalActivation: st.originalActivation[k] })),
+    layers: sites.map((s, k) => ({
+      block: s.block, relufyRelChange: changes[k], clusterBy: opts.clusterBy, concentration: clustering.concentration[k],
+      routerR2: routers.routers[k].heldOutR2, routerRecall: routers.routers[k].recall, activeFractionPerScale: plan.activeFractionPerLayer[k],
+      D: s.D, H: s.H, experts: E, expertSize: s.H / E, activation: acts.experts[k], originalActivation: acts.original[k],
+    })),
     scales,
     totals: { ffnFlopsDense: scales.reduce((a, x) => a + x.ffnFlopsDense, 0), ffnFlopsMoe: scales.reduce((a, x) => a + x.ffnFlopsMoe, 0), moeScalesBudgetSpent: spent },
-    passes, warnings: st.warnings,
+    passes, warnings: sample.warnings,
   };
   // Atomic writes: the report under a temporary name first, the model (and its data) renamed last.
   const tmpReport = `${reportFile}.${process.pid}.tmp`;
   fs.writeFileSync(tmpReport, JSON.stringify(report, null, 2) + '\n');
   try {
-    saveModel(model, output, { externalData: opts.externalData ? true : 'auto' });
+    saveModel(model, output, { externalData: given.externalData ? true : 'auto' });
     fs.renameSync(tmpReport, reportFile);
   } catch (e) {
     fs.rmSync(tmpReport, { force: true });

@@ -2,25 +2,34 @@
 // model's own activation stays and the experts use it. The change each layer's FFN output suffers on the
 // calibration data is measured later (relufyReport), once the inputs have been captured.
 import * as ort from 'onnxruntime-node';
-import { ActivationKind } from '../op';
+import { fc1Weights, fc2Weights } from '../analysis/ffn-weights';
+import type { FfnSite } from '../analysis/var-structure';
+import type { ExpertActivationOption } from '../convert-options';
 import { Graph } from '../ir/graph';
 import { Model } from '../ir/model';
 import { encodeModel } from '../onnx/io';
 import { DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
+import { ActivationKind } from '../op';
+import type { FfnInputSample } from '../stages/types';
 import { emitActivationIR } from './activation-ir';
-import { fc1Weights, fc2Weights } from './ffn-weights';
-import { ConversionState, PassResult } from './types';
 
-export function relufy(st: ConversionState): PassResult {
-  st.originalActivation = st.sites.map((s) => s.activation.kind);
-  if (st.options.activation === 'keep') {
-    st.expertActivation = [...st.originalActivation];
-    return { name: 'relufy', summary: `kept the model's activation (${[...new Set(st.originalActivation)].join(', ')}) in the experts` };
+/** The FFNs' activations before relufy, and the ones the experts use. */
+export interface Activations {
+  original: ActivationKind[];
+  experts: ActivationKind[];
+  summary: string;
+}
+
+/** Rewrites each non-ReLU FFN activation of `sites` into ReLU (unless 'keep'); the sites are updated to match. */
+export function relufy(model: Model, sites: FfnSite[], activation: ExpertActivationOption): Activations {
+  const original = sites.map((s) => s.activation.kind);
+  if (activation === 'keep') {
+    return { original, experts: [...original], summary: `kept the model's activation (${[...new Set(original)].join(', ')}) in the experts` };
   }
-  const g = st.model.graph;
+  const g = model.graph;
   let changed = 0;
-  for (const s of st.sites) {
+  for (const s of sites) {
     if (s.activation.kind === 'relu') continue;
     const pre = s.fc1.output;
     const relu = g.addNode({ op: 'Relu', inputs: [pre], outputs: [`${s.hidden.name}_relu`], name: `${s.fc2.node.name || 'ffn'}_relufy/Relu`, before: s.fc2.node });
@@ -30,21 +39,20 @@ export function relufy(st: ConversionState): PassResult {
     changed++;
   }
   g.removeDeadNodes();
-  st.expertActivation = st.sites.map(() => 'relu' as ActivationKind);
-  return { name: 'relufy', summary: changed ? `replaced ${changed} GELU activation(s) by ReLU` : 'activations already ReLU' };
+  return { original, experts: sites.map(() => 'relu' as ActivationKind), summary: changed ? `replaced ${changed} GELU activation(s) by ReLU` : 'activations already ReLU' };
 }
 
 /** Relative change ‖FFN_relu(x) − FFN_orig(x)‖ / ‖FFN_orig(x)‖ per layer on the captured inputs, computed in ORT. */
-export async function relufyReport(st: ConversionState): Promise<(number | null)[]> {
+export async function relufyReport(sites: FfnSite[], acts: Activations, sample: FfnInputSample): Promise<(number | null)[]> {
   const out: (number | null)[] = [];
-  for (let k = 0; k < st.sites.length; k++) {
-    const orig = st.originalActivation[k];
-    if (orig === st.expertActivation[k]) {
+  for (let k = 0; k < sites.length; k++) {
+    const orig = acts.original[k];
+    if (orig === acts.experts[k]) {
       out.push(null);
       continue;
     }
-    const site = st.sites[k];
-    const c = st.captures[k];
+    const site = sites[k];
+    const c = sample.layers[k];
     const { W1, B1 } = fc1Weights(site);
     const { W2 } = fc2Weights(site);
     const g = new Graph('relufy_check');
@@ -57,7 +65,7 @@ export async function relufyReport(st: ConversionState): Promise<(number | null)
     const w2 = g.addInitializer('W2', Tensor.fromFloat32(W2, [H, D]));
     const pre = g.addNode({ op: 'Add', inputs: [g.addNode({ op: 'MatMul', inputs: [x, w1] }).output(0), b1] }).output(0);
     const model = new Model({ ir_version: 8, opset_import: [{ version: 17 }], graph: {} } as never, g);
-    const ys = [orig, st.expertActivation[k]].map((kind, j) => g.addNode({ op: 'MatMul', inputs: [emitActivationIR(g, kind, pre, 17, `a${j}`), w2], outputs: [`Y${j}`] }).output(0).name);
+    const ys = [orig, acts.experts[k]].map((kind, j) => g.addNode({ op: 'MatMul', inputs: [emitActivationIR(g, kind, pre, 17, `a${j}`), w2], outputs: [`Y${j}`] }).output(0).name);
     const diff = g.addNode({ op: 'Sub', inputs: [g.value(ys[1]), g.value(ys[0])] }).output(0);
     const num = g.addNode({ op: 'ReduceSumSquare', inputs: [diff], attrs: [{ name: 'keepdims', type: 2, i: 0 }], outputs: ['num'] }).output(0);
     const den = g.addNode({ op: 'ReduceSumSquare', inputs: [g.value(ys[0])], attrs: [{ name: 'keepdims', type: 2, i: 0 }], outputs: ['den'] }).output(0);

@@ -5,7 +5,7 @@ import { analyseVar } from '../../analysis/var-structure';
 import { MoefyError } from '../../errors';
 import { readTensorSet } from '../../io';
 import { loadModel } from '../../onnx/io';
-import { synthesiseInputs } from '../../passes/capture';
+import { synthesiseInputs } from '../../calib/inputs';
 import { createSession } from '../../runtime';
 import { table } from '../../format';
 

@@ -1,5 +1,6 @@
 import * as cliProgress from 'cli-progress';
 import type { CommandModule } from 'yargs';
+import { CONVERT_DEFAULTS as D } from '../../convert-options';
 import { MoefyError } from '../../errors';
 import { convert, ProgressUi } from '../../pipeline';
 import { formatThreshold, human, pct, table } from '../../format';
@@ -54,16 +55,16 @@ const command: CommandModule<object, Args> = {
       .option('kv-prefix', { type: 'string', describe: 'step graphs: comma-separated graphs of the earlier scales (scale 1 first), run to build the KV cache from full-sequence --calib data' })
       .option('threshold', { type: 'string', describe: 'thresholds for scales from-scale…last, comma-separated (or one for all)' })
       .option('tau', { type: 'string', describe: "DMoE-VAR's tau per scale (threshold = 1 − tau)" })
-      .option('budget', { type: 'number', describe: 'fraction of the dense FFN FLOPs the MoE scales may spend (default 0.6)' })
-      .option('seed', { type: 'number', default: 0, describe: 'seed of every random choice' })
-      .option('activation', { choices: ['relu', 'keep'], default: 'relu', describe: "experts' activation: ReLU (DMoE-VAR) or keep the model's" })
-      .option('cluster-by', { choices: ['weights', 'activations'], default: 'activations', describe: 'cluster neurons by co-activation on the calibration data (default: measured better) or by fc1 weights (DMoE-VAR reference)' })
+      .option('budget', { type: 'number', describe: `fraction of the dense FFN FLOPs the MoE scales may spend (default ${D.budget})` })
+      .option('seed', { type: 'number', default: D.seed, describe: 'seed of every random choice' })
+      .option('activation', { choices: ['relu', 'keep'], default: D.activation, describe: "experts' activation: ReLU (DMoE-VAR) or keep the model's" })
+      .option('cluster-by', { choices: ['weights', 'activations'], default: D.clusterBy, describe: 'cluster neurons by co-activation on the calibration data (default: measured better) or by fc1 weights (DMoE-VAR reference)' })
       .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' })
-      .option('router-width', { type: 'number', default: 128, describe: 'router hidden width' })
-      .option('router-target', { choices: ['sqrt', 'norm'], default: 'sqrt', describe: 'router regresses √norm (default, routes better) or the norm itself (DMoE-VAR)' })
-      .option('router-epochs', { type: 'number', default: 40, describe: 'router training epochs' })
-      .option('synth-samples', { type: 'number', default: 16, describe: 'samples to synthesise without --calib' })
-      .option('max-tokens', { type: 'number', default: 65536, describe: 'captured tokens per layer (seeded subsample above this)' }),
+      .option('router-width', { type: 'number', default: D.routerWidth, describe: 'router hidden width' })
+      .option('router-target', { choices: ['sqrt', 'norm'], default: D.routerTarget, describe: 'router regresses √norm (default, routes better) or the norm itself (DMoE-VAR)' })
+      .option('router-epochs', { type: 'number', default: D.routerEpochs, describe: 'router training epochs' })
+      .option('synth-samples', { type: 'number', default: D.synthSamples, describe: 'samples to synthesise without --calib' })
+      .option('max-tokens', { type: 'number', default: D.maxTokens, describe: 'captured tokens per layer (seeded subsample above this)' }),
   handler: async (a) => {
     for (const k of ['output', 'calib', 'threshold', 'tau', 'budget', 'experts', 'from-scale'] as const) {
       if (Array.isArray(a[k])) throw new MoefyError(`--${k} was given more than once`);

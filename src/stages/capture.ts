@@ -1,0 +1,222 @@
+// Stage capture → FfnInputSample: run the (ReLUfied) model with onnxruntime-node on calibration inputs and record
+// each FFN's input, batch by batch. Inputs come from --calib (a folder of .bin + manifest.json, or .npz) or are
+// synthesised from the model's signature with a seed (with a warning: real data routes better).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as ort from 'onnxruntime-node';
+import { FfnSite, VarStructure, isKvInputName, isKvOutputName, scaleOfTokenCount } from '../analysis/var-structure';
+import { checkCalib, Feeds, modelInputs, sliceFeeds, synthesise } from '../calib/inputs';
+import { deriveSeed, rng } from '../calib/random';
+import { MoefyError } from '../errors';
+import { readTensorSet } from '../io';
+import { Model } from '../ir/model';
+import { saveCopy } from '../onnx/io';
+import { scaleOfPositions } from '../op';
+import { FfnInputSample, LayerCapture } from './types';
+
+export interface CaptureOptions {
+  calib?: string;
+  kvPrefix?: string[];
+  synthSamples: number;
+  seed: number;
+  maxTokens: number;
+}
+
+/** The FFN inputs of `sites` in `model` on the calibration data (or synthesised inputs). */
+export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o: CaptureOptions, onProgress?: (done: number, total: number) => void): Promise<FfnInputSample> {
+  let feeds: Feeds;
+  let scaleIdx = -1;
+  const warnings: string[] = [];
+  if (o.calib) {
+    if (!fs.existsSync(o.calib)) throw new MoefyError(`--calib ${o.calib}: no such file or folder`);
+    const set = (await readTensorSet(o.calib)) as unknown as Record<string, ort.Tensor>;
+    if (s.kind === 'step' && isFullSequenceSet(set) && !hasAllInputs(model, set)) return captureChain(model, s, sites, o, set, onProgress);
+    feeds = checkCalib(model, set, o.calib);
+    if (s.kind === 'step') scaleIdx = stepScaleOf(s, feeds);
+  } else {
+    warnings.push(`no --calib given: synthesised ${o.synthSamples} inputs from the model's signature (seed ${o.seed}); real calibration data routes better`);
+    const syn = synthesise(model, s, o.synthSamples, o.seed);
+    feeds = syn.feeds;
+    scaleIdx = syn.scale;
+  }
+  const samples = Object.entries(feeds).find(([n, t]) => !isKvInputName(n) && t.dims.length > 0)?.[1].dims[0] ?? 1;
+
+  // A copy of the model whose outputs are the FFN inputs.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-capture-'));
+  const file = path.join(dir, 'capture.onnx');
+  try {
+    saveCopy(model, file, { outputs: sites.map((x) => x.ffnIn) });
+  } catch (e) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+  const sess = await ort.InferenceSession.create(file, { graphOptimizationLevel: 'all' });
+  const D = s.D;
+  const chunks: Float32Array[][] = sites.map(() => []);
+  const scales: Int32Array[] = [];
+  const batch = Math.max(1, Math.min(8, Math.floor(4_000_000 / (D * (s.kind === 'full' ? s.layout.L : 256)))));
+  // Full-sequence graphs: each position's scale by the op's layout rule.
+  const fullScales = s.kind === 'full' ? scaleOfPositions(s.layout.L, s.layout.patchNums)! : [];
+  try {
+    for (let a = 0; a < samples; a += batch) {
+      const b = Math.min(samples, a + batch);
+      const r = await sess.run(sliceFeeds(feeds, a, b, s.rowsPerSample));
+      sites.forEach((site, k) => {
+        const t = r[site.ffnIn.name];
+        chunks[k].push(new Float32Array(t.data as Float32Array));
+        if (k === 0) {
+          const rows = t.dims.slice(0, -1).reduce((x, y) => x * y, 1);
+          const L = t.dims[t.dims.length - 2];
+          const sc = new Int32Array(rows);
+          for (let i = 0; i < rows; i++) sc[i] = s.kind === 'full' ? fullScales[i % L] : scaleIdx;
+          scales.push(sc);
+        }
+      });
+      onProgress?.(b, samples);
+    }
+  } finally {
+    await sess.release();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const layers = toCaptures(chunks, scales, D, o);
+  const N = layers[0].N;
+  return { layers, warnings, summary: `captured ${N} tokens × ${sites.length} FFN inputs from ${samples} ${o.calib ? 'calibration' : 'synthesised'} samples` };
+}
+
+function stepScaleOf(s: VarStructure, feeds: Feeds): number {
+  if (s.stepScale !== null) return s.stepScale - 1;
+  const x = s.tokenInput ? feeds[s.tokenInput.name] : undefined;
+  const l = x ? x.dims[1] : 1;
+  const k = scaleOfTokenCount(s.layout, l);
+  if (k < 0) throw new MoefyError(`calibration data: the step input has ${l} tokens, which is no scale of the layout ${s.layout.patchNums.join(',')}`);
+  return k;
+}
+
+/** Per-layer captures from the chunks of each run, with one seeded token subsample shared by all layers. */
+function toCaptures(chunks: Float32Array[][], scales: Int32Array[], D: number, o: { maxTokens: number; seed: number }): LayerCapture[] {
+  const scaleOfToken = concatInt(scales);
+  const keep = subsample(scaleOfToken.length, o.maxTokens, o.seed);
+  return chunks.map((cs) => {
+    const all = concatFloat(cs);
+    const X = keep ? gatherRows(all, keep, D) : all;
+    return { X, N: X.length / D, D, scaleOfToken: keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken };
+  });
+}
+
+function subsample(n: number, cap: number, seed: number): Int32Array | null {
+  if (n <= cap) return null;
+  const uniform = rng(deriveSeed(seed, 0xcab));
+  // Seeded partial Fisher-Yates, then sorted so token order stays.
+  const idx = Int32Array.from({ length: n }, (_, i) => i);
+  for (let i = 0; i < cap; i++) {
+    const j = i + Math.floor(uniform() * (n - i));
+    const t = idx[i];
+    idx[i] = idx[j];
+    idx[j] = t;
+  }
+  return idx.slice(0, cap).sort();
+}
+
+function gatherRows(a: Float32Array, rows: Int32Array, D: number): Float32Array {
+  const out = new Float32Array(rows.length * D);
+  rows.forEach((r, i) => out.set(a.subarray(r * D, (r + 1) * D), i * D));
+  return out;
+}
+
+function concatFloat(cs: Float32Array[]): Float32Array {
+  const out = new Float32Array(cs.reduce((a, c) => a + c.length, 0));
+  let o = 0;
+  for (const c of cs) {
+    out.set(c, o);
+    o += c.length;
+  }
+  return out;
+}
+function concatInt(cs: Int32Array[]): Int32Array {
+  const out = new Int32Array(cs.reduce((a, c) => a + c.length, 0));
+  let o = 0;
+  for (const c of cs) {
+    out.set(c, o);
+    o += c.length;
+  }
+  return out;
+}
+
+const FULL_X = 'x_BLCv_wo_first_l';
+
+function isFullSequenceSet(set: Record<string, ort.Tensor>): boolean {
+  return !!set[FULL_X] && !!set.label_B;
+}
+function hasAllInputs(model: Model, set: Record<string, ort.Tensor>): boolean {
+  return modelInputs(model).every((v) => set[v.name]);
+}
+
+
+/**
+ * Step graphs from full-sequence calibration data: run the earlier scales' graphs (--kv-prefix) in a chain, each fed
+ * its scale's slice of the teacher-forcing input and the previous step's present_* as past_*, then the model itself,
+ * capturing its FFN inputs. A dynamic step graph runs for every scale after the prefix, and is captured at each.
+ */
+async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: CaptureOptions, set: Record<string, ort.Tensor>, onProgress?: (done: number, total: number) => void): Promise<FfnInputSample> {
+  const layout = s.layout;
+  const prefix = o.kvPrefix ?? [];
+  const first = s.stepScale !== null ? s.stepScale - 1 : prefix.length;
+  if (s.stepScale !== null && prefix.length < first)
+    throw new MoefyError(`this step graph computes scale ${s.stepScale}: it needs the KV cache of scales 1…${first}; pass --kv-prefix with the graphs for them (${prefix.length} given)`);
+  if (s.stepScale === null && prefix.length === 0)
+    throw new MoefyError('this dynamic step graph needs the KV cache of scale 1: pass --kv-prefix with the first step\'s graph (e.g. the step-0 export)');
+  const last = s.stepScale !== null ? first : layout.patchNums.length - 1;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-capture-'));
+  const file = path.join(dir, 'capture.onnx');
+  saveCopy(model, file, { outputs: [...model.graph.outputs, ...sites.map((x) => x.ffnIn)] });
+  const sessions: ort.InferenceSession[] = [];
+  const samples = set.label_B.dims[0];
+  const X = set[FULL_X];
+  const xPer = X.dims[1] * X.dims[2];
+  const chunks: Float32Array[][] = sites.map(() => []);
+  const scales: Int32Array[] = [];
+  try {
+    for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p));
+    const self = await ort.InferenceSession.create(file);
+    const batch = 4;
+    for (let a = 0; a < samples; a += batch) {
+      const b = Math.min(samples, a + batch);
+      let past: Record<string, ort.Tensor> = {};
+      for (let k = 0; k <= last; k++) {
+        const sess = k < first ? sessions[k] : self;
+        const feeds: Feeds = {};
+        for (const name of sess.inputNames) {
+          if (name === 'label_B') feeds[name] = new ort.Tensor('int64', (set.label_B.data as BigInt64Array).slice(a, b), [b - a]);
+          else if (/cfg/i.test(name)) feeds[name] = new ort.Tensor('float32', Float32Array.of(1.5), []);
+          else if (isKvInputName(name)) {
+            const t = past[name.replace('past_', 'present_')];
+            if (!t) throw new MoefyError(`--kv-prefix: the graph for scale ${k} wants '${name}', which the previous step does not output`);
+            feeds[name] = t;
+          } else {
+            // The scale's slice of the teacher-forcing input: full-sequence token t ≥ 1 is x[t − 1].
+            const l = layout.tokens[k], from = layout.offsets[k] - 1, C = X.dims[2];
+            const out = new Float32Array((b - a) * l * C);
+            for (let i = a; i < b; i++) out.set((X.data as Float32Array).subarray(i * xPer + from * C, i * xPer + (from + l) * C), (i - a) * l * C);
+            feeds[name] = new ort.Tensor('float32', out, [b - a, l, C]);
+          }
+        }
+        const r = await sess.run(feeds);
+        past = Object.fromEntries(Object.entries(r).filter(([n]) => isKvOutputName(n)));
+        if (k < first) continue;
+        sites.forEach((site, j) => {
+          const t = r[site.ffnIn.name];
+          chunks[j].push(new Float32Array(t.data as Float32Array));
+          if (j === 0) scales.push(new Int32Array(t.dims.slice(0, -1).reduce((x, y) => x * y, 1)).fill(k));
+        });
+      }
+      onProgress?.(b, samples);
+    }
+    await self.release();
+  } finally {
+    for (const x of sessions) await x.release();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const layers = toCaptures(chunks, scales, s.D, o);
+  return { layers, warnings: [], summary: `captured ${layers[0].N} tokens × ${sites.length} FFN inputs of scales ${first + 1}…${last + 1} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };
+}
