@@ -32,8 +32,8 @@ async function main(): Promise<void> {
     const moe = path.join(dir, 'd16_step.moe.onnx');
     const t0 = Date.now();
     const r = await convert(dense, {
-      experts, fromScale: 8, budget, seed: 0, activation: 'relu', clusterBy: 'activations', routerWidth: 128, routerEpochs: 10,
-      routerTarget: 'sqrt', synthSamples: 4, maxTokens: 65536, output: moe,
+      // The defaults (src/convert-options.ts) but for fewer router epochs and synthesised samples.
+      experts, fromScale: 8, budget, routerEpochs: 10, synthSamples: 4, output: moe,
     });
     const last = r.scales[r.scales.length - 1];
     console.log(`converted in ${((Date.now() - t0) / 1000).toFixed(0)} s: scale ${last.scale} threshold ${last.threshold.toFixed(3)}, expected active fraction ${last.activeFraction?.toFixed(3)} (calibration: synthesised inputs)`);

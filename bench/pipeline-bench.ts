@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { D16, generateInputs, generateVarD16Like } from '../fixtures/generate';
 import { writeTensorSet } from '../src/io';
 import { saveModel } from '../src/onnx/io';
+import { CONVERT_DEFAULTS } from '../src/convert-options';
 import { convert } from '../src/pipeline';
 
 function arg(name: string, def: string): string {
@@ -19,7 +20,7 @@ function arg(name: string, def: string): string {
 
 async function main(): Promise<void> {
   const samples = Number(arg('samples', '64'));
-  const epochs = Number(arg('router-epochs', '40'));
+  const epochs = Number(arg('router-epochs', String(CONVERT_DEFAULTS.routerEpochs)));
   const experts = Number(arg('experts', '32'));
   const fromScale = Number(arg('from-scale', '8'));
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-pipeline-bench-'));
@@ -36,8 +37,8 @@ async function main(): Promise<void> {
     let last = Date.now();
     const t1 = Date.now();
     await convert(file, {
-      experts, fromScale, calib, seed: 0, activation: 'relu', clusterBy: 'activations', routerWidth: 128, routerEpochs: epochs, routerTarget: 'sqrt',
-      synthSamples: samples, maxTokens: 65536, budget: 0.6, output: path.join(dir, 'var_d16.moe.onnx'),
+      // The CLI's defaults (src/convert-options.ts) for everything not given on this command line.
+      experts, fromScale, calib, routerEpochs: epochs, output: path.join(dir, 'var_d16.moe.onnx'),
     }, {
       stage: () => ({ tick: () => {}, stop: () => {} }),
       log: (line) => {

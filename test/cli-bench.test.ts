@@ -4,13 +4,14 @@ import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { convert } from '../src/pipeline';
 import { repoRoot, rmDir, runCli, tmpDir } from './helpers/fixtures';
+import { FAST } from './helpers/fast';
 
 test('moefy bench times the dense and the converted model and prints their ratio', async () => {
   const dir = tmpDir('bench');
   try {
     const dense = path.join(repoRoot, 'fixtures', 'small-var.onnx');
     const moe = path.join(dir, 'small.moe.onnx');
-    await convert(dense, { experts: 4, fromScale: 8, thresholds: [0.3], seed: 0, activation: 'relu', clusterBy: 'weights', routerWidth: 16, routerEpochs: 1, synthSamples: 2, maxTokens: 4096, output: moe });
+    await convert(dense, { ...FAST, experts: 4, fromScale: 8, thresholds: [0.3], output: moe });
     const r = runCli(['bench', dense, moe, '--reps', '1', '--inputs', path.join(repoRoot, 'fixtures', 'small-var-calib')]);
     assert.equal(r.status, 0, r.stderr);
     const rows = r.stdout.split('\n').filter((l) => l.startsWith(dense) || l.startsWith(moe));

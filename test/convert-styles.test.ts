@@ -11,9 +11,9 @@ import { convert } from '../src/pipeline';
 import { writeTensorSet } from '../src/io';
 import { rmDir, tmpDir } from './helpers/fixtures';
 import { relufied } from './helpers/relufied';
+import { FAST } from './helpers/fast';
 
 const SMALL: VarGenOptions = { depth: 2, width: 64, ffnHidden: 256, vocab: 128, numClasses: 10, patchNums: [1, 2, 3, 4], seed: 5 };
-const FAST = { routerWidth: 16, routerEpochs: 1, synthSamples: 2, maxTokens: 4096, clusterBy: 'weights' as const, seed: 0 };
 
 async function run(model: Uint8Array | string, feeds: Record<string, ort.Tensor>): Promise<Float32Array> {
   const s = await ort.InferenceSession.create(model as never, { logSeverityLevel: 3 });

@@ -11,8 +11,8 @@ import { convert } from '../src/pipeline';
 import { inspectModel } from '../src/inspect';
 import { relufied } from './helpers/relufied';
 import { fixture, readIo, repoRoot, rmDir, runCli, tmpDir } from './helpers/fixtures';
+import { FAST } from './helpers/fast';
 
-const FAST = { routerWidth: 16, routerEpochs: 1, synthSamples: 2, maxTokens: 4096, clusterBy: 'weights' as const, seed: 0, activation: 'relu' as const };
 
 
 function feedsOf(io: ReturnType<typeof readIo>, session: ort.InferenceSession): Record<string, ort.Tensor> {

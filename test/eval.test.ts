@@ -16,8 +16,8 @@ import { readTensorSet } from '../src/io';
 import { loadModel } from '../src/onnx/io';
 import { convert } from '../src/pipeline';
 import { fixture, GELU_STEPS, readIo, rmDir, runCli, tmpDir } from './helpers/fixtures';
+import { FAST } from './helpers/fast';
 
-const FAST = { routerWidth: 16, routerEpochs: 1, synthSamples: 2, maxTokens: 4096, clusterBy: 'weights' as const, seed: 0 };
 
 function inputsOf(dir: string): Record<string, ort.Tensor> {
   const io = readIo(dir);
