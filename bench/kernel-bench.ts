@@ -10,7 +10,7 @@
 import { Tensor } from 'onnxruntime-common';
 import { createSession } from '../src/runtime';
 import type { Activation } from '../src/runtime';
-import { buildDenseFfnModel, buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
+import { buildDenseFfnModel, buildDynamicMoeModel, randomArray, rng } from '../test/helpers/test-models';
 
 function arg(name: string, def: string): string {
   const i = process.argv.indexOf(`--${name}`);

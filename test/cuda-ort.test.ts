@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import { Tensor } from 'onnxruntime-node';
 import { createSession, libPath } from '../src/runtime';
-import { buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
+import { buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 
 function builtWithCuda(): boolean {
   // register_cuda.cc names its provider; the string is in the library only when the CUDA kernel was built in.

@@ -4,7 +4,7 @@ import assert from 'node:assert';
 import { Tensor } from 'onnxruntime-common';
 import { createSession, dynamicMoeReference, MoefySession } from '../src/runtime';
 import type { Activation } from '../src/runtime';
-import { buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
+import { buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 import { MoefyError } from '../src/errors';
 
 interface Case {

@@ -9,7 +9,7 @@ import { Tensor } from 'onnxruntime-common';
 import { readTensorSet, writeTensorSet } from '../src/io';
 import { libPath } from '../src/runtime';
 import { onnx } from 'onnx-proto';
-import { buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
+import { buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 
 const BIN = path.resolve(__dirname, '..', '..', 'bin', 'moefy.js');
 

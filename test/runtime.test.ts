@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { Tensor, InferenceSession } from 'onnxruntime-node';
 import { onnx } from 'onnx-proto';
 import { createSession, libPath, ortVersion, summarizeActive, formatActiveSummary } from '../src/runtime';
-import { buildDenseFfnModel, buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
+import { buildDenseFfnModel, buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 import { MoefyError } from '../src/errors';
 
 function relErr(a: Float32Array, b: Float32Array): number {

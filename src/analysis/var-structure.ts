@@ -4,7 +4,7 @@ import { MoefyError } from '../errors';
 import { Graph, Node, Value } from '../ir/graph';
 import { describeFailure, MatchFailure, matchAny } from '../ir/match';
 import { Model } from '../ir/model';
-import { ActivationKind, isDynamicMoe, METADATA, MOE_INPUT, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
+import { ActivationKind, isDynamicMoe, METADATA, MOE_INPUT, scaleOfStep, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
 import { routerOf, RouterWeights } from './moe-router';
 import { ACTIVATION_PATTERNS } from './patterns';
 
@@ -131,12 +131,9 @@ export const isKvInputName = (name: string): boolean => /past_(key|value)/.test(
 export const isKvOutputName = (name: string): boolean => /present_(key|value)/.test(name);
 /** The past_* input a present_* output feeds at the next step. */
 export const kvInputFor = (present: string): string => present.replace('present_', 'past_');
+/** The present_* output that feeds a past_* input at the next step. */
+export const kvOutputFor = (past: string): string => past.replace('past_', 'present_');
 
-/** The scale (0-based) whose token count is l, or -1 when none or several are. */
-export function scaleOfTokenCount(layout: PatchLayout, l: number): number {
-  const s = layout.tokens.indexOf(l);
-  return s >= 0 && layout.tokens.indexOf(l, s + 1) < 0 ? s : -1;
-}
 
 export function makeLayout(patchNums: number[], source: PatchLayout['source']): PatchLayout {
   const tokens = patchNums.map((p) => p * p);
@@ -375,7 +372,7 @@ export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructur
   const l = stepTokens(g);
   let stepScale: number | null = null;
   if (l !== null) {
-    const s = scaleOfTokenCount(layout, l);
+    const s = scaleOfStep(l, layout.patchNums);
     if (s < 0) throw new MoefyError(`the step graph computes ${l} tokens, which is not exactly one scale of the patch layout ${layout.patchNums.join(',')}; pass --patch-nums`);
     stepScale = s + 1;
   }

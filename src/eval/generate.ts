@@ -16,7 +16,7 @@ import { pct, table } from '../format';
 import { THRESHOLD_INPUT } from '../op';
 import { loadModel } from '../onnx/io';
 import { writeTensorSet } from '../io';
-import { analyseVar } from '../analysis/var-structure';
+import { analyseVar, isKvInputName, isKvOutputName, kvInputFor } from '../analysis/var-structure';
 import { closeSide, EvalSide, openSide } from './side';
 
 export interface GenerateOptions {
@@ -192,7 +192,7 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
         for (const n of side.feeds) {
           if (n === 'label_B') f[n] = label;
           else if (n === 'cfg') f[n] = f32Scalar(o.cfg);
-          else if (/^past_/.test(n)) {
+          else if (isKvInputName(n)) {
             if (!c.past[n]) throw new MoefyError(`${side.file}: no '${n}' from the previous step`);
             f[n] = c.past[n];
           } else if (c.xnext) f[n] = c.xnext;
@@ -282,7 +282,7 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
         c.fhat = v['f_hat_new'];
         c.xnext = v['next_in_BlCv'] ?? null;
         c.past = {};
-        for (const [name, t] of Object.entries(r)) if (/^present_/.test(name)) c.past[name.replace(/^present_/, 'past_')] = t;
+        for (const [name, t] of Object.entries(r)) if (isKvOutputName(name)) c.past[kvInputFor(name)] = t;
         c.idx.push(ids);
       }
     }

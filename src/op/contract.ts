@@ -51,6 +51,12 @@ export function scaleOfPositions(L: number, patchNums: readonly number[], scaleI
     });
     return out;
   }
+  const s = scaleOfStep(L, patchNums);
+  return s >= 0 ? new Array<number>(L).fill(s) : null;
+}
+
+/** The rule's step case: the scale s with pn_s² = L when exactly one has it, else -1. */
+export function scaleOfStep(L: number, patchNums: readonly number[]): number {
   const m = patchNums.map((p, s) => (p * p === L ? s : -1)).filter((s) => s >= 0);
-  return m.length === 1 ? new Array<number>(L).fill(m[0]) : null;
+  return m.length === 1 ? m[0] : -1;
 }

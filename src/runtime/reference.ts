@@ -32,7 +32,7 @@ export interface DynamicMoeResult {
 }
 
 /** The op's layout rule (src/op), or throws MoefyError naming L and the layout. */
-function scaleOfTokens(L: number, patchNums: number[], scaleIndex?: number): number[] {
+function layoutScales(L: number, patchNums: number[], scaleIndex?: number): number[] {
   if (scaleIndex !== undefined && (scaleIndex < 0 || scaleIndex >= patchNums.length)) throw new MoefyError(`scale_index ${scaleIndex} out of range`);
   const s = scaleOfPositions(L, patchNums, scaleIndex);
   if (!s) throw new MoefyError(`cannot infer the scale of the tokens: L = ${L} (full sequence ${patchNums.reduce((a, p) => a + p * p, 0)}, patch_nums ${patchNums.join(',')})`);
@@ -64,7 +64,7 @@ export function dynamicMoeReference(inputs: DynamicMoeInputs, attrs: DynamicMoeA
     const v = inputs.scaleIndex instanceof Tensor ? (inputs.scaleIndex.data as BigInt64Array)[0] : inputs.scaleIndex;
     si = Number(v);
   }
-  const scaleOf = scaleOfTokens(L, attrs.patchNums, si);
+  const scaleOf = layoutScales(L, attrs.patchNums, si);
 
   const Y = new Float32Array(B * L * D);
   const active = new Int32Array(B * L);

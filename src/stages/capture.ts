@@ -5,14 +5,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { FfnSite, VarStructure, isKvInputName, isKvOutputName, scaleOfTokenCount } from '../analysis/var-structure';
+import { FfnSite, VarStructure, isKvInputName, isKvOutputName, kvOutputFor } from '../analysis/var-structure';
 import { checkCalib, Feeds, modelInputs, sliceFeeds, synthesise } from '../calib/inputs';
 import { deriveSeed, rng } from '../calib/random';
 import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
 import { Model } from '../ir/model';
 import { saveCopy } from '../onnx/io';
-import { scaleOfPositions } from '../op';
+import { scaleOfPositions, scaleOfStep } from '../op';
 import { FfnInputSample, LayerCapture } from './types';
 
 export interface CaptureOptions {
@@ -88,7 +88,7 @@ function stepScaleOf(s: VarStructure, feeds: Feeds): number {
   if (s.stepScale !== null) return s.stepScale - 1;
   const x = s.tokenInput ? feeds[s.tokenInput.name] : undefined;
   const l = x ? x.dims[1] : 1;
-  const k = scaleOfTokenCount(s.layout, l);
+  const k = scaleOfStep(l, s.layout.patchNums);
   if (k < 0) throw new MoefyError(`calibration data: the step input has ${l} tokens, which is no scale of the layout ${s.layout.patchNums.join(',')}`);
   return k;
 }
@@ -190,7 +190,7 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
           if (name === 'label_B') feeds[name] = new ort.Tensor('int64', (set.label_B.data as BigInt64Array).slice(a, b), [b - a]);
           else if (/cfg/i.test(name)) feeds[name] = new ort.Tensor('float32', Float32Array.of(1.5), []);
           else if (isKvInputName(name)) {
-            const t = past[name.replace('past_', 'present_')];
+            const t = past[kvOutputFor(name)];
             if (!t) throw new MoefyError(`--kv-prefix: the graph for scale ${k} wants '${name}', which the previous step does not output`);
             feeds[name] = t;
           } else {

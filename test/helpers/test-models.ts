@@ -3,7 +3,7 @@
  * Built directly with onnx-proto (fine for small graphs; the converter uses the project IR).
  */
 import { onnx } from 'onnx-proto';
-import type { Activation } from './reference';
+import type { Activation } from '../../src/runtime/reference';
 
 const FLOAT = 1;
 const INT64 = 7;
@@ -168,7 +168,7 @@ export function buildDenseFfnModel(D: number, H: number, w: { W1: Float32Array; 
 }
 
 /** The project's seeded PRNG, for test data. */
-export { rng } from '../calib/random';
+export { rng } from '../../src/calib/random';
 
 /** Float32Array of n values uniform in [-scale, scale). */
 export function randomArray(r: () => number, n: number, scale = 1): Float32Array {
