@@ -1,0 +1,234 @@
+// Each conversion stage on its own, on small inputs, against references written here (the end-to-end tests in
+// convert*.test.ts check the stages together).
+import { strict as assert } from 'node:assert';
+import * as path from 'node:path';
+import { test } from 'node:test';
+import * as ort from 'onnxruntime-node';
+import { fc1Weights, fc2Weights } from '../src/analysis/ffn-weights';
+import { analyseVar, FfnSite, VarStructure } from '../src/analysis/var-structure';
+import { expertNormsReference } from '../src/calib/expert-norms';
+import { Model } from '../src/ir/model';
+import { encodeCopy, encodeModel, loadModel } from '../src/onnx/io';
+import { activate } from '../src/op';
+import { relufy } from '../src/passes/relufy';
+import { capture } from '../src/stages/capture';
+import { cluster } from '../src/stages/cluster';
+import { permute } from '../src/stages/permute';
+import { trainRouters } from '../src/stages/routers';
+import { chooseThresholds } from '../src/stages/thresholds';
+import { FfnInputSample, RouterSet } from '../src/stages/types';
+import { fixture, repoRoot } from './helpers/fixtures';
+
+const SMALL = path.join(repoRoot, 'fixtures', 'small-var.onnx');
+const SMALL_CALIB = path.join(repoRoot, 'fixtures', 'small-var-calib');
+const PATCH = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16];
+
+function open(file: string): { model: Model; s: VarStructure; sites: FfnSite[] } {
+  const model = loadModel(file);
+  const s = analyseVar(model);
+  return { model, s, sites: s.blocks.map((b) => b.ffn!) };
+}
+
+/** Scale of each position of the full sequence, by a plain walk over the patch sides. */
+function scalesOfSequence(): number[] {
+  const out: number[] = [];
+  PATCH.forEach((p, s) => {
+    for (let i = 0; i < p * p; i++) out.push(s);
+  });
+  return out;
+}
+
+/** FFN(x) for one row in plain TypeScript from the site's weights. */
+function ffnRow(site: FfnSite, x: Float32Array, kind = site.activation.kind): Float64Array {
+  const { W1, B1 } = fc1Weights(site);
+  const { W2, B2 } = fc2Weights(site);
+  const { D, H } = site;
+  const y = new Float64Array(D);
+  for (let j = 0; j < H; j++) {
+    let a = B1[j];
+    for (let d = 0; d < D; d++) a += x[d] * W1[d * H + j];
+    const h = activate(a, kind);
+    for (let d = 0; d < D; d++) y[d] += h * W2[j * D + d];
+  }
+  if (B2) for (let d = 0; d < D; d++) y[d] += B2[d];
+  return y;
+}
+
+let sampleCache: Promise<FfnInputSample> | null = null;
+const smallSample = () => (sampleCache ??= (async () => {
+  const { model, s, sites } = open(SMALL);
+  return capture(model, s, sites, { calib: SMALL_CALIB, synthSamples: 0, seed: 0, maxTokens: 1 << 20 });
+})());
+
+test('capture → FfnInputSample: every FFN input of every calibration token, with its scale', async () => {
+  const { model, s, sites } = open(SMALL);
+  const sample = await smallSample();
+  assert.equal(sample.layers.length, sites.length);
+  assert.deepEqual(sample.warnings, []);
+  const L = 680, samples = 8;
+  const want = scalesOfSequence();
+  for (const c of sample.layers) {
+    assert.equal(c.N, samples * L);
+    assert.equal(c.D, s.D);
+    for (let i = 0; i < c.N; i++) if (c.scaleOfToken[i] !== want[i % L]) assert.fail(`token ${i}: scale ${c.scaleOfToken[i]}, expected ${want[i % L]}`);
+  }
+  // The same values from a session on a copy whose outputs are the FFN outputs: FFN(captured input) = FFN output.
+  const sess = await ort.InferenceSession.create(encodeCopy(model, { outputs: sites.map((x) => x.output) }));
+  const { readTensorSet } = await import('../src/io');
+  const set = (await readTensorSet(SMALL_CALIB)) as unknown as Record<string, ort.Tensor>;
+  const one = {
+    label_B: new ort.Tensor('int64', (set.label_B.data as BigInt64Array).slice(0, 1), [1]),
+    x_BLCv_wo_first_l: new ort.Tensor('float32', (set.x_BLCv_wo_first_l.data as Float32Array).slice(0, 679 * 32), [1, 679, 32]),
+  };
+  const r = await sess.run(one);
+  await sess.release();
+  sites.forEach((site, k) => {
+    const out = r[site.output.name].data as Float32Array;
+    for (const t of [0, 1, 300, 679]) {
+      const y = ffnRow(site, sample.layers[k].X.subarray(t * s.D, (t + 1) * s.D));
+      for (let d = 0; d < s.D; d++) assert.ok(Math.abs(y[d] - out[t * s.D + d]) < 1e-4 * (1 + Math.abs(out[t * s.D + d])), `layer ${k} token ${t} dim ${d}`);
+    }
+  });
+});
+
+test('capture: a token cap keeps a seeded, ordered subsample shared by all layers', async () => {
+  const { model, s, sites } = open(SMALL);
+  const full = await smallSample();
+  const a = await capture(model, s, sites, { calib: SMALL_CALIB, synthSamples: 0, seed: 3, maxTokens: 500 });
+  const b = await capture(model, s, sites, { calib: SMALL_CALIB, synthSamples: 0, seed: 3, maxTokens: 500 });
+  assert.equal(a.layers[0].N, 500);
+  assert.deepEqual(a.layers[0].X, b.layers[0].X);
+  // Each kept row is a row of the full capture with the same scale, in the full capture's order.
+  const D = s.D;
+  let from = 0;
+  for (let i = 0; i < 500; i++) {
+    const row = a.layers[1].X.subarray(i * D, (i + 1) * D);
+    let j = from;
+    while (j < full.layers[1].N && full.layers[1].X[j * D] !== row[0]) j++;
+    assert.ok(j < full.layers[1].N, `row ${i} is not in the full capture after row ${from}`);
+    assert.deepEqual(full.layers[1].X.subarray(j * D, (j + 1) * D), row);
+    assert.equal(a.layers[1].scaleOfToken[i], full.layers[1].scaleOfToken[j]);
+    from = j + 1;
+  }
+});
+
+test('cluster → ExpertClustering: equal contiguous experts, a permutation, seeded', async () => {
+  const { sites } = open(SMALL);
+  const sample = await smallSample();
+  const acts = sites.map(() => 'relu' as const);
+  for (const clusterBy of ['weights', 'activations'] as const) {
+    const c = await cluster(sites, acts, sample, { experts: 8, clusterBy, seed: 1 });
+    const again = await cluster(sites, acts, sample, { experts: 8, clusterBy, seed: 1 });
+    assert.equal(c.layouts.length, sites.length);
+    c.layouts.forEach((l, k) => {
+      const H = sites[k].H;
+      assert.equal(l.experts * l.expertSize, H);
+      assert.deepEqual([...l.order].sort((x, y) => x - y), Array.from({ length: H }, (_, i) => i), 'order is a permutation');
+      for (let j = 0; j < H; j++) assert.equal(l.labels[l.order[j]], Math.floor(j / l.expertSize), 'expert e owns positions e·S…');
+      assert.deepEqual(l.order, again.layouts[k].order);
+      const conc = c.concentration[k];
+      assert.ok(conc !== null && conc > 0 && conc <= 1, `concentration ${conc}`);
+    });
+  }
+});
+
+test('permute → ExpertWeights: the permuted FFN computes the same function', async () => {
+  const { sites } = open(SMALL);
+  const sample = await smallSample();
+  const acts = sites.map(() => 'relu' as const);
+  const c = await cluster(sites, acts, sample, { experts: 4, clusterBy: 'weights', seed: 0 });
+  const w = permute(sites, c, acts);
+  const site = sites[0], D = site.D, H = site.H;
+  const x = sample.layers[0].X.subarray(100 * D, 101 * D);
+  const want = ffnRow(site, x);
+  const got = new Float64Array(D);
+  for (let j = 0; j < H; j++) {
+    let a = w[0].B1[j];
+    for (let d = 0; d < D; d++) a += x[d] * w[0].W1[d * H + j];
+    const h = activate(a, 'relu');
+    for (let d = 0; d < D; d++) got[d] += h * w[0].W2[j * D + d];
+  }
+  for (let d = 0; d < D; d++) got[d] += w[0].B2 ? w[0].B2[d] : 0;
+  for (let d = 0; d < D; d++) assert.ok(Math.abs(got[d] - want[d]) < 1e-4, `dim ${d}: ${got[d]} vs ${want[d]}`);
+  assert.deepEqual(Array.from(w[0].B1), Array.from(c.layouts[0].order, (i) => fc1Weights(site).B1[i]));
+});
+
+test('trainRouters → RouterSet: targets are the true expert norms; √norm routers square back', async () => {
+  const { sites } = open(SMALL);
+  const full = await smallSample();
+  // 600 tokens of scale 10 per layer keep training quick.
+  const sample: FfnInputSample = { ...full, layers: full.layers.map((l) => ({ ...l, X: l.X.slice(80 * l.D, 680 * l.D), N: 600, scaleOfToken: l.scaleOfToken.slice(80, 680) })) };
+  const acts = sites.map(() => 'relu' as const);
+  const w = permute(sites, await cluster(sites, acts, sample, { experts: 4, clusterBy: 'weights', seed: 0 }), acts);
+  for (const routerTarget of ['sqrt', 'norm'] as const) {
+    const r = await trainRouters(sample, w, { experts: 4, routerWidth: 16, routerEpochs: 2, routerTarget, seed: 0 });
+    assert.equal(r.routers.length, sites.length);
+    r.routers.forEach((x, k) => {
+      assert.equal(x.squared, routerTarget === 'sqrt');
+      assert.equal(x.W1.length, 64 * 16);
+      assert.equal(x.W2.length, 16 * 4);
+      const c = sample.layers[k];
+      const ref = expertNormsReference(c.X.subarray(0, 20 * c.D), 20, c.D, w[k].W1, w[k].B1, w[k].W2, 4, 'relu');
+      for (let i = 0; i < ref.length; i++) assert.ok(Math.abs(r.norms[k].trueNorms[i] - ref[i]) < 1e-3 * (1 + ref[i]), `true norm ${i}`);
+      assert.equal(r.norms[k].predicted.length, 600 * 4);
+      assert.ok(r.norms[k].predicted.every((p) => p >= 0));
+    });
+  }
+});
+
+/** A sample whose tokens all belong to scale `s` (0-based) with given predicted norms [N, E], one layer. */
+function synthetic(norms: number[][], scales: number[]): { sample: FfnInputSample; routers: RouterSet } {
+  const p = Float32Array.from(norms.flat());
+  return {
+    sample: { layers: [{ X: new Float32Array(norms.length), N: norms.length, D: 1, scaleOfToken: Int32Array.from(scales) }], warnings: [], summary: '' },
+    routers: { routers: [], norms: [{ trueNorms: p, predicted: p }], summary: '' },
+  };
+}
+
+test('chooseThresholds → ThresholdPlan: given, τ and budget thresholds; active fractions counted as the op routes', () => {
+  const layout = analyseVar(loadModel(fixture('var_tiny_full.onnx'))).layout;
+  // Scale 9 (index 8): norms relative to the max 1, .6, .3, .1; scale 10: 1, .8, .7, .05.
+  const { sample, routers } = synthetic([[1, 0.6, 0.3, 0.1], [0.1, 1, 0.6, 0.3], [1, 0.8, 0.7, 0.05]], [8, 8, 9]);
+  const given = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, thresholds: [0.5] });
+  assert.deepEqual(given.thresholds, [0, 0, 0, 0, 0, 0, 0, 0, 0.5, 0.5]);
+  // norms >= 0.5 · max: two of four on scale 9, three on scale 10; dense scales run everything.
+  assert.deepEqual(given.activeFractions.slice(0, 8), Array(8).fill(1));
+  assert.equal(given.activeFractions[8], 0.5);
+  assert.equal(given.activeFractions[9], 0.75);
+  assert.deepEqual(given.activeFractionPerLayer, [{ 9: 0.5, 10: 0.75 }]);
+  const tau = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, tau: [0.75, 0.2] });
+  assert.deepEqual(tau.thresholds.slice(8).map((t) => +t.toFixed(6)), [0.25, 0.8]);
+  assert.equal(tau.activeFractions[8], 0.75);
+  // A budget spends at most its share of the MoE scales' FFN FLOPs on this data, thresholds non-decreasing.
+  const b = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, budget: 0.6 });
+  const [t9, t10] = b.thresholds.slice(8);
+  assert.ok(t9 <= t10, `non-decreasing: ${t9}, ${t10}`);
+  const spent = (169 * b.activeFractions[8] + 256 * b.activeFractions[9]) / (169 + 256);
+  assert.ok(spent <= 0.6 + 0.02, `spent ${spent}`);
+});
+
+test('relufy rewrites only GELU FFNs into ReLU and reports both activations; keep leaves the model as it was', () => {
+  const file = fixture('var_tiny_full.onnx');
+  const kept = open(file);
+  const before = encodeModel(kept.model);
+  const k = relufy(kept.model, kept.sites, 'keep');
+  assert.deepEqual(k.experts, k.original);
+  assert.ok(Buffer.from(encodeModel(kept.model)).equals(Buffer.from(before)));
+  const r = open(file);
+  const acts = relufy(r.model, r.sites, 'relu');
+  assert.deepEqual(acts.original, ['gelu_tanh', 'gelu_tanh']);
+  assert.deepEqual(acts.experts, ['relu', 'relu']);
+  const again = analyseVar(r.model);
+  assert.deepEqual(again.blocks.map((b) => b.ffn!.activation.kind), ['relu', 'relu']);
+});
+
+test('stages are seeded: the same seed gives the same routers', async () => {
+  const { sites } = open(SMALL);
+  const full = await smallSample();
+  const sample: FfnInputSample = { ...full, layers: full.layers.map((l) => ({ ...l, X: l.X.slice(0, 300 * l.D), N: 300, scaleOfToken: l.scaleOfToken.slice(0, 300) })) };
+  const acts = sites.map(() => 'relu' as const);
+  const w = permute(sites, await cluster(sites, acts, sample, { experts: 4, clusterBy: 'weights', seed: 0 }), acts);
+  const o = { experts: 4, routerWidth: 8, routerEpochs: 1, routerTarget: 'sqrt' as const, seed: 5 };
+  const [a, b] = [await trainRouters(sample, w, o), await trainRouters(sample, w, o)];
+  assert.deepEqual(a.routers[0].W1, b.routers[0].W1);
+});
