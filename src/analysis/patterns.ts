@@ -2,7 +2,7 @@
 // node that produces the hidden activation and captures `pre`, the fc1 output it is applied to.
 import { Node } from '../ir/graph';
 import { OpPattern, P } from '../ir/match';
-import type { ActivationKind } from '../op';
+import { ActivationKind, GELU_TANH } from '../op';
 
 export type { ActivationKind };
 
@@ -12,8 +12,8 @@ export interface ActivationPattern {
   pattern: OpPattern;
 }
 
-const SQRT_2_OVER_PI = 0.7978845608028654;
-const GELU_CUBIC = 0.044715;
+const SQRT_2_OVER_PI = GELU_TANH.sqrt2OverPi;
+const GELU_CUBIC = GELU_TANH.cubic;
 
 // tanh(√(2/π)·(x + 0.044715·x³)): x³ as Mul(x, Mul(x, x)) (torch < 2.x), or Pow(x, 3).
 const cube = () => P.op('Mul', [P.same('pre'), P.op('Mul', [P.same('pre'), P.same('pre')])]);

@@ -6,6 +6,9 @@ export const ACTIVATION_KINDS: readonly ActivationKind[] = ['relu', 'gelu_tanh',
 /** The attribute's default. */
 export const DEFAULT_ACTIVATION: ActivationKind = 'relu';
 
+/** The tanh approximation's constants: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+export const GELU_TANH = { sqrt2OverPi: Math.sqrt(2 / Math.PI), cubic: 0.044715 } as const;
+
 /** erf(x) via the complementary error function's Chebyshev fit (Numerical Recipes erfcc, |rel err| < 1.2e-7). */
 export function erf(x: number): number {
   const z = Math.abs(x);
@@ -26,7 +29,7 @@ export function activate(x: number, kind: ActivationKind): number {
     case 'relu':
       return x > 0 ? x : 0;
     case 'gelu_tanh':
-      return 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x)));
+      return 0.5 * x * (1 + Math.tanh(GELU_TANH.sqrt2OverPi * (x + GELU_TANH.cubic * x * x * x)));
     case 'gelu':
       return 0.5 * x * (1 + erf(x / Math.SQRT2));
   }

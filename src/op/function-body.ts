@@ -3,7 +3,7 @@
 // op contract of docs/dynamic-moe.md: expert e runs for a token iff norms[e] >= threshold[scale] · max_k norms[k].
 import { MoefyError } from '../errors';
 import { AttributeType, AttributeProto, FunctionProto, NodeProto } from '../onnx/schema';
-import type { ActivationKind } from './activation';
+import { ActivationKind, GELU_TANH } from './activation';
 import { MOE_ATTRIBUTES, MOE_DOMAIN, MOE_INPUTS, MOE_OP, MOE_OUTPUTS } from './contract';
 
 const DT_FLOAT = 1, DT_INT32 = 6, DT_INT64 = 7;
@@ -49,7 +49,7 @@ export function emitActivation(b: Body, kind: ActivationKind, x: string): string
     return b.op('Mul', [b.op('Mul', [x, b.op('Add', [e, b.scalarFloat(1)])]), b.scalarFloat(0.5)]);
   }
   const x3 = b.op('Mul', [x, b.op('Mul', [x, x])]);
-  const inner = b.op('Mul', [b.scalarFloat(0.7978845608028654), b.op('Add', [x, b.op('Mul', [b.scalarFloat(0.044715), x3])])]);
+  const inner = b.op('Mul', [b.scalarFloat(GELU_TANH.sqrt2OverPi), b.op('Add', [x, b.op('Mul', [b.scalarFloat(GELU_TANH.cubic), x3])])]);
   const t = b.op('Add', [b.scalarFloat(1), b.op('Tanh', [inner])]);
   return b.op('Mul', [b.scalarFloat(0.5), b.op('Mul', [x, t])]);
 }

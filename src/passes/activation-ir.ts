@@ -1,5 +1,5 @@
 // Activations emitted into the IR with standard ops (the router's GELU, reference FFNs for reports).
-import type { ActivationKind } from '../op';
+import { ActivationKind, GELU_TANH } from '../op';
 import { attr, Graph, Value } from '../ir/graph';
 import { Tensor } from '../onnx/tensor';
 
@@ -17,6 +17,6 @@ export function emitActivationIR(g: Graph, kind: ActivationKind, x: Value, opset
     return op('Mul', [op('Mul', [x, op('Add', [e, c(1)])]), c(0.5)]);
   }
   const x3 = op('Mul', [x, op('Mul', [x, x])]);
-  const inner = op('Mul', [c(0.7978845608028654), op('Add', [x, op('Mul', [c(0.044715), x3])])]);
+  const inner = op('Mul', [c(GELU_TANH.sqrt2OverPi), op('Add', [x, op('Mul', [c(GELU_TANH.cubic), x3])])]);
   return op('Mul', [c(0.5), op('Mul', [x, op('Add', [c(1), op('Tanh', [inner])])])]);
 }
