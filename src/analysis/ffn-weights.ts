@@ -1,5 +1,5 @@
 // An FFN's weights in the layout the op uses (W1 [D, H], W2 [H, D]), whatever the export's (MatMul or Gemm transB).
-import type { FfnSite } from '../analysis/var-structure';
+import type { FfnSite } from './var-structure';
 
 export function transpose(a: Float32Array, rows: number, cols: number): Float32Array {
   const out = new Float32Array(rows * cols);
