@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -9,9 +9,15 @@ import { MoefyError } from '../src/errors';
 
 const FIXTURE = '/work/shared/fixtures/var_tiny_full_io';
 
+const made: string[] = [];
 function tmpdir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-io-'));
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-io-'));
+  made.push(d);
+  return d;
 }
+after(() => {
+  for (const d of made) fs.rmSync(d, { recursive: true, force: true });
+});
 
 function sample(): Record<string, Tensor> {
   return {

@@ -2,7 +2,6 @@
 // outputs add every FFN output (and, for DynamicMoE blocks, the `active` counts), and an onnxruntime-node session on
 // it. Stock onnxruntime-node runs the DynamicMoE op through its function body (correct, not fast).
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { analyseVar, VarStructure } from '../analysis/var-structure';
@@ -11,6 +10,7 @@ import { MoefyError } from '../errors';
 import { Model } from '../ir/model';
 import { Value } from '../ir/graph';
 import { loadModel, saveCopy } from '../onnx/io';
+import { removeTemp, tempDir } from '../io/temp';
 import { THRESHOLD_INPUT } from '../op';
 
 export interface EvalSide {
@@ -93,7 +93,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
   const ffnIn = structure.blocks.map((b) => (b.ffn && opts.withFfnIn ? b.ffn.ffnIn : null));
   ffnIn.forEach(add);
   active.forEach(add);
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-eval-'));
+  const dir = tempDir('eval');
   const tmp = path.join(dir, 'eval.onnx');
   // onnxruntime-node feeds only the inputs it lists, and it does not list initializer-backed inputs: in the copy the
   // eval runs, `moe_threshold` becomes a plain input (always fed: the model's defaults unless overridden).
@@ -104,7 +104,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
   try {
     session = await ort.InferenceSession.create(tmp, { graphOptimizationLevel: 'all' });
   } catch (e) {
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeTemp(dir);
     throw new MoefyError(`${file}: onnxruntime could not open the model: ${(e as Error).message}`);
   }
   const feeds = g.inputs.filter((v) => !v.tensor && v.name !== THRESHOLD_INPUT).map((v) => v.name);
@@ -118,7 +118,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
 
 export async function closeSide(s: EvalSide): Promise<void> {
   await s.session.release();
-  fs.rmSync(s.dir, { recursive: true, force: true });
+  removeTemp(s.dir);
 }
 
 export function thresholdTensor(t: number[]): ort.Tensor {

@@ -8,12 +8,13 @@
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { Tensor } from 'onnxruntime-common';
 import { unzipSync, zipSync, Zippable } from 'fflate';
 import { MoefyError } from '../errors';
 import { DTYPES, IoDType, isIoDType, numElements, parseDType, tensorBytes, tensorFromBytes } from './dtypes';
 import { decodeNpy, encodeNpy } from './npy';
+import { tempSibling, removeTemp } from './temp';
+import { envError } from './env-errors';
 
 export { IoDType, DTYPES, parseDType, numElements, tensorFromBytes, tensorBytes } from './dtypes';
 export { decodeNpy, encodeNpy } from './npy';
@@ -122,8 +123,9 @@ export function encodeNpz(tensors: TensorSet, where = 'npz'): Uint8Array {
   }
 }
 
+/** A registered temporary sibling (removed on error, exit or signal; see ./temp). */
 function tmpName(p: string): string {
-  return `${p}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  return tempSibling(p);
 }
 
 function safeFileName(name: string, used: Set<string>): string {
@@ -175,7 +177,7 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
   }
   const parent = path.dirname(path.resolve(p));
   await fsp.mkdir(parent, { recursive: true }).catch((e) => {
-    throw new MoefyError(`cannot create ${parent}: ${(e as Error).message}`);
+    throw envError(e, parent, 'cannot create the folder');
   });
   const existing = await statOrNull(p);
   const tmp = tmpName(p);
@@ -185,9 +187,10 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
     try {
       await fsp.writeFile(tmp, bytes);
       await fsp.rename(tmp, p);
+      removeTemp(tmp);
     } catch (e) {
-      await fsp.rm(tmp, { force: true }).catch(() => undefined);
-      throw new MoefyError(`cannot write ${p}: ${(e as Error).message}`);
+      removeTemp(tmp);
+      throw envError(e, p);
     }
     return;
   }
@@ -204,7 +207,7 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
     }
     await fsp.writeFile(path.join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1) + '\n');
     if (existing) {
-      const old = tmpName(p) + '.old';
+      const old = tmpName(p + '.old');
       await fsp.rename(p, old);
       try {
         await fsp.rename(tmp, p);
@@ -212,14 +215,15 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
         await fsp.rename(old, p).catch(() => undefined);
         throw e;
       }
-      await fsp.rm(old, { recursive: true, force: true });
+      removeTemp(old);
     } else {
       await fsp.rename(tmp, p);
     }
+    removeTemp(tmp);
   } catch (e) {
-    await fsp.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+    removeTemp(tmp);
     if (e instanceof MoefyError) throw e;
-    throw new MoefyError(`cannot write ${p}: ${(e as Error).message}`);
+    throw envError(e, p);
   }
 }
 

@@ -2,6 +2,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MoefyError } from '../errors';
+import { envError } from '../io/env-errors';
+import { commitTemp, removeTemp, tempSibling } from '../io/temp';
 import { Model } from '../ir/model';
 import { graphFromProto, graphToProto } from './ir-proto';
 import { Value } from '../ir/graph';
@@ -106,8 +108,10 @@ export function saveModel(model: Model, file: string, opts: SaveOptions = {}): {
   const threshold = opts.sizeThreshold ?? 1024;
   const dir = path.dirname(path.resolve(file));
   const dataName = `${path.basename(file)}.data`;
-  const tmpModel = `${file}.${process.pid}.tmp`;
-  const tmpData = path.join(dir, `${dataName}.${process.pid}.tmp`);
+  const tmpModel = tempSibling(file);
+  const tmpData = tempSibling(path.join(dir, dataName));
+  // The file being written when an error strikes: the user's name for it, not the temporary one.
+  let writing = file;
   let fd: number | null = null;
   let dataOffset = 0;
   const tensorProtoOf = (v: Value): TensorProto => {
@@ -117,6 +121,7 @@ export function saveModel(model: Model, file: string, opts: SaveOptions = {}): {
       if (t.origin && t.source.kind !== 'external' && t.origin.name === v.name) return t.origin;
       return { ...baseTensorProto(v.name, t), raw_data: t.bytes() };
     }
+    writing = path.join(dir, dataName);
     if (fd === null) fd = fs.openSync(tmpData, 'w');
     // Align large tensors so a reader can map them directly.
     const align = t.byteLength >= 1 << 20 ? 65536 : 64;
@@ -139,18 +144,21 @@ export function saveModel(model: Model, file: string, opts: SaveOptions = {}): {
     const gp = graphToProto(g, tensorProtoOf);
     const proto: ModelProto = { ...model.proto, graph: gp };
     const bytes = ModelProtoType.encode(proto as never).finish();
+    writing = file;
     fs.writeFileSync(tmpModel, bytes);
     if (fd !== null) {
+      writing = path.join(dir, dataName);
       fs.closeSync(fd);
       fd = null;
-      fs.renameSync(tmpData, path.join(dir, dataName));
+      commitTemp(tmpData, path.join(dir, dataName));
     }
-    fs.renameSync(tmpModel, file);
+    writing = file;
+    commitTemp(tmpModel, file);
     return { externalData: external ? path.join(dir, dataName) : null, bytes: bytes.byteLength + (external ? dataOffset : 0) };
   } catch (e) {
     if (fd !== null) fs.closeSync(fd);
-    for (const f of [tmpModel, tmpData]) fs.rmSync(f, { force: true });
-    throw e;
+    for (const f of [tmpModel, tmpData]) removeTemp(f);
+    throw envError(e, writing);
   }
 }
 
