@@ -2,7 +2,8 @@ import { MoefyError } from '../errors';
 
 /** Parses a comma-separated list of numbers; names the flag in the error. */
 export function parseNumberList(flag: string, s: string | undefined): number[] | undefined {
-  if (s === undefined || s === '') return undefined;
+  if (s === undefined) return undefined;
+  if (String(s).trim() === '') throw new MoefyError(`--${flag} needs a value`);
   const parts = String(s).split(',').map((x) => x.trim());
   const nums = parts.map(Number);
   const bad = parts.find((p, k) => p === '' || !Number.isFinite(nums[k]));

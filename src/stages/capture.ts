@@ -2,7 +2,6 @@
 // each FFN's input, batch by batch. Inputs come from --calib (a folder of .bin + manifest.json, or .npz) or are
 // synthesised from the model's signature with a seed (with a warning: real data routes better).
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { FfnSite, VarStructure, isKvInputName, isKvOutputName, kvOutputFor } from '../analysis/var-structure';
@@ -12,6 +11,8 @@ import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
 import { Model } from '../ir/model';
 import { saveCopy } from '../onnx/io';
+import { removeTemp, tempDir } from '../io/temp';
+import { checkEmbeddingInputs, checkFinite } from '../calib/check-inputs';
 import { scaleOfPositions, scaleOfStep } from '../op';
 import { FfnInputSample, LayerCapture } from './types';
 
@@ -31,6 +32,9 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
   if (o.calib) {
     if (!fs.existsSync(o.calib)) throw new MoefyError(`--calib ${o.calib}: no such file or folder`);
     const set = (await readTensorSet(o.calib)) as unknown as Record<string, ort.Tensor>;
+    // Non-finite values and out-of-range labels, named before anything runs.
+    checkFinite(set, `calibration data ${o.calib}`);
+    checkEmbeddingInputs(model, set, `calibration data ${o.calib}`);
     if (s.kind === 'step' && isFullSequenceSet(set) && !hasAllInputs(model, set)) return captureChain(model, s, sites, o, set, onProgress);
     feeds = checkCalib(model, set, o.calib);
     if (s.kind === 'step') scaleIdx = stepScaleOf(s, feeds);
@@ -43,12 +47,12 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
   const samples = Object.entries(feeds).find(([n, t]) => !isKvInputName(n) && t.dims.length > 0)?.[1].dims[0] ?? 1;
 
   // A copy of the model whose outputs are the FFN inputs.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-capture-'));
+  const dir = tempDir('capture');
   const file = path.join(dir, 'capture.onnx');
   try {
     saveCopy(model, file, { outputs: sites.map((x) => x.ffnIn) });
   } catch (e) {
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeTemp(dir);
     throw e;
   }
   const sess = await ort.InferenceSession.create(file, { graphOptimizationLevel: 'all' });
@@ -77,7 +81,7 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
     }
   } finally {
     await sess.release();
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeTemp(dir);
   }
   const layers = toCaptures(chunks, scales, D, o);
   const N = layers[0].N;
@@ -167,7 +171,7 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
   if (s.stepScale === null && prefix.length === 0)
     throw new MoefyError('this dynamic step graph needs the KV cache of scale 1: pass --kv-prefix with the first step\'s graph (e.g. the step-0 export)');
   const last = s.stepScale !== null ? first : layout.patchNums.length - 1;
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-capture-'));
+  const dir = tempDir('capture');
   const file = path.join(dir, 'capture.onnx');
   saveCopy(model, file, { outputs: [...model.graph.outputs, ...sites.map((x) => x.ffnIn)] });
   const sessions: ort.InferenceSession[] = [];
@@ -215,7 +219,7 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
     await self.release();
   } finally {
     for (const x of sessions) await x.release();
-    fs.rmSync(dir, { recursive: true, force: true });
+    removeTemp(dir);
   }
   const layers = toCaptures(chunks, scales, s.D, o);
   return { layers, warnings: [], summary: `captured ${layers[0].N} tokens × ${sites.length} FFN inputs of scales ${first + 1}…${last + 1} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };

@@ -1,4 +1,4 @@
-import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { Tensor } from 'onnxruntime-common';
 import { analyseVar } from '../../analysis/var-structure';
@@ -8,6 +8,7 @@ import { loadModel } from '../../onnx/io';
 import { synthesiseInputs } from '../../calib/inputs';
 import { createSession } from '../../runtime';
 import { table } from '../../format';
+import { existing, integer, nonEmpty, once } from '../validate';
 
 interface Args {
   dense: string;
@@ -17,6 +18,8 @@ interface Args {
   threads: number;
   reps: number;
   seed: number;
+  json?: boolean;
+  quiet?: boolean;
 }
 
 /** Best wall time of `reps` runs after one warm-up, in ms. */
@@ -52,9 +55,19 @@ const command: CommandModule<object, Args> = {
       .option('samples', { type: 'number', default: 1, describe: 'samples to synthesise without --inputs' })
       .option('threads', { type: 'number', default: 0, describe: 'intra-op threads (0: ONNX Runtime default)' })
       .option('reps', { type: 'number', default: 5, describe: 'timed runs per model (best is reported)' })
-      .option('seed', { type: 'number', default: 0 }),
+      .option('seed', { type: 'number', default: 0, describe: 'seed of the synthesised inputs' })
+      .option('json', { type: 'boolean', describe: 'print the times and the ratio as JSON' })
+      .option('quiet', { alias: 'q', type: 'boolean', describe: 'print only the ratio' }),
   handler: async (a) => {
-    for (const f of [a.dense, a.moe]) if (!fs.existsSync(f)) throw new MoefyError(`${f}: no such file`);
+    once(a, ['dense', 'moe', 'inputs', 'samples', 'threads', 'reps', 'seed']);
+    nonEmpty(a, ['inputs']);
+    integer(a, 'samples', 1);
+    integer(a, 'threads', 0);
+    integer(a, 'reps', 1);
+    integer(a, 'seed', 0);
+    existing('dense model', a.dense, { file: true });
+    existing('MoE model', a.moe, { file: true });
+    if (a.inputs) existing('--inputs', a.inputs);
     const dense = loadModel(a.dense);
     const structure = analyseVar(dense);
     const feeds = a.inputs ? await readTensorSet(a.inputs) : (synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>);
@@ -63,6 +76,14 @@ const command: CommandModule<object, Args> = {
     const d = await time(a.dense, feeds, a.threads, a.reps);
     const m = await time(a.moe, feeds, a.threads, a.reps);
     const kind = structure.kind === 'step' ? `step graph${structure.stepScale ? ` (scale ${structure.stepScale})` : ''}` : 'full sequence';
+    if (a.json) {
+      process.stdout.write(JSON.stringify({ kind, reps: a.reps, threads: a.threads, dense: { model: path.resolve(a.dense), ms: d }, moe: { model: path.resolve(a.moe), ms: m }, ratio: m / d }, null, 2) + '\n');
+      return;
+    }
+    if (a.quiet) {
+      process.stdout.write(`${(m / d).toFixed(3)}\n`);
+      return;
+    }
     process.stdout.write(`${kind}, best of ${a.reps} runs after a warm-up\n`);
     process.stdout.write(table(['model', 'ms', 'ratio'], [[a.dense, d.toFixed(1), '1.000'], [a.moe, m.toFixed(1), (m / d).toFixed(3)]]) + '\n');
   },

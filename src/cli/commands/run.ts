@@ -2,7 +2,12 @@ import * as fs from 'node:fs';
 import type { CommandModule } from 'yargs';
 import type { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../../errors';
-import { readTensorSet, writeTensorSet, describeTensor } from '../../io';
+import * as path from 'node:path';
+import { readTensorSet, writeTensorSet, describeTensor, formatOfPath } from '../../io';
+import { checkOutputs, inputFiles } from '../../io/output-paths';
+import { checkRunInputs } from '../run-inputs';
+import { checkEmbeddingInputs } from '../../calib/check-inputs';
+import { existing, integer, nonEmpty, once } from '../validate';
 import { createSession, formatActiveSummary, summarizeActive } from '../../runtime';
 import { encodeCopy, loadModel, PROTOBUF_LIMIT } from '../../onnx/io';
 import { DataType } from '../../onnx/schema';
@@ -19,6 +24,8 @@ interface Args {
   experts?: number;
   'scale-index'?: number;
   summary: boolean;
+  json?: boolean;
+  quiet?: boolean;
 }
 
 interface MoeView {
@@ -91,9 +98,22 @@ const command: CommandModule<object, Args> = {
       .option('patch-nums', { type: 'string', describe: 'patch side per scale for the experts-per-scale summary (default: from the report, else VAR 256px)' })
       .option('experts', { type: 'number', describe: 'experts per layer, to print the active fraction' })
       .option('scale-index', { type: 'number', describe: 'scale of every token (per-scale step graphs whose L is ambiguous)' })
-      .option('summary', { type: 'boolean', default: true, describe: 'report experts used per scale (--no-summary: run the file exactly as is)' }),
+      .option('summary', { type: 'boolean', default: true, describe: 'report experts used per scale (--no-summary: run the file exactly as is)' })
+      .option('json', { type: 'boolean', describe: 'print the outputs\' names, types and shapes, the time and the experts per scale as JSON' })
+      .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing but warnings and errors' }),
   handler: async (a) => {
-    if (!fs.existsSync(a.model)) throw new MoefyError(`model not found: ${a.model}`);
+    once(a, ['model', 'inputs', 'output', 'threads', 'fetch', 'patch-nums', 'experts', 'scale-index']);
+    nonEmpty(a, ['inputs', 'output', 'fetch', 'patch-nums']);
+    integer(a, 'threads', 1);
+    integer(a, 'experts', 1);
+    integer(a, 'scale-index', 0);
+    existing('model', a.model, { file: true });
+    existing('--inputs', a.inputs);
+    const modelFiles = inputFiles(a.model, 'the model');
+    if (a.output) {
+      const kind = formatOfPath(a.output) === 'npz' ? 'file' : 'folder';
+      checkOutputs([{ path: a.output, flag: `-o ${a.output}`, what: 'the output', kind }], [...modelFiles, { path: `${a.model}.data`, what: "the model's external data" }, ...inputFiles(a.inputs, 'the inputs (--inputs)')]);
+    }
     const feeds = await readTensorSet(a.inputs);
     let view: MoeView = { added: [], active: [] };
     if (a.summary) {
@@ -106,12 +126,18 @@ const command: CommandModule<object, Args> = {
     const session = await createSession(view.bytes ?? a.model, { intraOpNumThreads: a.threads });
     try {
       const missing = session.inputNames.filter((n) => !(n in feeds));
-      if (missing.length) throw new MoefyError(`the inputs lack ${missing.join(', ')} (model inputs: ${session.inputNames.join(', ')})`);
+      if (missing.length) throw new MoefyError(`--inputs ${a.inputs}: no tensor named ${missing.map((n) => `'${n}'`).join(', ')} (model inputs: ${session.inputNames.join(', ')})`);
+      checkRunInputs(session.inputMetadata, feeds, a.inputs);
+      if (fs.statSync(a.model).size <= PROTOBUF_LIMIT / 2) checkEmbeddingInputs(loadModel(a.model), feeds, `--inputs ${a.inputs}`);
+      const say = (line: string) => {
+        if (!a.quiet && !a.json) process.stdout.write(line + '\n');
+      };
+      const report: Record<string, unknown> = { model: path.resolve(a.model) };
       const feedable = [...session.inputNames, ...session.overridableInitializerNames];
       const extra = Object.keys(feeds).filter((n) => !feedable.includes(n));
       const used: Record<string, Tensor> = {};
       for (const n of feedable) if (n in feeds) used[n] = feeds[n];
-      if (extra.length) process.stderr.write(`moefy: ignoring inputs not in the model: ${extra.join(', ')}\n`);
+      if (extra.length) process.stderr.write(`moefy: warning: ignoring inputs not in the model: ${extra.join(', ')}\n`);
       const asked = a.fetch ? a.fetch.split(',').map((s) => s.trim()).filter(Boolean) : undefined;
       const fetches = asked ? [...asked, ...view.added.filter((n) => !asked.includes(n))] : undefined;
       const t0 = process.hrtime.bigint();
@@ -119,8 +145,10 @@ const command: CommandModule<object, Args> = {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       const out: Record<string, Tensor> = {};
       for (const [n, t] of Object.entries(all)) if (!view.added.includes(n)) out[n] = t;
-      process.stdout.write(`ran ${a.model} in ${ms.toFixed(1)} ms\n`);
-      for (const [n, t] of Object.entries(out)) process.stdout.write(`  ${describeTensor(n, t)}\n`);
+      say(`ran ${a.model} in ${ms.toFixed(1)} ms`);
+      for (const [n, t] of Object.entries(out)) say(`  ${describeTensor(n, t)}`);
+      report.ms = ms;
+      report.outputs = Object.entries(out).map(([name, t]) => ({ name, type: t.type, dims: [...t.dims] }));
       const activeNames = view.active.length ? view.active : Object.keys(all).filter((n) => /active/i.test(n));
       const active = Object.entries(all).filter(([n, t]) => activeNames.includes(n) && (t.type === 'int32' || t.type === 'int64'));
       if (active.length) {
@@ -129,17 +157,21 @@ const command: CommandModule<object, Args> = {
         const experts = a.experts ?? view.experts ?? rep.experts;
         try {
           const s = summarizeActive(active.map(([, t]) => t), { patchNums, numExperts: experts, scaleIndex: a['scale-index'] });
-          process.stdout.write(`experts per token (${active.length} MoE layer output(s)):\n`);
-          for (const line of formatActiveSummary(s)) process.stdout.write(`  ${line}\n`);
+          say(`experts per token (${active.length} MoE layer output(s)):`);
+          for (const line of formatActiveSummary(s)) say(`  ${line}`);
+          report.experts = s;
         } catch (e) {
           if (!(e instanceof MoefyError)) throw e;
-          process.stdout.write(`experts per scale: ${e.message}\n`);
+          say(`experts per scale: ${e.message}`);
+          report.experts = { error: e.message };
         }
       }
       if (a.output) {
         await writeTensorSet(a.output, out);
-        process.stdout.write(`wrote ${Object.keys(out).length} output(s) to ${a.output}\n`);
+        say(`wrote ${Object.keys(out).length} output(s) to ${path.resolve(a.output)}`);
+        report.wrote = [path.resolve(a.output)];
       }
+      if (a.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n');
     } finally {
       session.release();
     }
