@@ -7,6 +7,9 @@ import { analyseVar } from './analysis/var-structure';
 import { countFlops, moeFfnFlops, routerFlopsPerToken } from './analysis/flops';
 import { CONVERT_DEFAULTS, ConvertOptions, resolveOptions } from './convert-options';
 import { MoefyError } from './errors';
+import { withPath } from './io/env-errors';
+import { checkConvertOutputs } from './io/output-paths';
+import { commitTemp, removeTemp, tempSibling } from './io/temp';
 import { loadModel, saveModel } from './onnx/io';
 import { METADATA } from './op';
 import { insert } from './passes/insert';
@@ -16,12 +19,15 @@ import { cluster } from './stages/cluster';
 import { permute } from './stages/permute';
 import { trainRouters } from './stages/routers';
 import { chooseThresholds, validateThresholdOptions } from './stages/thresholds';
+import { activationChangeWarning, costWarnings } from './stages/warnings';
 
 export const MOEFY_VERSION: string = require('../../package.json').version;
 
 export interface ProgressUi {
-  stage(name: string, total: number): { tick(done: number): void; stop(): void };
+  stage(name: string, total: number): { tick(done: number, total?: number): void; stop(): void };
   log(line: string): void;
+  /** A warning as soon as it is known (it also goes into the report's `warnings`). */
+  warn?(line: string): void;
 }
 
 const quietUi: ProgressUi = { stage: () => ({ tick: () => {}, stop: () => {} }), log: () => {} };
@@ -67,9 +73,18 @@ export interface ConversionReport {
   graph: { kind: string; stepScale: number | null; patchNums: number[] };
   layers: LayerReport[];
   scales: ScaleReport[];
-  totals: { ffnFlopsDense: number; ffnFlopsMoe: number; moeScalesBudgetSpent: number | null };
+  /**
+   * Per sample. FFN FLOPs of the MoE model include its routers; `moeScalesBudgetSpent` is what --budget bounds: the MoE
+   * scales' FFN FLOPs, routers included, over their dense FFN FLOPs. `flopsDense`/`flopsMoe`: the whole model.
+   */
+  totals: { ffnFlopsDense: number; ffnFlopsMoe: number; moeScalesBudgetSpent: number | null; flopsDense: number; flopsMoe: number };
   passes: PassResult[];
   warnings: string[];
+}
+
+/** The report beside a model: `out.onnx` → `out.json`. */
+export function reportPath(output: string): string {
+  return output.replace(/\.onnx$/, '') + '.json';
 }
 
 export function defaultOutput(input: string): string {
@@ -80,11 +95,9 @@ export function defaultOutput(input: string): string {
 export async function convert(input: string, given: ConvertOptions & { output?: string; externalData?: boolean }, ui: ProgressUi = quietUi): Promise<ConversionReport> {
   const opts = resolveOptions(given);
   const output = given.output ?? defaultOutput(input);
-  const reportFile = output.replace(/\.onnx$/, '') + '.json';
-  const outDir = path.dirname(path.resolve(output));
-  if (!fs.existsSync(outDir) || !fs.statSync(outDir).isDirectory()) throw new MoefyError(`-o ${output}: the folder ${outDir} does not exist`);
-  if (path.resolve(output) === path.resolve(input)) throw new MoefyError(`-o ${output}: the output would overwrite the input model`);
+  const reportFile = reportPath(output);
   const model = loadModel(input);
+  checkConvertOutputs(input, model, opts, output, reportFile);
   const structure = analyseVar(model, { patchNums: opts.patchNums });
   const S = structure.layout.patchNums.length;
   if (!Number.isInteger(opts.experts) || opts.experts < 1) throw new MoefyError(`--experts ${opts.experts} must be a positive integer`);
@@ -100,11 +113,11 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const dense = countFlops(model, structure, 1);
 
   const passes: PassResult[] = [];
-  const timed = async <T>(name: string, total: number, f: (tick: (d: number) => void) => Promise<T> | T, summary: (r: T) => string): Promise<T> => {
+  const timed = async <T>(name: string, total: number, f: (tick: (d: number, t?: number) => void) => Promise<T> | T, summary: (r: T) => string): Promise<T> => {
     const bar = ui.stage(name, total);
     const t0 = Date.now();
     try {
-      const r = await f((d) => bar.tick(d));
+      const r = await f((d, t) => bar.tick(d, t));
       const line = summary(r);
       passes.push({ name, summary: line });
       bar.stop();
@@ -119,15 +132,27 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const E = opts.experts;
   // relufy first: the captured FFN inputs, the clustering and the router targets are those of the ReLU model.
   const acts = await timed('relufy', 1, () => relufy(model, sites, opts.activation), (r) => r.summary);
-  const sample = await timed('capture', opts.calib ? 1 : opts.synthSamples, (tick) => capture(model, structure, sites, opts, (d) => tick(d)), (r) => r.summary);
-  for (const w of sample.warnings) ui.log(`warning: ${w}`);
+  const warnings: string[] = [];
+  let warned = 0;
+  const warn = (...w: string[]) => {
+    warnings.push(...w);
+    for (; warned < warnings.length; warned++) (ui.warn ?? ((x: string) => ui.log(`warning: ${x}`)))(warnings[warned]);
+  };
+  // The bar counts samples; capture reports (done, total) with the total it actually runs.
+  const sample = await timed('capture', opts.calib ? 1 : opts.synthSamples, (tick) => capture(model, structure, sites, opts, (d, t) => tick(d, t)), (r) => r.summary);
+  warn(...sample.warnings);
   const changes = await relufyReport(sites, acts, sample);
   if (changes.some((c) => c !== null)) ui.log(`relufy: FFN output change on calibration data per layer: ${changes.map((c) => (c === null ? '-' : (c * 100).toFixed(1) + '%')).join(', ')}`);
+  const big = activationChangeWarning(changes, acts.original, acts.experts);
+  if (big) warn(big);
   const clustering = await timed('cluster', L, (tick) => cluster(sites, acts.experts, sample, opts, (k) => tick(k + 1)), (r) => r.summary);
   const weights = await timed('permute', 1, () => permute(sites, clustering, acts.experts), () => `permuted ${L} FFNs into expert-contiguous layout`);
   // Routers learn the permuted experts' norms, so expert e of the router is expert e of the op.
   const routers = await timed('routers', L, (tick) => trainRouters(sample, weights, opts, (k) => tick(k + 1)), (r) => r.summary);
-  const plan = await timed('thresholds', 1, () => chooseThresholds(structure.layout, sample, routers, opts), (r) => r.summary);
+  // The budget is what the user pays: the routers' share of the FFN FLOPs comes off the experts' part.
+  const routerShare = routers.routers.reduce((a, r, k) => a + routerFlopsPerToken(sites[k].D, r.width, E), 0) / sites.reduce((a, s) => a + 4 * s.D * s.H, 0);
+  const plan = await timed('thresholds', 1, () => chooseThresholds(structure.layout, sample, routers, { ...opts, routerShare }), (r) => r.summary);
+  warn(...plan.warnings);
   await timed('insert', 1, () => insert(model, structure.layout, sites, E, weights, routers, plan), (line) => line);
 
   const options = {
@@ -161,7 +186,11 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
     };
   });
   const moeScales = scales.filter((x) => x.moe && x.activeFraction !== null);
-  const spent = moeScales.length ? moeScales.reduce((a, x) => a + x.ffnFlopsDense * x.activeFraction!, 0) / moeScales.reduce((a, x) => a + x.ffnFlopsDense, 0) : null;
+  // What --budget bounds: the MoE scales' FFN FLOPs with their routers, over the same scales' dense FFN FLOPs.
+  const spent = moeScales.length ? moeScales.reduce((a, x) => a + x.ffnFlopsMoe, 0) / moeScales.reduce((a, x) => a + x.ffnFlopsDense, 0) : null;
+  const ffnDenseTotal = scales.reduce((a, x) => a + x.ffnFlopsDense, 0), ffnMoeTotal = scales.reduce((a, x) => a + x.ffnFlopsMoe, 0);
+  const totals = { ffnFlopsDense: ffnDenseTotal, ffnFlopsMoe: ffnMoeTotal, moeScalesBudgetSpent: spent, flopsDense: dense.total, flopsMoe: dense.total - ffnDenseTotal + ffnMoeTotal };
+  warn(...costWarnings(scales, totals));
   const report: ConversionReport = {
     moefy: MOEFY_VERSION, input: path.basename(input), output: path.basename(output), options,
     graph: { kind: structure.kind, stepScale: structure.stepScale, patchNums: structure.layout.patchNums },
@@ -171,17 +200,17 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
       D: s.D, H: s.H, experts: E, expertSize: s.H / E, activation: acts.experts[k], originalActivation: acts.original[k],
     })),
     scales,
-    totals: { ffnFlopsDense: scales.reduce((a, x) => a + x.ffnFlopsDense, 0), ffnFlopsMoe: scales.reduce((a, x) => a + x.ffnFlopsMoe, 0), moeScalesBudgetSpent: spent },
-    passes, warnings: sample.warnings,
+    totals,
+    passes, warnings,
   };
   // Atomic writes: the report under a temporary name first, the model (and its data) renamed last.
-  const tmpReport = `${reportFile}.${process.pid}.tmp`;
-  fs.writeFileSync(tmpReport, JSON.stringify(report, null, 2) + '\n');
+  const tmpReport = tempSibling(reportFile);
   try {
+    withPath(reportFile, () => fs.writeFileSync(tmpReport, JSON.stringify(report, null, 2) + '\n'));
     saveModel(model, output, { externalData: given.externalData ? true : 'auto' });
-    fs.renameSync(tmpReport, reportFile);
+    withPath(reportFile, () => commitTemp(tmpReport, reportFile));
   } catch (e) {
-    fs.rmSync(tmpReport, { force: true });
+    removeTemp(tmpReport);
     throw e;
   }
   return report;

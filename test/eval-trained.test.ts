@@ -1,7 +1,12 @@
 // moefy eval on the really trained ReLU model: the calibration set split into 48 calibration + 16 held-out sequences,
-// var_relu_h001_tf.onnx converted with the CLI's defaults at --budget 0.5 --experts 64 --from-scale 8 on the 48. Checked: the FLOPs eval
+// var_relu_h001_tf.onnx converted with the CLI's defaults at --budget 0.7 --experts 64 --from-scale 8 on the 48. Checked: the FLOPs eval
 // reports on the calibration data match the conversion report's (per-scale MoE FFN FLOPs), the held-out quality
-// (CE increase, top-1 agreement: asserted against the project's targets ≤ 0.01 nats and ≥ 95%) and active fraction (within 0.05 of the budget), the sweep's CSV and PNG, and the router maps.
+// (CE increase, top-1 agreement: asserted against the project's targets ≤ 0.01 nats and ≥ 95%), the held-out FFN
+// FLOPs with the routers (within 0.05 of the budget) and active fraction (within 0.05 of the budget less the routers'
+// share), the sweep's CSV and PNG, and the router maps.
+// The budget counts the routers (what the user pays): 64 routers' width-128 MLPs cost 2·(128·128 + 128·64) FLOPs per
+// token against the FFN's 4·128·512, 18.75%; at --budget 0.5 the experts get 31% and the targets are missed
+// (measured: +0.0171 nats, 92.2% top-1), at 0.7 they get ~51%, what --budget 0.5 gave before routers counted.
 import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -12,8 +17,9 @@ import { ROUTER_MAP_SIZE, writeRouterMaps } from '../src/eval/router-maps';
 import { closeSide, EvalSide, openSide } from '../src/eval/side';
 import { SWEEP_PNG_SIZE, sweep } from '../src/eval/sweep';
 import { evaluate, EvalReport } from '../src/eval/teacher';
+import { CONVERT_DEFAULTS } from '../src/convert-options';
 import { ConversionReport, convert } from '../src/pipeline';
-import { rmDir, tmpDir, TRAINED } from './helpers/fixtures';
+import { rmDir, tmpDir, TRAINED, TRAINED_ARCH } from './helpers/fixtures';
 import { PNG } from 'pngjs';
 
 /** PNG signature, IHDR size, and a pngjs decode. */
@@ -30,6 +36,11 @@ function checkPng(file: string, width: number, height: number): void {
 
 const MODEL = path.join(TRAINED, 'var_relu_h001_tf.onnx');
 const CALIB_N = 48;
+const BUDGET = 0.7;
+const EXPERTS = 64;
+const ROUTER_WIDTH = CONVERT_DEFAULTS.routerWidth;
+/** The routers' FLOPs over the dense FFN's, per token, from the architecture (README of the fixtures). */
+const ROUTER_SHARE = (2 * (TRAINED_ARCH.C * ROUTER_WIDTH + ROUTER_WIDTH * EXPERTS)) / (4 * TRAINED_ARCH.C * TRAINED_ARCH.H);
 
 function subset(set: TensorSet, a: number, b: number): TensorSet {
   const out: TensorSet = {};
@@ -57,9 +68,9 @@ before(async () => {
   heldout = await readTensorSet(path.join(dir, 'heldout16'));
   assert.equal(heldout.gt_idx_BL.dims[0], 16);
   report = await convert(MODEL, {
-    // 64 experts of 8 neurons: measured here CE +0.0046 nats, top-1 96.5% (32 experts of 16: +0.0063, 95.0%, at the edge).
-    // Everything else is the CLI's defaults (src/convert-options.ts).
-    experts: 64, fromScale: 8, budget: 0.5, calib: path.join(dir, 'calib48'), output: moeFile(),
+    // 64 experts of 8 neurons (see the README's table for 32 of 16). Everything else is the CLI's defaults
+    // (src/convert-options.ts).
+    experts: EXPERTS, fromScale: 8, budget: BUDGET, calib: path.join(dir, 'calib48'), output: moeFile(),
   });
   dense = await openSide(MODEL, { withFfnIn: true });
   moe = await openSide(moeFile());
@@ -75,6 +86,11 @@ test('eval FLOPs on the calibration data match the conversion report', async () 
   const r = (await evaluate(dense, moe, calib, { replayRouters: true })).reports[0];
   assert.equal(r.samples, CALIB_N);
   assert.deepEqual(r.moeScales.scales, [8, 9, 10]);
+  // The budget is met on the calibration data, routers included (the chooser aims within 0.02 below it).
+  const spent = report.totals.moeScalesBudgetSpent!;
+  assert.ok(spent <= BUDGET + 1e-9 && spent >= BUDGET - 0.025, `calibration spend ${spent} for budget ${BUDGET}`);
+  const moeRows = report.scales.filter((x) => x.moe);
+  assert.ok(Math.abs(moeRows.reduce((a, x) => a + x.ffnFlopsMoe, 0) / moeRows.reduce((a, x) => a + x.ffnFlopsDense, 0) - spent) < 1e-12);
   for (const s of r.scales) {
     const c = report.scales[s.scale - 1];
     assert.equal(s.moe, c.moe);
@@ -97,7 +113,7 @@ test('eval FLOPs on the calibration data match the conversion report', async () 
 let held: EvalReport;
 let heldMaps: Int32Array[] | null;
 
-test('held-out quality: CE increase and top-1 agreement on scales 8–10, active fraction within 0.05 of the budget', async () => {
+test('held-out quality: CE increase and top-1 agreement on scales 8–10, FFN FLOPs with routers within 0.05 of the budget', async () => {
   const res = await evaluate(dense, moe, heldout, { keepActiveOf: 0 });
   held = res.reports[0];
   heldMaps = res.activeMaps[0];
@@ -108,8 +124,9 @@ test('held-out quality: CE increase and top-1 agreement on scales 8–10, active
   console.log(`held-out (16 sequences), thresholds ${held.thresholds!.slice(7).map((t) => t.toFixed(3)).join(',')}:`);
   for (const s of held.scales.filter((x) => x.moe)) console.log('  ' + line(s));
   const ceOk = m.ceIncrease! <= 0.01, agOk = m.top1 >= 0.95;
-  console.log(`  scales 8-10: CE ${m.ceDense!.toFixed(4)} → ${m.ceMoe!.toFixed(4)} (+${m.ceIncrease!.toFixed(4)} nats; target ≤ 0.01: ${ceOk ? 'met' : 'NOT met'}), top-1 ${(100 * m.top1).toFixed(1)}% (target ≥ 95%: ${agOk ? 'met' : 'NOT met'}), active fraction ${m.activeFraction.toFixed(4)} (budget 0.5), FFN FLOPs ${m.ffnFlopsMoe.toFixed(0)} / ${m.ffnFlopsDense.toFixed(0)} = ${(m.ffnFlopsMoe / m.ffnFlopsDense).toFixed(3)} (routers included)`);
-  assert.ok(Math.abs(m.activeFraction - 0.5) <= 0.05, `held-out active fraction ${m.activeFraction}`);
+  console.log(`  scales 8-10: CE ${m.ceDense!.toFixed(4)} → ${m.ceMoe!.toFixed(4)} (+${m.ceIncrease!.toFixed(4)} nats; target ≤ 0.01: ${ceOk ? 'met' : 'NOT met'}), top-1 ${(100 * m.top1).toFixed(1)}% (target ≥ 95%: ${agOk ? 'met' : 'NOT met'}), active fraction ${m.activeFraction.toFixed(4)} (budget ${BUDGET} less routers ${ROUTER_SHARE.toFixed(4)}), FFN FLOPs ${m.ffnFlopsMoe.toFixed(0)} / ${m.ffnFlopsDense.toFixed(0)} = ${(m.ffnFlopsMoe / m.ffnFlopsDense).toFixed(3)} (routers included)`);
+  assert.ok(Math.abs(m.ffnFlopsMoe / m.ffnFlopsDense - BUDGET) <= 0.05, `held-out FFN FLOPs ratio ${m.ffnFlopsMoe / m.ffnFlopsDense}`);
+  assert.ok(Math.abs(m.activeFraction - (BUDGET - ROUTER_SHARE)) <= 0.05, `held-out active fraction ${m.activeFraction}`);
   // The project's quality target (mission): at most 0.01 nats lost, at least 95% top-1 agreement on scales 8–10.
   assert.ok(ceOk, `CE increase ${m.ceIncrease} nats > 0.01`);
   assert.ok(agOk, `top-1 agreement ${m.top1} < 0.95`);

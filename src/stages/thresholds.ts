@@ -1,6 +1,6 @@
 // Stage chooseThresholds → ThresholdPlan: per-scale thresholds for scales from-scale…last: given (--threshold), from
 // DMoE-VAR's τ (--tau, threshold = 1 − τ), or chosen on the calibration data for a FLOP budget (--budget, default
-// 0.6), non-decreasing toward finer scales as the paper found best. Scales before from-scale get 0 (every expert:
+// 0.6; routers included: what the user pays), non-decreasing toward finer scales as the paper found best. Scales before from-scale get 0 (every expert:
 // the dense FFN).
 import type { PatchLayout } from '../analysis/var-structure';
 import { activeFraction, chooseThresholds as chooseForBudget, thresholdsFromTau } from '../calib/thresholds';
@@ -15,6 +15,11 @@ export interface ThresholdOptions {
   thresholds?: number[];
   tau?: number[];
   budget?: number;
+  /**
+   * The routers' FLOPs over the dense FFN's, per token (the same on every scale): the budget is what the user pays,
+   * so the experts get the budget less this.
+   */
+  routerShare?: number;
 }
 
 /** Checks the threshold options against the layout before any work is done. */
@@ -39,6 +44,7 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
   const layers = sample.layers;
   let chosen: number[];
   let how: string;
+  const warnings: string[] = [];
   const expand = (l: number[]) => (l.length === 1 ? Array(n).fill(l[0]) : l);
   // Scales that have captured tokens.
   const scaleRows = (s: number, k: number) => {
@@ -74,7 +80,12 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
     const budget = o.budget ?? CONVERT_DEFAULTS.budget;
     const withData = perScale.filter((p) => p.count > 0);
     if (withData.length === 0) throw new MoefyError(`the calibration data holds no tokens of scales ${o.fromScale}…${S}; cannot choose thresholds for a budget (give --threshold)`);
-    const r = chooseForBudget(withData, budget);
+    const share = o.routerShare ?? 0;
+    const r = chooseForBudget(withData, Math.max(budget - share, 1e-9));
+    const reached = r.spent + share;
+    if (r.clamped === 'below-minimum' || budget - share <= 0)
+      warnings.push(`--budget ${budget} cannot be met: the least scales ${o.fromScale}…${S} can spend is ${reached.toFixed(3)} of their dense FFN FLOPs (one expert per token: ${r.spent.toFixed(3)}, routers: ${share.toFixed(3)}); converted at that`);
+    else if (r.note) warnings.push(`--budget ${budget}: ${r.note.replace(/spends (\d\.\d+)/, () => `reaches ${reached.toFixed(3)} with the routers`)}`);
     // Scales without calibration tokens take the nearest coarser scale's threshold (monotone).
     chosen = [];
     let last = 0;
@@ -83,7 +94,7 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
       last = k >= 0 ? r.thresholds[k] : last;
       chosen.push(last);
     }
-    how = `chosen for a budget of ${budget} of the dense FFN FLOPs on scales ${o.fromScale}…${S}`;
+    how = `chosen for a budget of ${budget} of the dense FFN FLOPs on scales ${o.fromScale}…${S}, routers included (reached ${reached.toFixed(3)}: experts ${r.spent.toFixed(3)} + routers ${share.toFixed(3)})`;
   }
   const thresholds = [...Array(first).fill(0), ...chosen];
   const activeFractions = thresholds.map((t, s) => {
@@ -101,5 +112,5 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
     }
     return m;
   });
-  return { thresholds, activeFractions, activeFractionPerLayer, summary: `thresholds ${chosen.map(formatThreshold).join(',')} for scales ${o.fromScale}…${S}, ${how}` };
+  return { thresholds, activeFractions, activeFractionPerLayer, warnings, summary: `thresholds ${chosen.map(formatThreshold).join(',')} for scales ${o.fromScale}…${S}, ${how}` };
 }

@@ -67,5 +67,7 @@ export interface ThresholdPlan {
   activeFractions: number[];
   /** Per layer: scale (1-based, as a string) → active fraction, for the MoE scales with captured tokens. */
   activeFractionPerLayer: Record<string, number>[];
+  /** A budget not met, said with what was reached. */
+  warnings: string[];
   summary: string;
 }
