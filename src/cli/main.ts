@@ -2,7 +2,9 @@
 import yargs from 'yargs';
 import { MoefyError } from '../errors';
 
-import convert from './commands/convert';
+import convert, { convertCommand } from './commands/convert';
+import { envErrorLine } from '../io/env-errors';
+import { installSignalCleanup } from '../io/temp';
 import inspect from './commands/inspect';
 import run from './commands/run';
 import libPath from './commands/lib-path';
@@ -12,25 +14,29 @@ import bench from './commands/bench';
 const verbose = process.argv.includes('--verbose');
 
 function fail(e: unknown): never {
+  const env = envErrorLine(e);
   if (verbose && e instanceof Error) process.stderr.write(`${e.stack}\n`);
   else if (e instanceof MoefyError) process.stderr.write(`moefy: ${e.message}\n`);
+  else if (env) process.stderr.write(`moefy: ${env}\n`);
   else process.stderr.write(`moefy: internal error: ${(e as Error)?.message ?? String(e)} (run with --verbose for details)\n`);
-  process.exit(e instanceof MoefyError ? 1 : 2);
+  process.exit(e instanceof MoefyError || env ? 1 : 2);
 }
 
 process.on('unhandledRejection', fail);
 
 export async function main(argv: string[]): Promise<void> {
-  const commands = [inspect, run, libPath, evalCommand, bench, convert];
+  installSignalCleanup();
+  const commands = [convertCommand, inspect, run, libPath, evalCommand, bench, convert];
   let y = yargs(argv)
     .scriptName('moefy')
-    .usage('moefy <model.onnx> --experts N --from-scale S [options]   convert a dense VAR into a dynamic-MoE VAR\nmoefy <command> ...')
+    .usage('moefy convert <model.onnx> --experts N --from-scale S [options]\n  convert a dense VAR into a dynamic-MoE VAR (`convert` is the default: moefy <model.onnx> … works too)\nmoefy <command> …')
     .option('verbose', { type: 'boolean', describe: 'print stack traces and more detail', global: true })
     .strict()
     .recommendCommands()
     .help()
     .fail((msg, err) => {
       if (err) throw err;
+      if (argv.length === 0) throw new MoefyError('nothing to do: moefy convert <model.onnx> --experts N --from-scale S converts a model; moefy --help lists the commands');
       throw new MoefyError(msg);
     });
   for (const c of commands) y = y.command(c as never);

@@ -1,10 +1,12 @@
-import * as cliProgress from 'cli-progress';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { CONVERT_DEFAULTS as D } from '../../convert-options';
-import { MoefyError } from '../../errors';
-import { convert, ProgressUi } from '../../pipeline';
+import { convert, defaultOutput, reportPath } from '../../pipeline';
 import { formatThreshold, human, pct, table } from '../../format';
 import { parseNumberList, parsePatchNums } from '../options';
+import { conversionUi } from '../progress';
+import { existing, integer, nonEmpty, number, once, whole } from '../validate';
 
 interface Args {
   model: string;
@@ -26,25 +28,28 @@ interface Args {
   'router-target': string;
   'synth-samples': number;
   'max-tokens': number;
+  json?: boolean;
+  quiet?: boolean;
 }
 
-function ui(): ProgressUi {
-  const tty = process.stderr.isTTY;
-  return {
-    stage(name, total) {
-      if (!tty) return { tick: () => {}, stop: () => {} };
-      const bar = new cliProgress.SingleBar({ format: `${name.padEnd(10)} [{bar}] {value}/{total}`, stream: process.stderr, clearOnComplete: true, hideCursor: true }, cliProgress.Presets.shades_classic);
-      bar.start(total, 0);
-      return { tick: (d) => bar.update(d), stop: () => bar.stop() };
-    },
-    log: (line) => process.stdout.write(line + '\n'),
-  };
+/** Every option checked before the model is read, in the user's words. */
+function validate(a: Args): void {
+  once(a, ['model', 'output', 'calib', 'kv-prefix', 'threshold', 'tau', 'budget', 'experts', 'from-scale', 'seed', 'activation', 'cluster-by', 'patch-nums', 'router-width', 'router-epochs', 'router-target', 'synth-samples', 'max-tokens']);
+  nonEmpty(a, ['output', 'calib', 'kv-prefix', 'threshold', 'tau', 'patch-nums']);
+  whole(a, 'experts');
+  whole(a, 'from-scale');
+  integer(a, 'seed', 0);
+  integer(a, 'router-width', 1);
+  integer(a, 'router-epochs', 1);
+  integer(a, 'synth-samples', 1);
+  integer(a, 'max-tokens', 1);
+  number(a, 'budget', 0, 1, { minExclusive: true });
+  existing('model', a.model, { file: true });
+  if (a.calib) existing('--calib', a.calib);
+  for (const p of a['kv-prefix']?.split(',') ?? []) existing('--kv-prefix', p, { file: true });
 }
 
-const command: CommandModule<object, Args> = {
-  command: '$0 <model>',
-  describe: 'Convert a dense VAR into a dynamic-MoE VAR (DMoE-VAR)',
-  builder: (y) =>
+const builder = (y: import('yargs').Argv) =>
     y
       .positional('model', { type: 'string', demandOption: true, describe: 'dense VAR ONNX model' })
       .option('experts', { type: 'number', demandOption: true, describe: 'experts per FFN (must divide the hidden size)' })
@@ -55,7 +60,7 @@ const command: CommandModule<object, Args> = {
       .option('kv-prefix', { type: 'string', describe: 'step graphs: comma-separated graphs of the earlier scales (scale 1 first), run to build the KV cache from full-sequence --calib data' })
       .option('threshold', { type: 'string', describe: 'thresholds for scales from-scale…last, comma-separated (or one for all)' })
       .option('tau', { type: 'string', describe: "DMoE-VAR's tau per scale (threshold = 1 − tau)" })
-      .option('budget', { type: 'number', describe: `fraction of the dense FFN FLOPs the MoE scales may spend (default ${D.budget})` })
+      .option('budget', { type: 'number', describe: `fraction of the dense FFN FLOPs the MoE scales may spend, routers included (default ${D.budget})` })
       .option('seed', { type: 'number', default: D.seed, describe: 'seed of every random choice' })
       .option('activation', { choices: ['relu', 'keep'], default: D.activation, describe: "experts' activation: ReLU (DMoE-VAR) or keep the model's" })
       .option('cluster-by', { choices: ['weights', 'activations'], default: D.clusterBy, describe: 'cluster neurons by co-activation on the calibration data (default: measured better) or by fc1 weights (DMoE-VAR reference)' })
@@ -64,24 +69,40 @@ const command: CommandModule<object, Args> = {
       .option('router-target', { choices: ['sqrt', 'norm'], default: D.routerTarget, describe: 'router regresses √norm (default, routes better) or the norm itself (DMoE-VAR)' })
       .option('router-epochs', { type: 'number', default: D.routerEpochs, describe: 'router training epochs' })
       .option('synth-samples', { type: 'number', default: D.synthSamples, describe: 'samples to synthesise without --calib' })
-      .option('max-tokens', { type: 'number', default: D.maxTokens, describe: 'captured tokens per layer (seeded subsample above this)' }),
-  handler: async (a) => {
-    for (const k of ['output', 'calib', 'threshold', 'tau', 'budget', 'experts', 'from-scale'] as const) {
-      if (Array.isArray(a[k])) throw new MoefyError(`--${k} was given more than once`);
-    }
+      .option('max-tokens', { type: 'number', default: D.maxTokens, describe: 'captured tokens per layer (seeded subsample above this)' })
+      .option('json', { type: 'boolean', describe: 'print the conversion report as JSON on stdout (stage lines go to stderr)' })
+      .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing but warnings and errors' });
+
+async function handler(a: Args): Promise<void> {
+    validate(a);
+    const start = Date.now();
     const r = await convert(a.model, {
       experts: a.experts, fromScale: a['from-scale'], output: a.output, externalData: a['external-data'], calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
       thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
       seed: a.seed, activation: a.activation as 'relu' | 'keep', clusterBy: a['cluster-by'] as 'weights' | 'activations',
       patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'], routerTarget: a['router-target'] as 'sqrt' | 'norm',
       synthSamples: a['synth-samples'], maxTokens: a['max-tokens'],
-    }, ui());
+    }, conversionUi(a));
+    const out = path.resolve(a.output ?? defaultOutput(a.model));
+    const data = `${out}.data`;
+    const wrote = [out, ...(fs.existsSync(data) && fs.statSync(data).mtimeMs >= start - 1000 ? [data] : []), path.resolve(reportPath(out))];
+    if (a.json) {
+      process.stdout.write(JSON.stringify({ ...r, wrote }, null, 2) + '\n');
+      return;
+    }
+    if (a.quiet) return;
     const rows = r.scales.map((s) => [s.scale, `${s.patch}x${s.patch}`, s.tokens, s.moe ? formatThreshold(s.threshold) : 'dense', s.activeFraction === null ? '-' : pct(s.activeFraction), human(s.ffnFlopsDense), human(s.ffnFlopsMoe), pct(s.ffnFlopsMoe / s.ffnFlopsDense)]);
-    process.stdout.write(table(['scale', 'patch', 'tokens', 'threshold', 'active', 'FFN dense', 'FFN MoE', 'MoE/dense'], rows) + '\n');
+    process.stdout.write(table(['scale', 'patch', 'tokens', 'threshold', 'active', 'FFN dense', 'FFN MoE+routers', 'MoE/dense'], rows) + '\n');
     const t = r.totals;
-    process.stdout.write(`FFN FLOPs per sample: dense ${human(t.ffnFlopsDense)}, MoE ${human(t.ffnFlopsMoe)} (${pct(t.ffnFlopsMoe / t.ffnFlopsDense)})\n`);
+    process.stdout.write(`FFN FLOPs per sample (MoE: experts + routers): dense ${human(t.ffnFlopsDense)}, MoE ${human(t.ffnFlopsMoe)} (${pct(t.ffnFlopsMoe / t.ffnFlopsDense)})` +
+      `${t.moeScalesBudgetSpent !== null ? `; MoE scales ${r.options.fromScale}…${r.scales.length}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
+    process.stdout.write(`whole model FLOPs per sample: dense ${human(t.flopsDense)}, MoE ${human(t.flopsMoe)} (${pct(t.flopsMoe / t.flopsDense)})\n`);
     process.stdout.write(`router held-out R²: ${r.layers.map((l) => l.routerR2?.toFixed(3)).join(', ')}\n`);
-    process.stdout.write(`wrote ${r.output} and ${r.output.replace(/\.onnx$/, '')}.json\n`);
-  },
-};
+    process.stdout.write(`wrote ${wrote.join(', ')}\n`);
+}
+
+const describe = 'Convert a dense VAR into a dynamic-MoE VAR (DMoE-VAR)';
+/** `moefy convert model.onnx …`, and the bare `moefy model.onnx …` kept as the default command. */
+export const convertCommand: CommandModule<object, Args> = { command: 'convert <model>', describe, builder: builder as never, handler };
+const command: CommandModule<object, Args> = { command: '$0 <model>', describe: false as never, builder: builder as never, handler };
 export default command;
