@@ -18,6 +18,7 @@ import { loadModel } from '../onnx/io';
 import { writeTensorSet } from '../io';
 import { analyseVar, isKvInputName, isKvOutputName, kvInputFor } from '../analysis/var-structure';
 import { closeSide, EvalSide, openSide } from './side';
+import { writeFileAtomic } from '../io/temp';
 
 export interface GenerateOptions {
   steps: string;
@@ -329,7 +330,7 @@ export function writeImageGrid(file: string, rows: ort.Tensor[]): void {
         }
   });
   fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  fs.writeFileSync(file, PNG.sync.write(png));
+  writeFileAtomic(file, PNG.sync.write(png));
 }
 
 export function printGenerate(r: GenerateReport): string {

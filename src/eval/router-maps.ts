@@ -1,10 +1,10 @@
 // Router maps (DMoE-VAR's figure 12): for one sample, a pn×pn heat map per scale of the experts run per token (mean
 // over the layers), with a colour legend.
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { PatchLayout } from '../analysis/var-structure';
 import { MoefyError } from '../errors';
 import { vegaLiteToPng } from './plot';
+import { writeFileAtomic } from '../io/temp';
 
 export const ROUTER_MAP_SIZE = { width: 640, height: 560 };
 
@@ -50,7 +50,7 @@ export async function writeRouterMaps(dir: string, maps: Int32Array[], layout: P
     };
     const png = await vegaLiteToPng(spec, size.width, size.height);
     const f = path.join(dir, `router_map_scale${scale}.png`);
-    fs.writeFileSync(f, png);
+    writeFileAtomic(f, png);
     files.push(f);
   }
   return files;

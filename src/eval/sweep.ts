@@ -11,6 +11,7 @@ import { THRESHOLD_INPUT } from '../op';
 import { vegaLiteToPng } from './plot';
 import type { EvalSide } from './side';
 import { evaluate, EvalSummary } from './teacher';
+import { writeFileAtomic } from '../io/temp';
 
 export const DEFAULT_GRID = [0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7];
 export const SWEEP_PNG_SIZE = { width: 1200, height: 520 };
@@ -115,10 +116,10 @@ export async function sweep(dense: EvalSide, moe: EvalSide, inputs: TensorSet, o
   const files = { csv: path.join(o.dir, 'sweep.csv'), png: path.join(o.dir, 'sweep.png'), json: path.join(o.dir, 'sweep.json') };
   const r0 = res.reports[0];
   const report: SweepReport = { dense: r0.dense, moe: r0.moe, samples: r0.samples, groundTruth: r0.groundTruth, rows, files };
-  fs.writeFileSync(files.csv, sweepCsv(rows));
-  fs.writeFileSync(files.json, JSON.stringify(report, null, 2) + '\n');
+  writeFileAtomic(files.csv, sweepCsv(rows));
+  writeFileAtomic(files.json, JSON.stringify(report, null, 2) + '\n');
   const size = o.size ?? SWEEP_PNG_SIZE;
-  fs.writeFileSync(files.png, await vegaLiteToPng(sweepSpec(rows, r0.groundTruth, `${r0.moe} vs ${r0.dense}, ${r0.samples} samples${o.names?.inputs ? ` of ${o.names.inputs}` : ''}`), size.width, size.height));
+  writeFileAtomic(files.png, await vegaLiteToPng(sweepSpec(rows, r0.groundTruth, `${r0.moe} vs ${r0.dense}, ${r0.samples} samples${o.names?.inputs ? ` of ${o.names.inputs}` : ''}`), size.width, size.height));
   return report;
 }
 

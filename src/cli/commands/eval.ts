@@ -2,6 +2,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { MoefyError } from '../../errors';
+import { checkOutputs, inputFiles } from '../../io/output-paths';
+import { checkEmbeddingInputs, checkFinite } from '../../calib/check-inputs';
 import { printEval } from '../../eval/format';
 import { generate, printGenerate } from '../../eval/generate';
 import { writeRouterMaps } from '../../eval/router-maps';
@@ -9,6 +11,9 @@ import { closeSide, openSide } from '../../eval/side';
 import { printSweep, sweep } from '../../eval/sweep';
 import { evaluate, loadInputs } from '../../eval/teacher';
 import { parseNumberList, parsePatchNums } from '../options';
+import { progressCallback } from '../progress';
+import { existing, integer, nonEmpty, number, once } from '../validate';
+import type { Argv } from 'yargs';
 
 interface Args {
   dense?: string;
@@ -38,93 +43,178 @@ interface Args {
   'top-p': number;
   seed: number;
   'patch-nums'?: string;
+  out?: string;
 }
 
-/** A one-line progress counter on a terminal's stderr. */
-function progress(what: string): ((done: number, total: number) => void) | undefined {
-  if (!process.stderr.isTTY) return undefined;
-  return (done, total) => process.stderr.write(`\r${what}: ${done}/${total} samples${done === total ? '\n' : ''}`);
+
+const progress = (what: string, a: Args) => (a.json ? undefined : progressCallback(what));
+
+/** Options every eval form shares. */
+const common = (y: Argv) =>
+  y
+    .option('json', { type: 'boolean', describe: 'print the report as JSON (see README)' })
+    .option('threshold', { type: 'string', describe: 'override moe_threshold: one value per scale, or one for every scale from the conversion\'s from-scale on' })
+    .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' });
+
+const teacherInputs = (y: Argv, hidden = false) =>
+  y
+    .option('inputs', { type: 'string', hidden, describe: 'teacher-forcing inputs: folder of .bin + manifest.json or .npz (gt_idx_BL [B, L] enables CE)' })
+    .option('batch', { type: 'number', hidden, describe: 'samples per run (default: fits ~256 MB of logits)' })
+    .option('limit', { type: 'number', hidden, describe: 'use only the first N samples' });
+
+const sweepOptions = (y: Argv, hidden = false) =>
+  y
+    .option('out', { type: 'string', hidden, describe: 'folder for sweep.csv, sweep.png and sweep.json' })
+    .option('grid', { type: 'string', hidden, describe: 'sweep thresholds (default 0,0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7)' });
+
+const generateOptions = (y: Argv, hidden = false) =>
+  y
+    .option('steps', { type: 'string', hidden, describe: 'dense step graphs: a folder of var_step_s{0..}.onnx or a comma-separated list' })
+    .option('moe-steps', { type: 'string', hidden, describe: 'converted step graphs (folder or list); scales without one run the dense graph' })
+    .option('vq', { type: 'string', hidden, describe: 'folder of vq_nextscale_s{0..}.onnx (the tokenizer\'s next-scale input)' })
+    .option('decoder', { type: 'string', hidden, describe: 'VQVAE decoder ONNX (f_hat → image)' })
+    .option('images', { type: 'string', hidden, describe: 'write a PNG grid of the decoded images (dense row above MoE row)' })
+    .option('dump-calib', { type: 'string', hidden, describe: 'write each step\'s dense inputs to <dir>/s{k}/ (calibration data for converting the step graphs)' })
+    .option('samples', { type: 'number', default: 8, hidden, describe: 'images to generate' })
+    .option('labels', { type: 'string', hidden, describe: 'class labels, comma-separated (default 0,1,…,samples−1)' })
+    .option('cfg', { type: 'number', default: 2, hidden, describe: 'classifier-free guidance strength (ramped per scale inside the step graphs)' })
+    .option('top-k', { type: 'number', default: 900, hidden, describe: 'top-k sampling' })
+    .option('top-p', { type: 'number', default: 0.96, hidden, describe: 'top-p sampling' })
+    .option('seed', { type: 'number', default: 0, hidden, describe: 'sampling seed (identical for dense and MoE)' });
+
+const teacherOptions = (y: Argv) =>
+  y
+    .option('replay', { type: 'boolean', default: true, describe: 'replay the routers on the dense FFN inputs (the conversion report\'s estimate; --no-replay skips it: it runs in JavaScript)' })
+    .option('router-maps', { type: 'string', describe: 'write a PNG per scale of the experts used per token for one sample into this folder' })
+    .option('map-scales', { type: 'string', describe: 'scales (1-based) of the router maps (default 8,9,10)' })
+    .option('sample', { type: 'number', default: 0, describe: 'sample index for the router maps' });
+
+const STRINGS = ['dense', 'moe', 'inputs', 'threshold', 'patch-nums', 'out', 'grid', 'router-maps', 'map-scales', 'steps', 'moe-steps', 'vq', 'decoder', 'images', 'dump-calib', 'labels', 'sweep'];
+
+function validate(a: Args): void {
+  once(a, [...STRINGS, 'batch', 'limit', 'sample', 'samples', 'cfg', 'top-k', 'top-p', 'seed']);
+  nonEmpty(a, STRINGS);
+  integer(a, 'batch', 1);
+  integer(a, 'limit', 1);
+  integer(a, 'sample', 0);
+  integer(a, 'samples', 1);
+  integer(a, 'top-k', 1);
+  integer(a, 'seed', 0);
+  number(a, 'top-p', 0, 1, { minExclusive: true });
+  number(a, 'cfg', 0, Infinity);
 }
 
-const command: CommandModule<object, Args> = {
-  command: 'eval [dense] [moe]',
-  describe: 'Quality against FLOPs per scale, dense vs MoE: teacher-forced (KL, top-1, CE, FFN error, active experts, FLOPs), threshold sweeps, generation, router maps',
+/** `eval generate`: images from the step graphs, dense and MoE with identical seeds. */
+async function runGenerate(a: Args): Promise<void> {
+  validate(a);
+  if (!a.steps || !a.vq) throw new MoefyError('eval generate needs --steps and --vq');
+  const steps = a.steps, vq = a.vq;
+  const inputs = [a.steps, a['moe-steps'], a.vq, a.decoder].filter((x): x is string => !!x).flatMap((x) => x.split(',')).flatMap((x) => inputFiles(x, 'an input model (--steps, --moe-steps, --vq, --decoder)'));
+  const outs = [
+    ...(a.images ? [{ path: a.images, flag: `--images ${a.images}`, what: 'the output' }] : []),
+    ...(a['dump-calib'] ? [{ path: a['dump-calib'], flag: `--dump-calib ${a['dump-calib']}`, what: 'the output', kind: 'folder' as const }] : []),
+  ];
+  if (outs.length) checkOutputs(outs, inputs);
+  for (const [flag, p] of [['--vq', a.vq], ['--decoder', a.decoder]] as const) if (p) existing(flag, p);
+  const r = await generate({
+    steps, moeSteps: a['moe-steps'], vq, decoder: a.decoder, images: a.images, samples: a.samples,
+    labels: parseNumberList('labels', a.labels), thresholds: parseNumberList('threshold', a.threshold), dumpCalib: a['dump-calib'], cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums: parsePatchNums(a['patch-nums']),
+  });
+  process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printGenerate(r)) + '\n');
+}
+
+/** Opens both sides for the teacher-forced forms, runs `f`, closes them. */
+async function withSides(a: Args, form: string, withFfnIn: boolean, f: (x: { dense: Awaited<ReturnType<typeof openSide>>; moe: Awaited<ReturnType<typeof openSide>>; inputs: Awaited<ReturnType<typeof loadInputs>>; thr: number[] | null; S: number; names: { dense: string; moe: string; inputs: string } }) => Promise<void>): Promise<void> {
+  validate(a);
+  if (!a.dense || !a.moe) throw new MoefyError(`${form} needs two models: moefy ${form} dense.onnx moe.onnx --inputs <folder|npz>`);
+  if (!a.inputs) throw new MoefyError('--inputs is required (a folder of .bin + manifest.json, or an .npz)');
+  existing('dense model', a.dense, { file: true });
+  existing('MoE model', a.moe, { file: true });
+  existing('--inputs', a.inputs);
+  const patchNums = parsePatchNums(a['patch-nums']);
+  const thrList = parseNumberList('threshold', a.threshold) ?? null;
+  if (thrList && thrList.some((t) => !(t >= 0 && t <= 1))) throw new MoefyError(`--threshold values must lie in [0, 1]`);
+  const inputs = await loadInputs(a.inputs);
+  checkFinite(inputs as never, `--inputs ${a.inputs}`);
+  const dense = await openSide(a.dense, { patchNums, withFfnIn });
+  const moe = await openSide(a.moe, { patchNums });
+  try {
+    checkEmbeddingInputs(dense.model, inputs as never, `--inputs ${a.inputs}`);
+    const S = dense.structure.layout.patchNums.length;
+    let thr = thrList;
+    if (thr) {
+      if (thr.length === 1) {
+        const from = moe.fromScale ?? 1;
+        thr = Array.from({ length: S }, (_, s) => (s + 1 >= from ? thrList![0] : 0));
+      } else if (thr.length !== S) throw new MoefyError(`--threshold has ${thr.length} values; the model has ${S} scales (or give one)`);
+    }
+    const names = { dense: path.basename(a.dense), moe: path.basename(a.moe), inputs: path.basename(a.inputs) };
+    await f({ dense, moe, inputs, thr, S, names });
+  } finally {
+    await closeSide(dense);
+    await closeSide(moe);
+  }
+}
+
+/** `eval sweep`: threshold families, sweep.csv/png/json. */
+async function runSweep(a: Args): Promise<void> {
+  const dir = a.out ?? a.sweep;
+  if (!dir) throw new MoefyError('eval sweep needs --out <folder> for sweep.csv, sweep.png and sweep.json');
+  checkOutputs([{ path: dir, flag: `--out ${dir}`, what: 'the output', kind: 'folder' }], [{ path: a.dense ?? '', what: 'the dense model' }, { path: a.moe ?? '', what: 'the MoE model' }, ...inputFiles(a.inputs ?? '', 'the inputs (--inputs)')]);
+  await withSides(a, 'eval sweep', false, async ({ dense, moe, inputs, names }) => {
+    const r = await sweep(dense, moe, inputs, { dir, grid: parseNumberList('grid', a.grid), batch: a.batch, limit: a.limit, names, onProgress: progress('sweep', a) });
+    process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printSweep(r)) + '\n');
+  });
+}
+
+/** `eval`: teacher-forced quality and FLOPs per scale (and router maps). */
+async function runTeacher(a: Args): Promise<void> {
+  if (a.generate) return runGenerate(a);
+  if (a.sweep) return runSweep(a);
+  const maps = a['router-maps'];
+  if (maps) checkOutputs([{ path: maps, flag: `--router-maps ${maps}`, what: 'the output', kind: 'folder' }], [a.dense, a.moe, a.inputs].filter((x): x is string => !!x).flatMap((x) => inputFiles(x, 'an input (the models, --inputs)')));
+  await withSides(a, 'eval', a.replay, async ({ dense, moe, inputs, thr, S, names }) => {
+    const mapScales = parseNumberList('map-scales', a['map-scales']) ?? [8, 9, 10].filter((s) => s <= S);
+    const res = await evaluate(dense, moe, inputs, { settings: [thr], batch: a.batch, limit: a.limit, names, keepActiveOf: a['router-maps'] ? a.sample : undefined, replayRouters: a.replay, onProgress: progress('eval', a) });
+    const r = res.reports[0];
+    let maps: string[] = [];
+    if (a['router-maps']) {
+      const m = res.activeMaps[0];
+      if (!m) throw new MoefyError(`${a.moe} has no DynamicMoE 'active' outputs (or --sample ${a.sample} is past the inputs): no router maps`);
+      fs.mkdirSync(a['router-maps'], { recursive: true });
+      maps = await writeRouterMaps(a['router-maps'], m, moe.structure.layout, mapScales, { experts: moe.experts, title: names.moe, sample: a.sample, thresholds: r.thresholds });
+    }
+    process.stdout.write((a.json ? JSON.stringify({ ...r, routerMaps: maps }, null, 2) : printEval(r) + (maps.length ? `\nrouter maps: ${maps.map((f) => path.resolve(f)).join(', ')}` : '')) + '\n');
+  });
+}
+
+const command: CommandModule = {
+  command: 'eval',
+  describe: 'Quality against FLOPs per scale, dense vs MoE: `eval` (teacher-forced: KL, top-1, CE, FFN error, active experts, FLOPs), `eval sweep` (threshold sweeps), `eval generate` (images)',
   builder: (y) =>
     y
-      .positional('dense', { type: 'string', describe: 'dense full-sequence VAR ONNX model' })
-      .positional('moe', { type: 'string', describe: 'its MoE conversion (the dense model again to check the harness)' })
-      .option('inputs', { type: 'string', describe: 'teacher-forcing inputs: folder of .bin + manifest.json or .npz (gt_idx_BL [B, L] enables CE)' })
-      .option('json', { type: 'boolean', describe: 'print the report as JSON (see README)' })
-      .option('threshold', { type: 'string', describe: 'override moe_threshold: one value per scale, or one for every scale from the conversion\'s from-scale on' })
-      .option('batch', { type: 'number', describe: 'samples per run (default: fits ~256 MB of logits)' })
-      .option('limit', { type: 'number', describe: 'use only the first N samples' })
-      .option('replay', { type: 'boolean', default: true, describe: 'replay the routers on the dense FFN inputs (the conversion report\'s estimate; --no-replay skips it: it runs in JavaScript)' })
-      .option('sweep', { type: 'string', describe: 'sweep threshold families; write sweep.csv, sweep.png and sweep.json into this folder' })
-      .option('grid', { type: 'string', describe: 'sweep thresholds (default 0,0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.5,0.7)' })
-      .option('router-maps', { type: 'string', describe: 'write a PNG per scale of the experts used per token for one sample into this folder' })
-      .option('map-scales', { type: 'string', describe: 'scales (1-based) of the router maps (default 8,9,10)' })
-      .option('sample', { type: 'number', default: 0, describe: 'sample index for the router maps' })
-      .option('generate', { type: 'boolean', describe: 'sample images with the step graphs, dense and MoE with identical seeds' })
-      .option('steps', { type: 'string', describe: 'dense step graphs: a folder of var_step_s{0..}.onnx or a comma-separated list' })
-      .option('moe-steps', { type: 'string', describe: 'converted step graphs (folder or list); scales without one run the dense graph' })
-      .option('vq', { type: 'string', describe: 'folder of vq_nextscale_s{0..}.onnx (the tokenizer\'s next-scale input)' })
-      .option('decoder', { type: 'string', describe: 'VQVAE decoder ONNX (f_hat → image)' })
-      .option('images', { type: 'string', describe: 'write a PNG grid of the decoded images (dense row above MoE row)' })
-      .option('dump-calib', { type: 'string', describe: 'with --generate: write each step\'s dense inputs to <dir>/s{k}/ (calibration data for converting the step graphs)' })
-      .option('samples', { type: 'number', default: 8, describe: 'images to generate' })
-      .option('labels', { type: 'string', describe: 'class labels, comma-separated (default 0,1,…,samples−1)' })
-      .option('cfg', { type: 'number', default: 2, describe: 'classifier-free guidance strength (ramped per scale inside the step graphs)' })
-      .option('top-k', { type: 'number', default: 900, describe: 'top-k sampling' })
-      .option('top-p', { type: 'number', default: 0.96, describe: 'top-p sampling' })
-      .option('seed', { type: 'number', default: 0, describe: 'sampling seed (identical for dense and MoE)' })
-      .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' }),
-  handler: async (a) => {
-    const patchNums = parsePatchNums(a['patch-nums']);
-    if (a.generate) {
-      if (!a.steps || !a.vq) throw new MoefyError('--generate needs --steps and --vq');
-      const r = await generate({
-        steps: a.steps, moeSteps: a['moe-steps'], vq: a.vq, decoder: a.decoder, images: a.images, samples: a.samples,
-        labels: parseNumberList('labels', a.labels), thresholds: parseNumberList('threshold', a.threshold), dumpCalib: a['dump-calib'], cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums,
-      });
-      process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printGenerate(r)) + '\n');
-      return;
-    }
-    if (!a.dense || !a.moe) throw new MoefyError('eval needs two models: moefy eval dense.onnx moe.onnx --inputs <folder|npz> (or --generate)');
-    if (!a.inputs) throw new MoefyError('--inputs is required (a folder of .bin + manifest.json, or an .npz)');
-    const inputs = await loadInputs(a.inputs);
-    const dense = await openSide(a.dense, { patchNums, withFfnIn: !a.sweep && a.replay });
-    const moe = await openSide(a.moe, { patchNums });
-    try {
-      const S = dense.structure.layout.patchNums.length;
-      let thr = parseNumberList('threshold', a.threshold) ?? null;
-      if (thr) {
-        if (thr.some((t) => !(t >= 0 && t <= 1))) throw new MoefyError(`--threshold values must lie in [0, 1]`);
-        if (thr.length === 1) {
-          const from = moe.fromScale ?? 1;
-          thr = Array.from({ length: S }, (_, s) => (s + 1 >= from ? thr![0] : 0));
-        } else if (thr.length !== S) throw new MoefyError(`--threshold has ${thr.length} values; the model has ${S} scales (or give one)`);
-      }
-      const names = { dense: path.basename(a.dense), moe: path.basename(a.moe), inputs: path.basename(a.inputs) };
-      if (a.sweep) {
-        const r = await sweep(dense, moe, inputs, { dir: a.sweep, grid: parseNumberList('grid', a.grid), batch: a.batch, limit: a.limit, names, onProgress: progress('sweep') });
-        process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printSweep(r)) + '\n');
-        return;
-      }
-      const mapScales = parseNumberList('map-scales', a['map-scales']) ?? [8, 9, 10].filter((s) => s <= S);
-      const res = await evaluate(dense, moe, inputs, { settings: [thr], batch: a.batch, limit: a.limit, names, keepActiveOf: a['router-maps'] ? a.sample : undefined, replayRouters: a.replay, onProgress: progress('eval') });
-      const r = res.reports[0];
-      let maps: string[] = [];
-      if (a['router-maps']) {
-        const m = res.activeMaps[0];
-        if (!m) throw new MoefyError(`${a.moe} has no DynamicMoE 'active' outputs (or --sample ${a.sample} is past the inputs): no router maps`);
-        fs.mkdirSync(a['router-maps'], { recursive: true });
-        maps = await writeRouterMaps(a['router-maps'], m, moe.structure.layout, mapScales, { experts: moe.experts, title: path.basename(a.moe), sample: a.sample, thresholds: r.thresholds });
-      }
-      process.stdout.write((a.json ? JSON.stringify({ ...r, routerMaps: maps }, null, 2) : printEval(r) + (maps.length ? `\nrouter maps: ${maps.join(', ')}` : '')) + '\n');
-    } finally {
-      await closeSide(dense);
-      await closeSide(moe);
-    }
-  },
+      .command({
+        command: 'sweep <dense> <moe>',
+        describe: 'Sweep threshold families on teacher-forced inputs; write sweep.csv, sweep.png and sweep.json into --out',
+        builder: (z) => sweepOptions(teacherInputs(common(z.positional('dense', { type: 'string', describe: 'dense full-sequence VAR ONNX model' }).positional('moe', { type: 'string', describe: 'its MoE conversion' })))).demandOption('inputs').demandOption('out'),
+        handler: (a) => runSweep(a as unknown as Args),
+      })
+      .command({
+        command: 'generate',
+        describe: 'Sample images with the step graphs, dense and MoE with identical seeds',
+        builder: (z) => generateOptions(common(z)).demandOption('steps').demandOption('vq'),
+        handler: (a) => runGenerate(a as unknown as Args),
+      })
+      .command({
+        command: '$0 [dense] [moe]',
+        describe: 'Teacher-forced comparison per scale',
+        builder: (z) =>
+          // The pre-split forms `eval --sweep DIR` and `eval --generate …` keep working (hidden options).
+          generateOptions(sweepOptions(teacherOptions(teacherInputs(common(z.positional('dense', { type: 'string', describe: 'dense full-sequence VAR ONNX model' }).positional('moe', { type: 'string', describe: 'its MoE conversion (the dense model again to check the harness)' })))), true), true)
+            .option('sweep', { type: 'string', hidden: true, describe: 'old form of `eval sweep --out`' })
+            .option('generate', { type: 'boolean', hidden: true, describe: 'old form of `eval generate`' }),
+        handler: (a) => runTeacher(a as unknown as Args),
+      }),
+  handler: () => {},
 };
 export default command;
