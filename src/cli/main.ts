@@ -3,8 +3,8 @@ import yargs from 'yargs';
 import { MoefyError } from '../errors';
 
 import convert, { convertCommand } from './commands/convert';
-import { envErrorLine } from '../io/env-errors';
-import { installSignalCleanup } from '../io/temp';
+import { envErrorLine } from '../files/env-errors';
+import { installSignalCleanup } from '../files/temp';
 import inspect from './commands/inspect';
 import run from './commands/run';
 import libPath from './commands/lib-path';

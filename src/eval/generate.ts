@@ -18,7 +18,7 @@ import { loadModel } from '../onnx/io';
 import { writeTensorSet } from '../io';
 import { analyseVar, isKvInputName, isKvOutputName, kvInputFor } from '../analysis/var-structure';
 import { closeSide, EvalSide, openSide } from './side';
-import { writeFileAtomic } from '../io/temp';
+import { writeFileAtomic } from '../files/temp';
 
 export interface GenerateOptions {
   steps: string;

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import type { PatchLayout } from '../analysis/var-structure';
 import { MoefyError } from '../errors';
 import { vegaLiteToPng } from './plot';
-import { writeFileAtomic } from '../io/temp';
+import { writeFileAtomic } from '../files/temp';
 
 export const ROUTER_MAP_SIZE = { width: 640, height: 560 };
 

@@ -10,7 +10,7 @@ import { MoefyError } from '../errors';
 import { Model } from '../ir/model';
 import { Value } from '../ir/graph';
 import { loadModel, saveCopy } from '../onnx/io';
-import { removeTemp, tempDir } from '../io/temp';
+import { removeTemp, tempDir } from '../files/temp';
 import { THRESHOLD_INPUT } from '../op';
 
 export interface EvalSide {

@@ -11,7 +11,7 @@ import { THRESHOLD_INPUT } from '../op';
 import { vegaLiteToPng } from './plot';
 import type { EvalSide } from './side';
 import { evaluate, EvalSummary } from './teacher';
-import { writeFileAtomic } from '../io/temp';
+import { writeFileAtomic } from '../files/temp';
 
 export const DEFAULT_GRID = [0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7];
 export const SWEEP_PNG_SIZE = { width: 1200, height: 520 };

@@ -13,8 +13,8 @@ import { unzipSync, zipSync, Zippable } from 'fflate';
 import { MoefyError } from '../errors';
 import { DTYPES, IoDType, isIoDType, numElements, parseDType, tensorBytes, tensorFromBytes } from './dtypes';
 import { decodeNpy, encodeNpy } from './npy';
-import { tempSibling, removeTemp } from './temp';
-import { envError } from './env-errors';
+import { tempSibling, removeTemp } from '../files/temp';
+import { envError } from '../files/env-errors';
 
 export { IoDType, DTYPES, parseDType, numElements, tensorFromBytes, tensorBytes } from './dtypes';
 export { decodeNpy, encodeNpy } from './npy';

@@ -5,8 +5,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MoefyError } from '../errors';
-import { envCode, envError } from './env-errors';
-import { removeTemp, tempSibling } from './temp';
+import { envCode, envError } from '../files/env-errors';
+import { removeTemp, tempSibling } from '../files/temp';
 import type { Model } from '../ir/model';
 
 /** A file the command reads, and what it is in the user's words ("the input model", "calibration data"). */

@@ -2,8 +2,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MoefyError } from '../errors';
-import { envError } from '../io/env-errors';
-import { commitTemp, removeTemp, tempSibling } from '../io/temp';
+import { envError } from '../files/env-errors';
+import { commitTemp, removeTemp, tempSibling } from '../files/temp';
 import { Model } from '../ir/model';
 import { graphFromProto, graphToProto } from './ir-proto';
 import { Value } from '../ir/graph';

@@ -11,7 +11,7 @@ import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
 import { Model } from '../ir/model';
 import { saveCopy } from '../onnx/io';
-import { removeTemp, tempDir } from '../io/temp';
+import { removeTemp, tempDir } from '../files/temp';
 import { checkEmbeddingInputs, checkFinite } from '../calib/check-inputs';
 import { scaleOfPositions, scaleOfStep } from '../op';
 import { FfnInputSample, LayerCapture } from './types';
