@@ -22,7 +22,7 @@ export interface ConvertOptions {
   thresholds?: number[];
   /** DMoE-VAR's τ for scales fromScale…last (threshold = 1 − τ). */
   tau?: number[];
-  /** Fraction of dense FFN FLOPs the MoE scales may spend (default 0.6; only without thresholds or tau). */
+  /** Fraction of the dense FFN FLOPs the MoE scales may spend, routers included (default 0.6; only without thresholds or tau). */
   budget?: number;
   /** Cluster neurons by co-activation on the calibration data (default) or by fc1 weights (DMoE-VAR). */
   clusterBy?: ClusterBy;
