@@ -5,8 +5,9 @@
 // `apt-get download` under a private sources list and state directory (nothing on the system changes):
 //   - ONNX Runtime C API headers: libonnxruntime-dev (trixie, 1.21) -> .cache/ort-headers/
 //   - OpenBLAS (static, pthread variant):  libopenblas-pthread-dev (host release) -> .cache/openblas/
-// Environment overrides: MOEFY_ORT_INCLUDE_DIR, MOEFY_BLAS_INCLUDE_DIR + MOEFY_BLAS_LIBRARY, MOEFY_NATIVE=0
-// (portable -O3 instead of -march=native), MOEFY_SKIP_ADDON=1, MOEFY_BUILD_JOBS.
+// Environment overrides: MOEFY_ORT_INCLUDE_DIR, MOEFY_BLAS_INCLUDE_DIR + MOEFY_BLAS_LIBRARY, MOEFY_NATIVE=1
+// (generic code built with -march=native: not portable; the default build runs on any x86-64 and picks its
+// AVX2/AVX-512 micro-kernels at run time), MOEFY_SKIP_ADDON=1, MOEFY_BUILD_JOBS.
 // Incremental: fetched packages stay in .cache/, CMake and make rebuild only what changed.
 'use strict';
 const fs = require('node:fs');
@@ -145,7 +146,7 @@ function buildKernels(ortInc, blas) {
     `-DMOEFY_ORT_INCLUDE_DIR=${ortInc}`,
     `-DMOEFY_BLAS_INCLUDE_DIR=${blas.inc}`,
     `-DMOEFY_BLAS_LIBRARY=${blas.lib}`,
-    `-DMOEFY_NATIVE=${process.env.MOEFY_NATIVE === '0' ? 'OFF' : 'ON'}`,
+    `-DMOEFY_NATIVE=${process.env.MOEFY_NATIVE === '1' ? 'ON' : 'OFF'}`,
   ];
   run('cmake', args, { quiet: true });
   run('cmake', ['--build', KBUILD, '-j', jobs()], { quiet: true });

@@ -22,14 +22,13 @@
 #include <string>
 #include <vector>
 
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_c_api.h>
+#include "attributes.h"  // kernels/src: attribute parsing shared with the CPU kernel
+#include "ort_api.h"     // kernels/src: the C API version, defined once
 
 #include "dynamic_moe_cuda.h"
 
 namespace {
 
-constexpr uint32_t kApiVersion = 21;  // the C API version this library is written against (ORT >= 1.21)
 constexpr const char* kConfigKey = "moefy.cuda";
 
 enum Input { kX = 0, kNorms, kW1, kB1, kW2, kB2, kScaleIndex, kThreshold, kNumInputs };
@@ -57,51 +56,6 @@ OrtStatus* fail(const OrtApi* api, OrtErrorCode code, const std::string& msg) {
 }
 
 // Attribute helpers: a missing attribute leaves the default (the status is released).
-bool attr_int(const OrtApi* api, const OrtKernelInfo* info, const char* name, int64_t* out) {
-  OrtStatus* st = api->KernelInfoGetAttribute_int64(info, name, out);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  return true;
-}
-bool attr_string(const OrtApi* api, const OrtKernelInfo* info, const char* name, std::string* out) {
-  size_t size = 0;
-  OrtStatus* st = api->KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  std::string buf(size, '\0');
-  st = api->KernelInfoGetAttribute_string(info, name, &buf[0], &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  buf.resize(strnlen(buf.c_str(), buf.size()));
-  *out = buf;
-  return true;
-}
-template <typename T, typename F>
-bool attr_array(const OrtApi* api, const OrtKernelInfo* info, const char* name, F getter, std::vector<T>* out) {
-  size_t size = 0;
-  OrtStatus* st = (api->*getter)(info, name, nullptr, &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    return false;
-  }
-  out->assign(size, T());
-  if (size == 0) return true;
-  st = (api->*getter)(info, name, out->data(), &size);
-  if (st) {
-    api->ReleaseStatus(st);
-    out->clear();
-    return false;
-  }
-  out->resize(size);
-  return true;
-}
-
 OrtStatus* ORT_API_CALL CreateKernelV2(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info,
                                        void** kernel) {
   auto* k = new MoeCudaKernel();
@@ -113,43 +67,20 @@ OrtStatus* ORT_API_CALL CreateKernelV2(const OrtCustomOp* op, const OrtApi* api,
     if (!strcmp(m, "atomic")) k->fc2_mode = MOEFY_CUDA_FC2_ATOMIC;
     if (!strcmp(m, "window")) k->fc2_mode = MOEFY_CUDA_FC2_WINDOW;
   }
-  attr_int(api, info, "num_experts", &k->num_experts);
-  std::string act = "relu";
-  attr_string(api, info, "activation", &act);
-  if (act == "relu") {
-    k->activation = MOEFY_CUDA_RELU;
-  } else if (act == "gelu_tanh") {
-    k->activation = MOEFY_CUDA_GELU_TANH;
-  } else if (act == "gelu") {
-    k->activation = MOEFY_CUDA_GELU;
-  } else {
-    delete k;
-    return fail(api, ORT_INVALID_ARGUMENT,
-                "DynamicMoE(cuda): activation '" + act + "' is not one of relu, gelu_tanh, gelu");
-  }
-  // Same attribute rules as the CPU op: patch_nums required; threshold defaults to 0 for every scale.
-  const bool have_pn =
-      attr_array<int64_t>(api, info, "patch_nums", &OrtApi::KernelInfoGetAttributeArray_int64, &k->patch_nums);
-  if (!attr_array<float>(api, info, "threshold", &OrtApi::KernelInfoGetAttributeArray_float, &k->threshold))
-    k->threshold.assign(k->patch_nums.size(), 0.0f);
-  std::string err;
-  if (k->num_experts < 1) {
-    err = "DynamicMoE(cuda): num_experts must be >= 1, got " + std::to_string(k->num_experts);
-  } else if (!have_pn || k->patch_nums.empty()) {
-    err = "DynamicMoE(cuda): attribute patch_nums (one side length per scale) is required";
-  } else if (k->patch_nums.size() > MOEFY_CUDA_MAX_SCALES) {
-    err = "DynamicMoE(cuda): more than 64 scales";
-  } else if (k->threshold.size() != k->patch_nums.size()) {
-    err = "DynamicMoE(cuda): attribute threshold has " + std::to_string(k->threshold.size()) +
-          " values, patch_nums has " + std::to_string(k->patch_nums.size()) + " scales";
-  } else {
-    for (int64_t p : k->patch_nums)
-      if (p < 1) err = "DynamicMoE(cuda): patch_nums entries must be >= 1";
-  }
+  // Attributes: the one reader and checker the CPU kernel uses too (kernels/src/attributes.h).
+  moefy::MoeAttributes attr;
+  std::string err = moefy::read_attributes(api, info, "DynamicMoE(cuda)", &attr);
+  if (err.empty() && attr.patch_nums.size() > MOEFY_CUDA_MAX_SCALES) err = "DynamicMoE(cuda): more than 64 scales";
   if (!err.empty()) {
     delete k;
     return fail(api, ORT_INVALID_ARGUMENT, err);
   }
+  k->num_experts = attr.num_experts;
+  k->activation = attr.activation == moefy::Activation::Relu       ? MOEFY_CUDA_RELU
+                  : attr.activation == moefy::Activation::GeluTanh ? MOEFY_CUDA_GELU_TANH
+                                                                   : MOEFY_CUDA_GELU;
+  k->patch_nums = attr.patch_nums;
+  k->threshold = attr.threshold;
   *kernel = k;
   return nullptr;
 }
@@ -361,7 +292,7 @@ int ORT_API_CALL GetVariadicOutputHomogeneity(const OrtCustomOp*) { return 1; }
 
 MoeCudaOp::MoeCudaOp(ONNXTensorElementDataType t) : OrtCustomOp(), type(t) {
   memset(static_cast<OrtCustomOp*>(this), 0, sizeof(OrtCustomOp));
-  version = kApiVersion;
+  version = moefy::kOrtApiVersion;  // the struct layout of that C API version
   CreateKernel = nullptr;  // CreateKernelV2 / KernelComputeV2 are used (API >= 16)
   GetName = ::GetName;
   GetExecutionProviderType = ::GetExecutionProviderType;

@@ -1,15 +1,19 @@
-// CPU kernel of ai.moefy::DynamicMoE (see DESIGN.md section 3).
+// CPU kernel of ai.moefy::DynamicMoE, domain version 1 (DESIGN.md section 3, docs/dynamic-moe.md):
+//
+//   Y [, active] = DynamicMoE(X, norms, W1, B1, W2 [, B2] [, scale_index] [, threshold])
+//
+// T (X, norms, W1, B1, W2, B2, Y) is float32 or float16 (computed in float32); scale_index int64, threshold float32,
+// active int32. Units: attributes.h (attributes, scale rule), routing.cc, packed_path.cc (+ packed_avx512.cc,
+// packed_avx2.cc), blas_path.cc, cpu_level.cc (dispatch), moe_cpu.cc (kernel creation and the call), op.cc (the
+// OrtCustomOp descriptors), register.cc (RegisterCustomOps).
 #pragma once
 
-#define ORT_API_MANUAL_INIT
-#include <onnxruntime_c_api.h>
+#include "kernel.h"
 
 namespace moefy {
 
-// The ORT API version this library requests: headers are 1.21, the runtime may be newer (C API is append-only).
-constexpr uint32_t kOrtApiVersion = 21;
-
-// Returns the CPU DynamicMoE custom-op descriptor (a static object valid for the life of the process).
-OrtCustomOp* DynamicMoeCpuOp(const OrtApi* api);
+// Throws Error.
+Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16);
+void compute(Kernel* k, OrtKernelContext* ctx);
 
 }  // namespace moefy

@@ -1,13 +1,20 @@
-// Entry point of libmoefy_ops.so: RegisterCustomOps adds the ai.moefy domain with the CPU DynamicMoE kernel
-// (and, when built with CUDA, the CUDA kernel through moefy_register_cuda_ops).
+// Entry point of libmoefy_ops.so: RegisterCustomOps adds the ai.moefy domain with the CPU DynamicMoE kernels
+// (T = float32 and float16) and, when built with CUDA and asked for, the CUDA kernels.
+//
+// Runtime versions: the library requests C API kOrtApiVersion (ort_api.h) and so loads in every ONNX Runtime from
+// that version on; an older runtime gets an error status naming the floor (never a crash). Newer runtimes are
+// probed for what they fix (shape inference with empty optional inputs) without calling anything newer.
 #include <mutex>
+#include <string>
 #include <vector>
 
-#include "moe_cpu.h"
+#include "op.h"
+#include "ort_api.h"
 
 #ifdef MOEFY_HAVE_CUDA
 extern "C" OrtStatus* moefy_register_cuda_ops(OrtCustomOpDomain* domain, OrtSessionOptions* options,
                                               const OrtApi* api);
+extern "C" int moefy_cuda_requested(const OrtSessionOptions* options, const OrtApi* api);
 #endif
 
 namespace {
@@ -18,30 +25,40 @@ std::vector<OrtCustomOpDomain*> g_domains;
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  using namespace moefy;
   if (api_base == nullptr) return nullptr;
-  const OrtApi* api = api_base->GetApi(moefy::kOrtApiVersion);
+  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
   if (api == nullptr) {
-    const OrtApi* old = api_base->GetApi(1);
-    return old ? old->CreateStatus(ORT_FAIL, "moefy_ops: ONNX Runtime does not serve C API version 21 (needs >= 1.21)")
-               : nullptr;
+    // Too old: any API version it serves can still create the error status.
+    const char* ver = api_base->GetVersionString ? api_base->GetVersionString() : "?";
+    for (uint32_t v = kOrtApiVersion - 1; v >= 1; --v) {
+      if (const OrtApi* old = api_base->GetApi(v)) {
+        const std::string msg = std::string("moefy_ops: ONNX Runtime ") + ver + " is too old: the library needs " +
+                                kOrtFloorName + " or newer (C API " + std::to_string(kOrtApiVersion) + ")";
+        return old->CreateStatus(ORT_FAIL, msg.c_str());
+      }
+    }
+    return nullptr;
   }
+  const bool shape_inference = api_base->GetApi(kOrtApiSafeShapeInference) != nullptr;
+  std::lock_guard<std::mutex> lk(g_mu);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain("ai.moefy", &domain)) return st;
-  if (OrtStatus* st = api->CustomOpDomain_Add(domain, moefy::DynamicMoeCpuOp(api))) {
+  auto fail = [&](OrtStatus* st) {
     api->ReleaseCustomOpDomain(domain);
     return st;
-  }
+  };
+  // float32 first: its schema (and shape inference) is the domain's; the float16 kernel joins the same op.
+  for (ONNXTensorElementDataType t : {ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16})
+    if (OrtStatus* st = api->CustomOpDomain_Add(domain, dynamic_moe_cpu_op(api, t, shape_inference))) return fail(st);
 #ifdef MOEFY_HAVE_CUDA
-  if (OrtStatus* st = moefy_register_cuda_ops(domain, options, api)) {
-    api->ReleaseCustomOpDomain(domain);
-    return st;
+  if (moefy_cuda_requested(options, api)) {
+    if (api_base->GetApi(kOrtApiCuda) == nullptr)
+      return fail(api->CreateStatus(ORT_FAIL, "moefy_ops: the CUDA kernel needs ONNX Runtime 1.18 or newer"));
+    if (OrtStatus* st = moefy_register_cuda_ops(domain, options, api)) return fail(st);
   }
 #endif
-  if (OrtStatus* st = api->AddCustomOpDomain(options, domain)) {
-    api->ReleaseCustomOpDomain(domain);
-    return st;
-  }
-  std::lock_guard<std::mutex> lk(g_mu);
+  if (OrtStatus* st = api->AddCustomOpDomain(options, domain)) return fail(st);
   g_domains.push_back(domain);
   return nullptr;
 }

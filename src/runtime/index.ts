@@ -128,8 +128,16 @@ export function addonPath(): string {
   return path.join(packageRoot(), 'src', 'runtime', 'addon', 'build', 'Release', 'moefy_runtime.node');
 }
 
-/** The libonnxruntime.so.1 shipped by onnxruntime-node (the one ONNX Runtime instance of the process). */
+/**
+ * The libonnxruntime.so.1 shipped by onnxruntime-node (the one ONNX Runtime instance of the process); env
+ * MOEFY_ORT_LIBRARY points the runtime at another ONNX Runtime build (the compatibility check uses it).
+ */
 export function ortLibraryPath(): string {
+  const env = process.env.MOEFY_ORT_LIBRARY;
+  if (env) {
+    if (!fs.existsSync(env)) throw new MoefyError(`MOEFY_ORT_LIBRARY=${env}: no such file`);
+    return path.resolve(env);
+  }
   let pkg: string;
   try {
     pkg = require.resolve('onnxruntime-node/package.json');

@@ -3,7 +3,7 @@
 // {type, dims, data} objects; the TypeScript side wraps them in onnxruntime-common Tensors.
 #include <dlfcn.h>
 #include <napi.h>
-#include <onnxruntime_c_api.h>
+#include "ort_api.h"  // kernels/src: the C API version the project requests, defined once
 
 #include <cstring>
 #include <memory>
@@ -13,7 +13,7 @@
 
 namespace {
 
-constexpr uint32_t kApiVersion = 21;
+constexpr uint32_t kApiVersion = moefy::kOrtApiVersion;
 
 const OrtApi* g_api = nullptr;
 OrtEnv* g_env = nullptr;
@@ -90,7 +90,9 @@ Napi::Value Init(const Napi::CallbackInfo& info) {
   if (!get_base) throw Napi::Error::New(env, "OrtGetApiBase not found in " + path);
   const OrtApiBase* base = get_base();
   const OrtApi* api = base->GetApi(kApiVersion);
-  if (!api) throw Napi::Error::New(env, std::string("ONNX Runtime ") + base->GetVersionString() + " does not serve C API 21");
+  if (!api)
+    throw Napi::Error::New(env, std::string("ONNX Runtime ") + base->GetVersionString() + " is too old: moefy needs " +
+                                    moefy::kOrtFloorName + " or newer (C API " + std::to_string(kApiVersion) + ")");
   g_api = api;
   g_version = base->GetVersionString();
   try {

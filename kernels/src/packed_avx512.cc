@@ -1,0 +1,208 @@
+// AVX-512 micro-kernels (compiled with -mavx512f -mavx2 -mfma -mf16c; only reached when cpuid says the CPU has
+// AVX-512F). 12 x 32 register tile, panels of 32 columns. Includes nothing but intrinsics and <cstdint>/<cstring>:
+// an inline library function instantiated here would be AVX-512 code that the linker may pick for every caller.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "packed.h"
+
+namespace moefy {
+namespace avx512 {
+namespace {
+
+constexpr int NR = 32;
+constexpr int MR = 12;
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+void pack_b(const float* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, float* dst) {
+  const int64_t np = (ncols + NR - 1) / NR;
+  for (int64_t p = 0; p < np; ++p) {
+    const int64_t n = min64(NR, ncols - p * NR);
+    float* out = dst + p * K * NR;
+    for (int64_t k = 0; k < K; ++k) {
+      const float* row = src + k * ld + c0 + p * NR;
+      std::memcpy(out + k * NR, row, sizeof(float) * n);
+      if (n < NR) std::memset(out + k * NR + n, 0, sizeof(float) * (NR - n));
+    }
+  }
+}
+
+// C[r][0..ncols) (+)= sum_k A[r][k] * Bp[k][0..ncols) for r < M (M <= MR); A rows at a[r] + k, C rows at c[r].
+template <int M>
+inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c, int ncols,
+                    bool accumulate) {
+  const __mmask16 m0 = static_cast<__mmask16>(ncols >= 16 ? 0xFFFF : ((1u << ncols) - 1));
+  const __mmask16 m1 = static_cast<__mmask16>(ncols >= 32 ? 0xFFFF : ncols <= 16 ? 0 : ((1u << (ncols - 16)) - 1));
+  __m512 acc0[M], acc1[M];
+  for (int r = 0; r < M; ++r) {
+    acc0[r] = _mm512_setzero_ps();
+    acc1[r] = _mm512_setzero_ps();
+  }
+  const float* ar[M];
+  for (int r = 0; r < M; ++r) ar[r] = a[r];
+  for (int64_t k = 0; k < K; ++k) {
+    const __m512 b0 = _mm512_maskz_loadu_ps(m0, bp + k * ldb);
+    const __m512 b1 = _mm512_maskz_loadu_ps(m1, bp + k * ldb + 16);
+    for (int r = 0; r < M; ++r) {
+      const __m512 av = _mm512_set1_ps(ar[r][k]);
+      acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+      acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+    }
+  }
+  if (ncols == NR) {
+    for (int r = 0; r < M; ++r) {
+      float* cr = c[r];
+      if (accumulate) {
+        acc0[r] = _mm512_add_ps(acc0[r], _mm512_loadu_ps(cr));
+        acc1[r] = _mm512_add_ps(acc1[r], _mm512_loadu_ps(cr + 16));
+      }
+      _mm512_storeu_ps(cr, acc0[r]);
+      _mm512_storeu_ps(cr + 16, acc1[r]);
+    }
+  } else {
+    for (int r = 0; r < M; ++r) {
+      float* cr = c[r];
+      if (accumulate) {
+        acc0[r] = _mm512_add_ps(acc0[r], _mm512_maskz_loadu_ps(m0, cr));
+        acc1[r] = _mm512_add_ps(acc1[r], _mm512_maskz_loadu_ps(m1, cr + 16));
+      }
+      _mm512_mask_storeu_ps(cr, m0, acc0[r]);
+      _mm512_mask_storeu_ps(cr + 16, m1, acc1[r]);
+    }
+  }
+}
+
+inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c,
+                             int ncols, bool accumulate) {
+  switch (M) {
+    case 12: ukernel<12>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 11: ukernel<11>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 10: ukernel<10>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 9: ukernel<9>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 8: ukernel<8>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 7: ukernel<7>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 6: ukernel<6>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 5: ukernel<5>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 4: ukernel<4>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 3: ukernel<3>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 2: ukernel<2>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 1: ukernel<1>(K, a, bp, ldb, c, ncols, accumulate); break;
+    default: break;
+  }
+}
+
+// K is blocked by KC so that a row block of A stays in L1 across the panels.
+void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb,
+               int64_t panel_stride, float* const* c, bool accumulate) {
+  constexpr int64_t KC = 256;
+  const int64_t np = (ncols + NR - 1) / NR;
+  const float* ab[MR];
+  float* cb[MR];
+  for (int64_t r0 = 0; r0 < M; r0 += MR) {
+    const int m = static_cast<int>(min64(MR, M - r0));
+    for (int64_t k0 = 0; k0 < K; k0 += KC) {
+      const int64_t kc = min64(KC, K - k0);
+      for (int r = 0; r < m; ++r) ab[r] = a[r0 + r] + k0;
+      for (int64_t p = 0; p < np; ++p) {
+        const int n = static_cast<int>(min64(NR, ncols - p * NR));
+        for (int r = 0; r < m; ++r) cb[r] = c[r0 + r] + p * NR;
+        ukernel_dispatch(m, kc, ab, b + p * panel_stride + k0 * ldb, ldb, cb, n, accumulate || k0 > 0);
+      }
+    }
+  }
+}
+
+inline __m512 exp512(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187045e-06f), r);
+  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, k);
+}
+
+inline __m512 act512(__m512 x, Activation act) {
+  switch (act) {
+    case Activation::Relu:
+      return _mm512_max_ps(x, _mm512_setzero_ps());
+    case Activation::GeluTanh: {
+      const __m512 x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+      const __m512 u2 = _mm512_mul_ps(_mm512_set1_ps(1.5957691216057308f), _mm512_fmadd_ps(_mm512_set1_ps(0.044715f), x3, x));
+      const __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), u2));
+      return _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    }
+    case Activation::Gelu: {
+      const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+      const __m512 ax = _mm512_castsi512_ps(_mm512_andnot_si512(sign, _mm512_castps_si512(x)));
+      const __m512 z = _mm512_mul_ps(ax, _mm512_set1_ps(0.7071067811865476f));
+      const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(_mm512_set1_ps(0.3275911f), z, _mm512_set1_ps(1.0f)));
+      __m512 p = _mm512_set1_ps(1.061405429f);
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+      p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+      const __m512 ez = exp512(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(z, z)));
+      const __m512 e = _mm512_fnmadd_ps(_mm512_mul_ps(p, t), ez, _mm512_set1_ps(1.0f));
+      const __m512 erf = _mm512_castsi512_ps(
+          _mm512_or_si512(_mm512_castps_si512(e), _mm512_and_si512(sign, _mm512_castps_si512(x))));
+      return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+    }
+  }
+  return x;
+}
+
+void bias_act(float* h, const float* b, int64_t n, Activation act) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(h + i, act512(_mm512_add_ps(_mm512_loadu_ps(h + i), _mm512_loadu_ps(b + i)), act));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, h + i), _mm512_maskz_loadu_ps(m, b + i));
+    _mm512_mask_storeu_ps(h + i, m, act512(v, act));
+  }
+}
+
+void half_to_float(const uint16_t* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + i))));
+  if (i < n) {  // tail through a zeroed buffer (16-bit masked loads would need AVX-512BW)
+    uint16_t t[16] = {0};
+    std::memcpy(t, src + i, sizeof(uint16_t) * (n - i));
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(dst + i, m, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t))));
+  }
+}
+
+void float_to_half(const float* src, uint16_t* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    uint16_t t[16];
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(t),
+                        _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    std::memcpy(dst + i, t, sizeof(uint16_t) * (n - i));
+  }
+}
+
+const PackedOps kOps = {"avx512", NR, pack_b, gemm_rows, bias_act, half_to_float, float_to_half};
+
+}  // namespace
+
+const PackedOps* ops() { return &kOps; }
+
+}  // namespace avx512
+}  // namespace moefy

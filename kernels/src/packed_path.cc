@@ -1,0 +1,49 @@
+#include "packed_path.h"
+
+namespace moefy {
+
+void pack_weights(Kernel* k, const float* W1, const float* W2, int64_t D, int64_t ES, bool pack_w2) {
+  const int64_t E = k->attr.num_experts, S = ES / E, NR = k->ops->nr;
+  k->w1p_stride = (S + NR - 1) / NR * D * NR;
+  k->w2p_stride = (D + NR - 1) / NR * S * NR;
+  k->w1p.resize(static_cast<size_t>(E * k->w1p_stride));
+  if (pack_w2) k->w2p.resize(static_cast<size_t>(E * k->w2p_stride));
+  for (int64_t e = 0; e < E; ++e) {
+    k->ops->pack_b(W1, ES, D, e * S, S, k->w1p.data() + e * k->w1p_stride);
+    if (pack_w2) k->ops->pack_b(W2 + e * S * D, D, S, 0, D, k->w2p.data() + e * k->w2p_stride);
+  }
+  k->pD = D;
+  k->pES = ES;
+  k->packed = true;
+}
+
+void packed_reserve(Slot* slot, size_t rows, const Ffn& f, const Kernel& k) {
+  const size_t NR = static_cast<size_t>(k.ops->nr);
+  grow(slot->h, rows * ((static_cast<size_t>(f.S) + NR - 1) / NR * NR));
+  grow(slot->arows, rows);
+  grow(slot->hrows, rows);
+  grow(slot->crows, rows);
+}
+
+void packed_expert_chunk(const Ffn& f, const Kernel& k, Slot* slot, float* acc, int64_t e, const int64_t* tk, int m) {
+  const int64_t D = f.D, S = f.S, NR = k.ops->nr;
+  const int64_t Spad = (S + NR - 1) / NR * NR;
+  float* H = slot->h.data();
+  const float** ar = slot->arows.data();
+  float** hr = slot->hrows.data();
+  float** cr = slot->crows.data();
+  for (int r = 0; r < m; ++r) {
+    ar[r] = f.X + tk[r] * D;
+    hr[r] = H + r * Spad;
+    cr[r] = acc + tk[r] * D;
+  }
+  k.ops->gemm_rows(m, D, S, ar, k.w1p.data() + e * k.w1p_stride, NR, D * NR, hr, false);
+  for (int r = 0; r < m; ++r) k.ops->bias_act(hr[r], f.B1 + e * S, S, f.act);
+  const float* const* hc = hr;
+  if (k.w2p.empty())  // W2's expert rows are contiguous: read them in place
+    k.ops->gemm_rows(m, S, D, hc, f.W2 + e * S * D, D, NR, cr, true);
+  else
+    k.ops->gemm_rows(m, S, D, hc, k.w2p.data() + e * k.w2p_stride, NR, S * NR, cr, true);
+}
+
+}  // namespace moefy

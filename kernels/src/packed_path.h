@@ -1,0 +1,18 @@
+// The packed path (levels avx2 and avx512): W1 and W2 packed once at kernel creation when they are constant
+// initializers; per expert chunk the micro-kernel reads the X rows through the token indices, bias + activation run
+// on the hidden tile, and the second GEMM adds straight into the token rows of the accumulator.
+#pragma once
+
+#include "kernel.h"
+
+namespace moefy {
+
+// Packs W1 [D, E*S] and W2 [E*S, D] (float32, row-major) for k->ops. W2 stays unpacked (read in place) when
+// pack_w2 is false.
+void pack_weights(Kernel* k, const float* W1, const float* W2, int64_t D, int64_t ES, bool pack_w2);
+
+void packed_reserve(Slot* slot, size_t rows, const Ffn& f, const Kernel& k);
+
+void packed_expert_chunk(const Ffn& f, const Kernel& k, Slot* slot, float* acc, int64_t e, const int64_t* tk, int m);
+
+}  // namespace moefy

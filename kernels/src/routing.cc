@@ -1,0 +1,72 @@
+#include "routing.h"
+
+#include <algorithm>
+
+namespace moefy {
+
+int64_t route(const float* norms, int64_t N, int64_t L, int64_t E, const float* threshold, const int32_t* scale_of_l,
+              uint8_t* mask, int64_t* counts, int32_t* active) {
+  std::fill(counts, counts + E, 0);
+  int64_t total = 0;
+  for (int64_t t = 0; t < N; ++t) {
+    const float* nr = norms + t * E;
+    int64_t am = 0;
+    float m = nr[0];
+    for (int64_t e = 1; e < E; ++e)
+      if (nr[e] > m || (m != m && nr[e] == nr[e])) {  // NaN-safe argmax: the first non-NaN maximum
+        m = nr[e];
+        am = e;
+      }
+    const float cut = threshold[scale_of_l[t % L]] * m;
+    uint8_t* mk = mask + t * E;
+    int32_t cnt = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      const uint8_t on = (nr[e] >= cut) || e == am;
+      mk[e] = on;
+      cnt += on;
+      counts[e] += on;
+    }
+    if (active) active[t] = cnt;
+    total += cnt;
+  }
+  return total;
+}
+
+void build_token_lists(const uint8_t* mask, int64_t N, int64_t E, Workspace& ws, int64_t total_pairs) {
+  ws.offsets.assign(static_cast<size_t>(E + 1), 0);
+  for (int64_t e = 0; e < E; ++e) ws.offsets[e + 1] = ws.offsets[e] + ws.counts[e];
+  grow(ws.tokens, static_cast<size_t>(total_pairs));
+  std::vector<int64_t>& cur = ws.counts;  // reused as the write cursor
+  for (int64_t e = 0; e < E; ++e) cur[e] = ws.offsets[e];
+  for (int64_t t = 0; t < N; ++t) {
+    const uint8_t* mk = mask + t * E;
+    for (int64_t e = 0; e < E; ++e)
+      if (mk[e]) ws.tokens[cur[e]++] = t;
+  }
+}
+
+int64_t group_count(const Kernel& k, int64_t N, int64_t D, int64_t E) {
+  // Measured on 2 cores (D 1024, S 128): one group per core from 1024 tokens on, two per core below.
+  int64_t G = std::min<int64_t>(E, std::min<int64_t>(16, N >= 1024 ? k.groups : 2 * k.groups));
+  const int64_t acc_bytes = N * D * static_cast<int64_t>(sizeof(float));
+  const int64_t cap = int64_t(512) << 20;  // extra accumulator memory
+  return std::max<int64_t>(1, std::min<int64_t>(G, 1 + cap / std::max<int64_t>(acc_bytes, 1)));
+}
+
+void assign_groups(Workspace& ws, int64_t E, int64_t G) {
+  ws.group_of.assign(static_cast<size_t>(E), 0);
+  ws.order.resize(static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) ws.order[e] = e;
+  auto n = [&](int64_t e) { return ws.offsets[e + 1] - ws.offsets[e]; };
+  std::stable_sort(ws.order.begin(), ws.order.end(), [&](int64_t x, int64_t y) { return n(x) > n(y); });
+  ws.load.assign(static_cast<size_t>(G), 0);
+  for (int64_t e : ws.order) {
+    int64_t best = 0;
+    for (int64_t g = 1; g < G; ++g)
+      if (ws.load[g] < ws.load[best]) best = g;
+    ws.group_of[e] = static_cast<int32_t>(best);
+    ws.load[best] += n(e);
+  }
+}
+
+}  // namespace moefy
