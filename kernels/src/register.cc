@@ -2,8 +2,8 @@
 // (T = float32 and float16) and, when built with CUDA and asked for, the CUDA kernels.
 //
 // Runtime versions: the library requests C API kOrtApiVersion (ort_api.h) and so loads in every ONNX Runtime from
-// that version on; an older runtime gets an error status naming the floor (never a crash). Newer runtimes are
-// probed for what they fix (shape inference with empty optional inputs) without calling anything newer.
+// that version on; an older runtime gets an error status naming the floor (never a crash). What newer runtimes fix
+// (shape inference with empty optional inputs) is decided by the runtime's version; nothing newer is called.
 #include <mutex>
 #include <string>
 #include <vector>
@@ -27,20 +27,17 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   using namespace moefy;
   if (api_base == nullptr) return nullptr;
-  const OrtApi* api = api_base->GetApi(kOrtApiVersion);
+  const char* ver = api_base->GetVersionString ? api_base->GetVersionString() : "";
+  const uint32_t minor = ort_minor(ver);
+  const OrtApi* api = minor >= kOrtApiVersion ? api_base->GetApi(kOrtApiVersion) : nullptr;
   if (api == nullptr) {
-    // Too old: any API version it serves can still create the error status.
-    const char* ver = api_base->GetVersionString ? api_base->GetVersionString() : "?";
-    for (uint32_t v = kOrtApiVersion - 1; v >= 1; --v) {
-      if (const OrtApi* old = api_base->GetApi(v)) {
-        const std::string msg = std::string("moefy_ops: ONNX Runtime ") + ver + " is too old: the library needs " +
-                                kOrtFloorName + " or newer (C API " + std::to_string(kOrtApiVersion) + ")";
-        return old->CreateStatus(ORT_FAIL, msg.c_str());
-      }
-    }
-    return nullptr;
+    // Too old: C API 1 (served by every runtime) still creates the error status.
+    const OrtApi* v1 = api_base->GetApi(1);
+    const std::string msg = std::string("moefy_ops: ONNX Runtime ") + ver + " is too old: the library needs " +
+                            kOrtFloorName + " or newer (C API " + std::to_string(kOrtApiVersion) + ")";
+    return v1 ? v1->CreateStatus(ORT_FAIL, msg.c_str()) : nullptr;
   }
-  const bool shape_inference = api_base->GetApi(kOrtApiSafeShapeInference) != nullptr;
+  const bool shape_inference = minor >= kOrtMinorSafeShapeInference;
   std::lock_guard<std::mutex> lk(g_mu);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* st = api->CreateCustomOpDomain("ai.moefy", &domain)) return st;
@@ -53,7 +50,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     if (OrtStatus* st = api->CustomOpDomain_Add(domain, dynamic_moe_cpu_op(api, t, shape_inference))) return fail(st);
 #ifdef MOEFY_HAVE_CUDA
   if (moefy_cuda_requested(options, api)) {
-    if (api_base->GetApi(kOrtApiCuda) == nullptr)
+    if (minor < kOrtMinorCuda)
       return fail(api->CreateStatus(ORT_FAIL, "moefy_ops: the CUDA kernel needs ONNX Runtime 1.18 or newer"));
     if (OrtStatus* st = moefy_register_cuda_ops(domain, options, api)) return fail(st);
   }

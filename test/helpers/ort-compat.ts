@@ -1,0 +1,159 @@
+// ONNX Runtime version compatibility of libmoefy_ops.so: converted fixtures run in a chosen ONNX Runtime build
+// (onnxruntime-node's libonnxruntime.so of that version, fetched by scripts/fetch-ort.js into .cache/ort/) with
+// moefy's kernel registered, against the same runtime running the op's function body, with the calibrated
+// thresholds and with moe_threshold fed. One ONNX Runtime per process: each version runs in a child process
+// (this file with --child).
+//
+//   node dist/test/helpers/ort-compat.js --minors 1.17    every minor from the floor on, a Markdown table
+//   node dist/test/helpers/ort-compat.js 1.21.1 1.30.0
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { Tensor } from 'onnxruntime-common';
+import { createSession, ortVersion } from '../../src/runtime';
+import { convert } from '../../src/pipeline';
+import { fixture, readIo, repoRoot, rmDir, tmpDir } from './fixtures';
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const fetchOrt = require(path.join(repoRoot, 'scripts', 'fetch-ort.js')) as {
+  ortLibrary(v: string): string;
+  newestPerMinor(from: string): string[];
+};
+
+/** libonnxruntime.so of `version` under .cache/ort/ (fetched from the npm registry when absent). */
+export const ortLibrary = (version: string): string => fetchOrt.ortLibrary(version);
+
+export const COMPAT_MODELS = [
+  { name: 'full graph', model: 'var_tiny_full.onnx', io: 'var_tiny_full_io' },
+  { name: 'static step graph', model: 'var_tiny_step_last_static.onnx', io: 'var_tiny_step_last_static_io' },
+];
+
+export interface ModelResult {
+  name: string;
+  /** max |kernel - function body| / max |function body| over the outputs: calibrated thresholds, then moe_threshold fed */
+  errDefault: number;
+  errFed: number;
+  /** the fed thresholds changed the output (the feed reached the kernel) */
+  feedChanged: boolean;
+}
+export interface VersionResult {
+  version: string;
+  ok: boolean;
+  error?: string;
+  /** moefy's kernel was created in the registered sessions (MOEFY_KERNEL_TRACE), not the function body run */
+  kernelRan?: boolean;
+  models: ModelResult[];
+}
+
+/** Converts the compatibility fixtures once (experts skipped from scale 1 on, so the kernel really routes). */
+export async function convertCompatModels(dir: string): Promise<{ name: string; file: string; io: string }[]> {
+  const out = [];
+  for (const m of COMPAT_MODELS) {
+    const file = path.join(dir, m.model.replace(/\.onnx$/, '.moe.onnx'));
+    await convert(fixture(m.model), {
+      routerWidth: 32, routerEpochs: 2, synthSamples: 2, maxTokens: 8192, clusterBy: 'weights', seed: 0, activation: 'relu',
+      experts: 8, fromScale: 1, thresholds: [0.3], output: file,
+    } as never);
+    out.push({ name: m.name, file, io: fixture(m.io) });
+  }
+  return out;
+}
+
+function relMaxErr(a: Float32Array, b: Float32Array): number {
+  if (a.length !== b.length) return Infinity;
+  let m = 0, n = 0;
+  for (let i = 0; i < a.length; i++) {
+    m = Math.max(m, Math.abs(a[i] - b[i]));
+    n = Math.max(n, Math.abs(b[i]));
+  }
+  return m / Math.max(n, 1e-12);
+}
+
+async function child(models: { name: string; file: string; io: string }[]): Promise<VersionResult> {
+  const res: VersionResult = { version: ortVersion(), ok: true, models: [] };
+  for (const m of models) {
+    const io = readIo(m.io);
+    const kern = await createSession(m.file, { intraOpNumThreads: 2 });
+    const body = await createSession(m.file, { intraOpNumThreads: 2, registerMoefyOps: false });
+    const feeds: Record<string, Tensor> = {};
+    for (const n of kern.inputNames) feeds[n] = new Tensor(io[n].dtype as never, io[n].data as never, io[n].shape);
+    const nScales = kern.overridableInitializerMetadata.find((x) => x.name === 'moe_threshold')?.dims[0];
+    if (typeof nScales !== 'number') throw new Error(`${m.name}: moe_threshold is not an overridable initializer`);
+    const fed = { ...feeds, moe_threshold: new Tensor('float32', new Float32Array(nScales).fill(0.6), [nScales]) };
+    const err = async (f: Record<string, Tensor>) => {
+      const a = await kern.run(f);
+      const b = await body.run(f);
+      let e = 0;
+      for (const k of Object.keys(b)) e = Math.max(e, relMaxErr(a[k].data as Float32Array, b[k].data as Float32Array));
+      return { e, out: a[kern.outputNames[0]].data as Float32Array };
+    };
+    const d = await err(feeds);
+    const f = await err(fed);
+    res.models.push({
+      name: m.name,
+      errDefault: d.e,
+      errFed: f.e,
+      feedChanged: relMaxErr(d.out, f.out) > 1e-4,
+    });
+    kern.release();
+    body.release();
+  }
+  res.ok = res.models.every((m) => m.errDefault < 1e-4 && m.errFed < 1e-4 && m.feedChanged);
+  return res;
+}
+
+/** Runs the check in a child process on ONNX Runtime `version` (fetched when absent). */
+export function checkVersion(version: string, models: { name: string; file: string; io: string }[]): VersionResult {
+  let lib: string;
+  try {
+    lib = fetchOrt.ortLibrary(version);
+  } catch (e) {
+    return { version, ok: false, error: `cannot fetch: ${(e as Error).message}`, models: [] };
+  }
+  const r = spawnSync(process.execPath, [__filename, '--child', JSON.stringify(models)], {
+    encoding: 'utf8',
+    env: { ...process.env, MOEFY_ORT_LIBRARY: lib, MOEFY_KERNEL_TRACE: '1' },
+    timeout: 300_000,
+  });
+  const line = (r.stdout || '').split('\n').find((l) => l.startsWith('{'));
+  if (r.status !== 0 || !line) {
+    const why = r.signal ? `killed by ${r.signal}` : `exit ${r.status}`;
+    return { version, ok: false, error: `${why}: ${(r.stderr || '').trim().split('\n').slice(-2).join(' ')}`, models: [] };
+  }
+  const res = JSON.parse(line) as VersionResult;
+  res.version = version;
+  res.kernelRan = /DynamicMoE CPU kernel created/.test(r.stderr || '');
+  res.ok = res.ok && res.kernelRan;
+  return res;
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  if (args[0] === '--child') {
+    try {
+      process.stdout.write(JSON.stringify(await child(JSON.parse(args[1]))) + '\n');
+    } catch (e) {
+      process.stdout.write(JSON.stringify({ version: '', ok: false, error: (e as Error).message, models: [] }) + '\n');
+    }
+    return;
+  }
+  const versions = args[0] === '--minors' ? fetchOrt.newestPerMinor(args[1] ?? '1.17') : args;
+  const dir = tmpDir('ort-compat');
+  try {
+    const models = await convertCompatModels(dir);
+    process.stdout.write('| ONNX Runtime | result | full graph: kernel vs function body (calibrated / fed) | static step graph \n|---|---|---|---|\n');
+    for (const v of versions) {
+      const r = checkVersion(v, models);
+      const cell = (m?: ModelResult) => (m ? `${m.errDefault.toExponential(1)} / ${m.errFed.toExponential(1)}${m.feedChanged ? '' : ' (feed ignored)'}` : '-');
+      process.stdout.write(`| ${v} | ${r.ok ? 'ok' : `fails: ${r.error ?? (r.kernelRan ? 'mismatch' : 'kernel not used')}`} | ${cell(r.models[0])} | ${cell(r.models[1])} |\n`);
+    }
+  } finally {
+    rmDir(dir);
+  }
+}
+
+if (require.main === module) {
+  main().catch((e) => {
+    process.stderr.write(`${(e as Error).message}\n`);
+    process.exit(1);
+  });
+}

@@ -1,0 +1,51 @@
+// libmoefy_ops.so in other ONNX Runtime versions (issue 10): the floor (1.17), Debian trixie's 1.21 and
+// onnxruntime-node's 1.30 load the library and run converted models (an empty optional input before the threshold
+// input, as every converted model) like the op's function body, with and without moe_threshold fed.
+// `node dist/test/helpers/ort-compat.js --minors 1.17` covers every minor version (README table).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as path from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { checkVersion, convertCompatModels, ortLibrary } from './helpers/ort-compat';
+import { repoRoot, rmDir, tmpDir } from './helpers/fixtures';
+import { libPath } from '../src/runtime';
+
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { findOrtHeaders } = require(path.join(repoRoot, 'scripts', 'build-native.js')) as { findOrtHeaders(): string };
+
+test('ONNX Runtime 1.17 (the floor), 1.21 and 1.30 run converted models with the kernel like the function body', { timeout: 900_000 }, async () => {
+  const dir = tmpDir('ort-compat');
+  try {
+    const models = await convertCompatModels(dir);
+    for (const v of ['1.17.3', '1.21.1', '1.30.0']) {
+      const r = checkVersion(v, models);
+      assert.equal(r.error, undefined, `${v}: ${r.error}`);
+      assert.ok(r.kernelRan, `${v}: moefy's kernel was not created`);
+      assert.equal(r.models.length, 2, `${v}: models run`);
+      for (const m of r.models) {
+        assert.ok(m.errDefault < 1e-4, `${v} ${m.name}: kernel vs function body ${m.errDefault}`);
+        assert.ok(m.errFed < 1e-4, `${v} ${m.name}: with moe_threshold fed, kernel vs function body ${m.errFed}`);
+        assert.ok(m.feedChanged, `${v} ${m.name}: the moe_threshold feed changed nothing`);
+      }
+    }
+  } finally {
+    rmDir(dir);
+  }
+});
+
+test('ONNX Runtime older than the floor (1.16) gets an error status from RegisterCustomOps, no crash', { timeout: 300_000 }, () => {
+  const dir = tmpDir('ort-host');
+  try {
+    const host = path.join(dir, 'register_host');
+    const b = spawnSync('g++', ['-std=c++17', '-O1', `-I${findOrtHeaders()}`, `-I${path.join(repoRoot, 'kernels', 'src')}`,
+      path.join(repoRoot, 'kernels', 'test', 'register_host.cc'), '-ldl', '-o', host], { encoding: 'utf8' });
+    assert.equal(b.status, 0, `g++ failed: ${b.stderr}`);
+    for (const [v, want] of [['1.16.3', /^error: moefy_ops: ONNX Runtime 1\.16\.3 is too old: the library needs 1\.17 or newer/m], ['1.17.3', /^registered$/m]] as const) {
+      const r = spawnSync(host, [ortLibrary(v), libPath()], { encoding: 'utf8' });
+      assert.equal(r.status, 0, `${v}: host exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
+      assert.match(r.stdout, want, `${v}: ${r.stdout}`);
+    }
+  } finally {
+    rmDir(dir);
+  }
+});
