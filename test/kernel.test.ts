@@ -6,6 +6,7 @@ import { createSession, dynamicMoeReference, MoefySession } from '../src/runtime
 import type { Activation } from '../src/runtime';
 import { buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 import { MoefyError } from '../src/errors';
+import { cpuLevels } from './helpers/cpu';
 
 interface Case {
   name: string;
@@ -102,11 +103,21 @@ const CASES: Case[] = [
   { name: 'single thread', B: 2, L: 14, D: 16, E: 4, S: 6, act: 'gelu_tanh', patchNums: [1, 2, 3], thresholdAttr: [0.3, 0.3, 0.3], threads: 1 },
 ];
 
-CASES.forEach((c, i) => {
-  test(`kernel vs reference: ${c.name}`, async () => {
-    for (const seed of [1, 2]) await runCase(c, 1000 * i + seed);
+// Every CPU level this machine has (MOEFY_CPU_LEVEL forces one; read at kernel creation): AVX-512 and AVX2+FMA
+// packed micro-kernels, the plain OpenBLAS path.
+const LEVELS = cpuLevels();
+for (const level of LEVELS) {
+  CASES.forEach((c, i) => {
+    test(`kernel vs reference [${level}]: ${c.name}`, async () => {
+      process.env.MOEFY_CPU_LEVEL = level;
+      try {
+        for (const seed of [1, 2]) await runCase(c, 1000 * i + seed);
+      } finally {
+        delete process.env.MOEFY_CPU_LEVEL;
+      }
+    });
   });
-});
+}
 
 async function errorSession(extra: { withThresholdInput?: boolean; withScaleIndex?: boolean; patchNums?: number[] } = {}): Promise<MoefySession> {
   return createSession(

@@ -140,7 +140,7 @@ async function main(): Promise<void> {
   const dir = tmpDir('ort-compat');
   try {
     const models = await convertCompatModels(dir);
-    process.stdout.write('| ONNX Runtime | result | full graph: kernel vs function body (calibrated / fed) | static step graph \n|---|---|---|---|\n');
+    process.stdout.write('| ONNX Runtime | result | full graph: kernel vs function body (calibrated / fed) | static step graph |\n|---|---|---|---|\n');
     for (const v of versions) {
       const r = checkVersion(v, models);
       const cell = (m?: ModelResult) => (m ? `${m.errDefault.toExponential(1)} / ${m.errFed.toExponential(1)}${m.feedChanged ? '' : ' (feed ignored)'}` : '-');

@@ -6,6 +6,7 @@ import { onnx } from 'onnx-proto';
 import type { Activation } from '../../src/runtime/reference';
 
 const FLOAT = 1;
+const FLOAT16 = 10;
 const INT64 = 7;
 const INT32 = 6;
 
@@ -33,6 +34,18 @@ export interface MoeModelWeights {
   B2?: Float32Array; // [D]
 }
 
+/** float16 weights: IEEE binary16 bits. */
+export interface MoeModelWeightsF16 {
+  W1: Uint16Array;
+  B1: Uint16Array;
+  W2: Uint16Array;
+  B2?: Uint16Array;
+}
+
+function halfInit(name: string, dims: number[], data: Uint16Array): onnx.ITensorProto {
+  return { name, dims, dataType: FLOAT16, rawData: new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength)) };
+}
+
 export interface MoeModelSpec {
   D: number;
   E: number;
@@ -41,7 +54,9 @@ export interface MoeModelSpec {
   patchNums: number[];
   threshold?: number[];
   /** Weights as initializers; when absent W1, B1, W2 (and B2 if withB2) are graph inputs. */
-  weights?: MoeModelWeights;
+  weights?: MoeModelWeights | MoeModelWeightsF16;
+  /** T of the op (X, norms, W1, B1, W2, B2, Y): float32 (default) or float16 (weights as Uint16Array bits) */
+  dtype?: 'float32' | 'float16';
   withB2?: boolean;
   /** scale_index (int64 scalar) as a graph input */
   withScaleIndex?: boolean;
@@ -78,17 +93,20 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
   const { D, E, S } = spec;
   const Bd = spec.batchDim ?? 'B';
   const Ld = spec.seqDim ?? 'L';
-  const inputs: onnx.IValueInfoProto[] = [valueInfo('X', FLOAT, [Bd, Ld, D]), valueInfo('norms', FLOAT, [Bd, Ld, E])];
+  const T = spec.dtype === 'float16' ? FLOAT16 : FLOAT;
+  const init = (name: string, dims: number[], data: Float32Array | Uint16Array) =>
+    data instanceof Uint16Array ? halfInit(name, dims, data) : floatInit(name, dims, data);
+  const inputs: onnx.IValueInfoProto[] = [valueInfo('X', T, [Bd, Ld, D]), valueInfo('norms', T, [Bd, Ld, E])];
   const inits: onnx.ITensorProto[] = [];
   const withB2 = spec.weights ? spec.weights.B2 !== undefined : !!spec.withB2;
   if (spec.weights) {
-    inits.push(floatInit('W1', [D, E * S], spec.weights.W1));
-    inits.push(floatInit('B1', [E * S], spec.weights.B1));
-    inits.push(floatInit('W2', [E * S, D], spec.weights.W2));
-    if (spec.weights.B2) inits.push(floatInit('B2', [D], spec.weights.B2));
+    inits.push(init('W1', [D, E * S], spec.weights.W1));
+    inits.push(init('B1', [E * S], spec.weights.B1));
+    inits.push(init('W2', [E * S, D], spec.weights.W2));
+    if (spec.weights.B2) inits.push(init('B2', [D], spec.weights.B2));
   } else {
-    inputs.push(valueInfo('W1', FLOAT, [D, E * S]), valueInfo('B1', FLOAT, [E * S]), valueInfo('W2', FLOAT, [E * S, D]));
-    if (withB2) inputs.push(valueInfo('B2', FLOAT, [D]));
+    inputs.push(valueInfo('W1', T, [D, E * S]), valueInfo('B1', T, [E * S]), valueInfo('W2', T, [E * S, D]));
+    if (withB2) inputs.push(valueInfo('B2', T, [D]));
   }
   if (spec.withScaleIndex) inputs.push(valueInfo('scale_index', INT64, []));
   if (spec.withThresholdInput) {
@@ -103,7 +121,7 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
     { name: 'patch_nums', type: onnx.AttributeProto.AttributeType.INTS, ints: spec.patchNums },
   ];
   if (spec.threshold) attrs.push({ name: 'threshold', type: onnx.AttributeProto.AttributeType.FLOATS, floats: spec.threshold });
-  const outputs = [valueInfo('Y', FLOAT, [Bd, Ld, D])];
+  const outputs = [valueInfo('Y', T, [Bd, Ld, D])];
   const nodeOutputs = ['Y'];
   if (spec.withActive) {
     outputs.push(valueInfo('active', INT32, [Bd, Ld]));
@@ -176,4 +194,4 @@ export function randomArray(r: () => number, n: number, scale = 1): Float32Array
   for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * scale;
   return a;
 }
-export { INT64, INT32, FLOAT };
+export { INT64, INT32, FLOAT, FLOAT16 };
