@@ -2,10 +2,14 @@
  * DynamicMoE CPU kernel vs the dense FFN (MatMul-Add-Relu-MatMul-Add), both in moefy runtime sessions on the same
  * ONNX Runtime, at D 1024, H 4096, E 32 (S 128); tokens 256 and 2048; active fractions 1, 0.75, 0.5, 0.25 (norms
  * built so that exactly that fraction of experts runs for every token).
- * Target: time(p) <= (p + 0.1) x dense, and <= 1.15 x dense at p = 1.
+ * Target (issue 10): time(p) <= (p + 0.05) x dense, and <= 1.0 x dense at p = 1.
  *
  *   node dist/bench/kernel-bench.js [--threads 2] [--tokens 256,2048] [--reps 5] [--fractions 1,0.75,0.5,0.25]
  *                                   [--activation relu|gelu_tanh|gelu] [--d 1024] [--h 4096] [--e 32]
+ *                                   [--level avx512|avx2|plain]
+ *   npm run bench kernel -- --level avx2
+ * --level forces the kernel's CPU level (MOEFY_CPU_LEVEL); the dense FFN is ONNX Runtime's own MatMul (MLAS picks
+ * its kernels by cpuid and cannot be forced), so on an AVX-512 machine the avx2 ratio is against an AVX-512 dense.
  */
 import { Tensor } from 'onnxruntime-common';
 import { createSession } from '../src/runtime';
@@ -26,6 +30,8 @@ const TOKENS = arg('tokens', '256,2048').split(',').map(Number);
 const FRACTIONS = arg('fractions', '1,0.75,0.5,0.25').split(',').map(Number);
 const REPS = Number(arg('reps', '5'));
 const ACT = arg('activation', 'relu') as Activation;
+const LEVEL = arg('level', '');
+if (LEVEL) process.env.MOEFY_CPU_LEVEL = LEVEL; // read by the kernel when its session is created
 
 interface Timing {
   wall: number; // ms, minimum over reps
@@ -88,7 +94,7 @@ async function main(): Promise<void> {
     opts,
   );
   const scale0 = new Tensor('int64', BigInt64Array.from([0n]), []);
-  console.log(`DynamicMoE (${ACT}) vs dense FFN (relu): D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs`);
+  console.log(`DynamicMoE (${ACT}) vs dense FFN (relu): D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs, kernel level ${LEVEL || 'auto (cpuid)'}`);
   console.log('tokens  fraction  dense ms    moe ms   ratio  target  ok   | cpu: dense ms    moe ms   ratio');
   let allOk = true;
   for (const N of TOKENS) {
@@ -103,7 +109,7 @@ async function main(): Promise<void> {
       );
       const ratio = tMoe.wall / tDense.wall;
       const cpuRatio = tMoe.cpu / tDense.cpu;
-      const target = p >= 1 ? 1.15 : p + 0.1;
+      const target = p >= 1 ? 1.0 : p + 0.05;
       const ok = ratio <= target;
       allOk &&= ok;
       console.log(
