@@ -52,3 +52,26 @@ test('kernels/cuda/moe_check.cu and the kernel compile and link for sm_80 and sm
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('kernels/cuda/register_cuda.cc compiles with nvcc (as CUDA) with the shared attribute header', { timeout: 300_000 }, (t) => {
+  const nvcc = findNvcc();
+  if (nvcc === null) {
+    t.skip('nvcc not found');
+    return;
+  }
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { findOrtHeaders } = require(join(root, 'scripts', 'build-native.js')) as { findOrtHeaders(): string };
+  const dir = mkdtempSync(join(tmpdir(), 'moefy-cuda-reg-'));
+  try {
+    const out = join(dir, 'register_cuda.o');
+    const r = spawnSync(
+      nvcc,
+      ['-std=c++17', '-O2', '-c', '-x', 'cu', join(cudaDir, 'register_cuda.cc'), `-I${join(root, 'kernels', 'src')}`, `-I${cudaDir}`, `-I${findOrtHeaders()}`, '-o', out],
+      { encoding: 'utf8', timeout: 280_000 },
+    );
+    assert.equal(r.status, 0, `nvcc failed (status ${r.status}):\n${r.stdout}\n${r.stderr}`);
+    assert.ok(existsSync(out) && statSync(out).size > 0, 'nvcc produced no object');
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
