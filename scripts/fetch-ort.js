@@ -44,11 +44,20 @@ function newestPerMinor(from) {
   return [...best.values()];
 }
 
+/** libonnxruntime.so.1 (the soname) beside libonnxruntime.so, for programs linked with -lonnxruntime. */
+function sonameLink(dir) {
+  const link = path.join(dir, 'libonnxruntime.so.1');
+  if (!fs.existsSync(link)) fs.symlinkSync('libonnxruntime.so', link);
+}
+
 /** Path of libonnxruntime.so of `version` under .cache/ort/, fetching it when absent. */
 function ortLibrary(version) {
   const dir = path.join(CACHE, version);
   const lib = path.join(dir, 'libonnxruntime.so');
-  if (fs.existsSync(lib)) return lib;
+  if (fs.existsSync(lib)) {
+    sonameLink(dir);
+    return lib;
+  }
   fs.mkdirSync(CACHE, { recursive: true });
   const tmp = fs.mkdtempSync(path.join(CACHE, `.fetch-${version}-`));
   try {
@@ -65,9 +74,9 @@ function ortLibrary(version) {
     // The real file is the longest name (libonnxruntime.so.1.x.y); the others are links or copies of it.
     const real = members.map((m) => path.join(tmp, m)).filter((f) => fs.lstatSync(f).isFile()).sort((a, b) => b.length - a.length)[0];
     fs.copyFileSync(real, path.join(stage, 'libonnxruntime.so'));
-    // The addon and C++ hosts dlopen this path; onnxruntime itself needs no soname link beside it.
     fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(stage, dir);
+    sonameLink(dir);
     return lib;
   } finally {
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -49,3 +49,28 @@ test('ONNX Runtime older than the floor (1.16) gets an error status from Registe
     rmDir(dir);
   }
 });
+
+test('the README C++ example (kernels/examples/run_moe.cc) builds and runs a converted model like the function body', { timeout: 600_000 }, async () => {
+  const dir = tmpDir('ort-cxx');
+  try {
+    const [full] = await convertCompatModels(dir);
+    const lib = ortLibrary('1.30.0');
+    const exe = path.join(dir, 'run_moe');
+    const b = spawnSync('g++', ['-std=c++17', '-O1', path.join(repoRoot, 'kernels', 'examples', 'run_moe.cc'), `-I${findOrtHeaders()}`,
+      `-L${path.dirname(lib)}`, '-lonnxruntime', `-Wl,-rpath,${path.dirname(lib)}`, '-o', exe], { encoding: 'utf8' });
+    assert.equal(b.status, 0, `g++ failed: ${b.stderr}`);
+    const sum = (ops: string, t: string) => {
+      const r = spawnSync(exe, [full.file, ops, t], { encoding: 'utf8' });
+      assert.equal(r.status, 0, `run_moe ${ops || '(no library)'} ${t}: exit ${r.status} ${r.signal ?? ''} ${r.stderr}`);
+      const m = / sum (\S+)/.exec(r.stdout);
+      assert.ok(m, r.stdout);
+      return Number(m[1]);
+    };
+    const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-9);
+    const k3 = sum(libPath(), '0.3'), k6 = sum(libPath(), '0.6');
+    assert.ok(rel(k3, sum('', '0.3')) < 1e-5 && rel(k6, sum('', '0.6')) < 1e-5, 'kernel vs function body');
+    assert.ok(rel(k3, k6) > 1e-6, 'the moe_threshold feed changed nothing');
+  } finally {
+    rmDir(dir);
+  }
+});
