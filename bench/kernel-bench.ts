@@ -6,10 +6,13 @@
  *
  *   node dist/bench/kernel-bench.js [--threads 2] [--tokens 256,2048] [--reps 5] [--fractions 1,0.75,0.5,0.25]
  *                                   [--activation relu|gelu_tanh|gelu] [--d 1024] [--h 4096] [--e 32]
- *                                   [--level avx512|avx2|plain]
+ *                                   [--level avx512|avx2|plain] [--dense ort|blas]
  *   npm run bench kernel -- --level avx2
  * --level forces the kernel's CPU level (MOEFY_CPU_LEVEL); the dense FFN is ONNX Runtime's own MatMul (MLAS picks
  * its kernels by cpuid and cannot be forced), so on an AVX-512 machine the avx2 ratio is against an AVX-512 dense.
+ * --dense blas times the dense FFN as moefy's own dense path instead (the kernel at level plain with every expert:
+ * two OpenBLAS sgemms); with --level avx2 OpenBLAS is held to its AVX2 kernels (OPENBLAS_CORETYPE=Haswell), which
+ * makes an AVX2-only machine's pair on an AVX-512 one.
  */
 import { Tensor } from 'onnxruntime-common';
 import { createSession } from '../src/runtime';
@@ -31,7 +34,9 @@ const FRACTIONS = arg('fractions', '1,0.75,0.5,0.25').split(',').map(Number);
 const REPS = Number(arg('reps', '5'));
 const ACT = arg('activation', 'relu') as Activation;
 const LEVEL = arg('level', '');
-if (LEVEL) process.env.MOEFY_CPU_LEVEL = LEVEL; // read by the kernel when its session is created
+const DENSE = arg('dense', 'ort');
+// Read when the library loads (OpenBLAS) and when each kernel is created (MOEFY_CPU_LEVEL).
+if (DENSE === 'blas' && LEVEL === 'avx2') process.env.OPENBLAS_CORETYPE = 'Haswell';
 
 interface Timing {
   wall: number; // ms, minimum over reps
@@ -88,13 +93,25 @@ async function main(): Promise<void> {
     B2: randomArray(r, D, 0.1),
   };
   const opts = { intraOpNumThreads: THREADS };
-  const dense = await createSession(buildDenseFfnModel(D, H, w), opts);
+  let dense;
+  if (DENSE === 'blas') {
+    process.env.MOEFY_CPU_LEVEL = 'plain';
+    dense = await createSession(
+      buildDynamicMoeModel({ D, E, S, activation: 'relu', patchNums: [1], threshold: [0], weights: w, withScaleIndex: true, batchDim: 1 }),
+      opts,
+    );
+  } else {
+    dense = await createSession(buildDenseFfnModel(D, H, w), opts);
+  }
+  if (LEVEL) process.env.MOEFY_CPU_LEVEL = LEVEL;
+  else delete process.env.MOEFY_CPU_LEVEL;
   const moe = await createSession(
     buildDynamicMoeModel({ D, E, S, activation: ACT, patchNums: [1], threshold: [0.5], weights: w, withScaleIndex: true, batchDim: 1 }),
     opts,
   );
   const scale0 = new Tensor('int64', BigInt64Array.from([0n]), []);
-  console.log(`DynamicMoE (${ACT}) vs dense FFN (relu): D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs, kernel level ${LEVEL || 'auto (cpuid)'}`);
+  const denseName = DENSE === 'blas' ? `moefy dense OpenBLAS path${process.env.OPENBLAS_CORETYPE ? ` (OPENBLAS_CORETYPE=${process.env.OPENBLAS_CORETYPE})` : ''}` : 'ONNX Runtime MatMul-Add-Relu';
+  console.log(`DynamicMoE (${ACT}) vs dense FFN (relu; ${denseName}): D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs, kernel level ${LEVEL || 'auto (cpuid)'}`);
   console.log('tokens  fraction  dense ms    moe ms   ratio  target  ok   | cpu: dense ms    moe ms   ratio');
   let allOk = true;
   for (const N of TOKENS) {
@@ -102,8 +119,9 @@ async function main(): Promise<void> {
     for (const p of FRACTIONS) {
       const k = Math.max(1, Math.round(p * E));
       const norms = new Tensor('float32', exactNorms(r, N, k), [1, N, E]);
+      const allOn = new Tensor('float32', new Float32Array(N * E).fill(1), [1, N, E]);
       const [tDense, tMoe] = await timePair(
-        () => dense.run({ X }),
+        () => (DENSE === 'blas' ? dense.run({ X, norms: allOn, scale_index: scale0 }) : dense.run({ X })),
         () => moe.run({ X, norms, scale_index: scale0 }),
         REPS,
       );

@@ -9,10 +9,12 @@
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Tensor } from 'onnxruntime-common';
-import { createSession, ortVersion } from '../../src/runtime';
+import { createSession, libPath, ortVersion } from '../../src/runtime';
 import { convert } from '../../src/pipeline';
 import { fixture, readIo, repoRoot, rmDir, tmpDir } from './fixtures';
 
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const { findOrtHeaders } = require(path.join(repoRoot, 'scripts', 'build-native.js')) as { findOrtHeaders(): string };
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const fetchOrt = require(path.join(repoRoot, 'scripts', 'fetch-ort.js')) as {
   ortLibrary(v: string): string;
@@ -42,6 +44,23 @@ export interface VersionResult {
   /** moefy's kernel was created in the registered sessions (MOEFY_KERNEL_TRACE), not the function body run */
   kernelRan?: boolean;
   models: ModelResult[];
+}
+
+/**
+ * Builds kernels/test/register_host.cc (a minimal C++ host that requests C API 14, so it runs on runtimes below the
+ * library's floor) into dir; returns a function registering libmoefy_ops.so in a given runtime: "registered" or
+ * "error: <status message>".
+ */
+export function registerHost(dir: string): (version: string) => string {
+  const host = path.join(dir, 'register_host');
+  const b = spawnSync('g++', ['-std=c++17', '-O1', `-I${findOrtHeaders()}`, `-I${path.join(repoRoot, 'kernels', 'src')}`,
+    path.join(repoRoot, 'kernels', 'test', 'register_host.cc'), '-ldl', '-o', host], { encoding: 'utf8' });
+  if (b.status !== 0) throw new Error(`g++ failed: ${b.stderr}`);
+  return (version: string) => {
+    const r = spawnSync(host, [fetchOrt.ortLibrary(version), libPath()], { encoding: 'utf8' });
+    if (r.status !== 0) return `host exit ${r.status} ${r.signal ?? ''} ${r.stderr.trim()}`;
+    return r.stdout.split('\n').find((l) => l === 'registered' || l.startsWith('error: ')) ?? r.stdout.trim();
+  };
 }
 
 /** Converts the compatibility fixtures once (experts skipped from scale 1 on, so the kernel really routes). */
@@ -140,11 +159,14 @@ async function main(): Promise<void> {
   const dir = tmpDir('ort-compat');
   try {
     const models = await convertCompatModels(dir);
-    process.stdout.write('| ONNX Runtime | result | full graph: kernel vs function body (calibrated / fed) | static step graph |\n|---|---|---|---|\n');
+    const register = registerHost(dir);
+    process.stdout.write('| ONNX Runtime | RegisterCustomOps | converted models | full graph: kernel vs function body (calibrated / fed) | static step graph |\n|---|---|---|---|---|\n');
     for (const v of versions) {
+      const reg = register(v);
       const r = checkVersion(v, models);
       const cell = (m?: ModelResult) => (m ? `${m.errDefault.toExponential(1)} / ${m.errFed.toExponential(1)}${m.feedChanged ? '' : ' (feed ignored)'}` : '-');
-      process.stdout.write(`| ${v} | ${r.ok ? 'ok' : `fails: ${r.error ?? (r.kernelRan ? 'mismatch' : 'kernel not used')}`} | ${cell(r.models[0])} | ${cell(r.models[1])} |\n`);
+      const run = r.ok ? 'match' : r.models.length ? `fail: ${r.kernelRan ? 'mismatch' : 'kernel not used'}` : `not run (${r.error})`;
+      process.stdout.write(`| ${v} | ${reg === 'registered' ? 'ok' : reg.replace(/^error: /, 'error: "') + (reg.startsWith('error: ') ? '"' : '')} | ${run} | ${cell(r.models[0])} | ${cell(r.models[1])} |\n`);
     }
   } finally {
     rmDir(dir);
