@@ -43,13 +43,27 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
   }
   const float* ar[M];
   for (int r = 0; r < M; ++r) ar[r] = a[r];
-  for (int64_t k = 0; k < K; ++k) {
-    const __m512 b0 = _mm512_maskz_loadu_ps(m0, bp + k * ldb);
-    const __m512 b1 = _mm512_maskz_loadu_ps(m1, bp + k * ldb + 16);
-    for (int r = 0; r < M; ++r) {
-      const __m512 av = _mm512_set1_ps(ar[r][k]);
-      acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
-      acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+  if (ncols == NR) {
+    // Full panels: plain loads (with AVX-512F alone, masks in the loop spill k registers to the stack).
+    for (int64_t k = 0; k < K; ++k) {
+      const __m512 b0 = _mm512_loadu_ps(bp + k * ldb);
+      const __m512 b1 = _mm512_loadu_ps(bp + k * ldb + 16);
+      for (int r = 0; r < M; ++r) {
+        const __m512 av = _mm512_set1_ps(ar[r][k]);
+        acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+        acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+      }
+    }
+  } else {
+    // Ragged edge: B may be a plain matrix (W2 read in place), so loads past ncols are masked.
+    for (int64_t k = 0; k < K; ++k) {
+      const __m512 b0 = _mm512_maskz_loadu_ps(m0, bp + k * ldb);
+      const __m512 b1 = _mm512_maskz_loadu_ps(m1, bp + k * ldb + 16);
+      for (int r = 0; r < M; ++r) {
+        const __m512 av = _mm512_set1_ps(ar[r][k]);
+        acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
+        acc1[r] = _mm512_fmadd_ps(av, b1, acc1[r]);
+      }
     }
   }
   if (ncols == NR) {
