@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { Tensor } from 'onnxruntime-common';
 import { createSession, dynamicMoeReference } from '../src/runtime';
 import type { Activation } from '../src/runtime';
-import { buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
+import { buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 import { cpuLevels } from './helpers/cpu';
 import { fromHalfBits, toHalfBits } from './helpers/half';
 

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Tensor } from 'onnxruntime-common';
 import { createSession, libPath } from '../src/runtime';
-import { buildDynamicMoeModel, randomArray, rng } from '../src/runtime/test-models';
+import { buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 import { cpuLevels } from './helpers/cpu';
 import { repoRoot } from './helpers/fixtures';
 
@@ -72,7 +72,7 @@ test('AVX-512 instructions only in the dispatched AVX-512 functions, AVX only in
 test('MOEFY_CPU_LEVEL picks the level (kernel trace), an unknown value is an error', () => {
   const script = `
     const { createSession } = require(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'runtime'))});
-    const { buildDynamicMoeModel, randomArray, rng } = require(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'runtime', 'test-models'))});
+    const { buildDynamicMoeModel, randomArray, rng } = require(${JSON.stringify(path.join(repoRoot, 'dist', 'test', 'helpers', 'test-models'))});
     const r = rng(3);
     createSession(buildDynamicMoeModel({ D: 8, E: 2, S: 4, patchNums: [1, 2], weights: { W1: randomArray(r, 64), B1: randomArray(r, 8), W2: randomArray(r, 64) } }))
       .then(() => console.log('created'), (e) => console.log('error: ' + e.message));`;

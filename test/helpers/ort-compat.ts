@@ -12,6 +12,7 @@ import { Tensor } from 'onnxruntime-common';
 import { createSession, libPath, ortVersion } from '../../src/runtime';
 import { convert } from '../../src/pipeline';
 import { fixture, readIo, repoRoot, rmDir, tmpDir } from './fixtures';
+import { FAST } from './fast';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { findOrtHeaders } = require(path.join(repoRoot, 'scripts', 'build-native.js')) as { findOrtHeaders(): string };
@@ -68,10 +69,7 @@ export async function convertCompatModels(dir: string): Promise<{ name: string; 
   const out = [];
   for (const m of COMPAT_MODELS) {
     const file = path.join(dir, m.model.replace(/\.onnx$/, '.moe.onnx'));
-    await convert(fixture(m.model), {
-      routerWidth: 32, routerEpochs: 2, synthSamples: 2, maxTokens: 8192, clusterBy: 'weights', seed: 0, activation: 'relu',
-      experts: 8, fromScale: 1, thresholds: [0.3], output: file,
-    } as never);
+    await convert(fixture(m.model), { ...FAST, experts: 8, fromScale: 1, thresholds: [0.3], output: file });
     out.push({ name: m.name, file, io: fixture(m.io) });
   }
   return out;
