@@ -1,6 +1,7 @@
 // libmoefy_ops.so in other ONNX Runtime versions (issue 10): the floor (1.17), Debian trixie's 1.21 and
 // onnxruntime-node's 1.30 load the library and run converted models (an empty optional input before the threshold
-// input, as every converted model) like the op's function body, with and without moe_threshold fed.
+// input, as every converted model) like the op's function body, with and without moe_threshold fed, and the
+// float16 kernel (a second op of the same name) like the reference.
 // `node dist/test/helpers/ort-compat.js --minors 1.17` covers every minor version (README table).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -22,6 +23,7 @@ test('ONNX Runtime 1.17 (the floor), 1.21 and 1.30 run converted models with the
       assert.equal(r.error, undefined, `${v}: ${r.error}`);
       assert.ok(r.kernelRan, `${v}: moefy's kernel was not created`);
       assert.equal(r.models.length, 2, `${v}: models run`);
+      assert.ok(r.f16Err !== undefined && r.f16Err < 1e-3, `${v}: float16 kernel vs reference ${r.f16Err}`);
       for (const m of r.models) {
         assert.ok(m.errDefault < 1e-4, `${v} ${m.name}: kernel vs function body ${m.errDefault}`);
         assert.ok(m.errFed < 1e-4, `${v} ${m.name}: with moe_threshold fed, kernel vs function body ${m.errFed}`);

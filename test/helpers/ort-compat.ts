@@ -9,7 +9,9 @@
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Tensor } from 'onnxruntime-common';
-import { createSession, libPath, ortVersion } from '../../src/runtime';
+import { createSession, dynamicMoeReference, libPath, ortVersion } from '../../src/runtime';
+import { buildDynamicMoeModel, randomArray, rng } from './test-models';
+import { fromHalfBits, toHalfBits } from './half';
 import { convert } from '../../src/pipeline';
 import { fixture, readIo, repoRoot, rmDir, tmpDir } from './fixtures';
 import { FAST } from './fast';
@@ -44,6 +46,8 @@ export interface VersionResult {
   error?: string;
   /** moefy's kernel was created in the registered sessions (MOEFY_KERNEL_TRACE), not the function body run */
   kernelRan?: boolean;
+  /** a one-node float16 DynamicMoE (T = float16) against the TypeScript reference: relative L2 error */
+  f16Err?: number;
   models: ModelResult[];
 }
 
@@ -114,8 +118,33 @@ async function child(models: { name: string; file: string; io: string }[]): Prom
     kern.release();
     body.release();
   }
-  res.ok = res.models.every((m) => m.errDefault < 1e-4 && m.errFed < 1e-4 && m.feedChanged);
+  res.f16Err = await float16Check();
+  res.ok = res.models.every((m) => m.errDefault < 1e-4 && m.errFed < 1e-4 && m.feedChanged) && res.f16Err < 1e-3;
   return res;
+}
+
+/** The float16 kernel (registered beside the float32 one under the same op name) on a one-node model. */
+async function float16Check(): Promise<number> {
+  const r = rng(7);
+  const D = 16, E = 4, S = 8, L = 14;
+  const h = (n: number, sc: number) => toHalfBits(randomArray(r, n, sc));
+  const w = { W1: h(D * E * S, 0.25), B1: h(E * S, 0.1), W2: h(E * S * D, 0.2), B2: h(D, 0.1) };
+  const X = h(2 * L * D, 1), N = toHalfBits(Array.from(randomArray(r, 2 * L * E), Math.abs));
+  const attrs = { patchNums: [1, 2, 3], threshold: [0, 0.5, 0.8] };
+  const s = await createSession(buildDynamicMoeModel({ D, E, S, ...attrs, weights: w, dtype: 'float16' }), { intraOpNumThreads: 2 });
+  const y = fromHalfBits((await s.run({ X: new Tensor('float16', X, [2, L, D]), norms: new Tensor('float16', N, [2, L, E]) })).Y.data as Uint16Array);
+  s.release();
+  const t = (d: Uint16Array, dims: number[]) => new Tensor('float32', fromHalfBits(d), dims);
+  const ref = dynamicMoeReference(
+    { X: t(X, [2, L, D]), norms: t(N, [2, L, E]), W1: t(w.W1, [D, E * S]), B1: t(w.B1, [E * S]), W2: t(w.W2, [E * S, D]), B2: t(w.B2, [D]) },
+    { numExperts: E, activation: 'relu', ...attrs },
+  ).Y.data as Float32Array;
+  let num = 0, den = 0;
+  for (let i = 0; i < y.length; i++) {
+    num += (y[i] - ref[i]) ** 2;
+    den += ref[i] ** 2;
+  }
+  return Math.sqrt(num / den);
 }
 
 /** Runs the check in a child process on ONNX Runtime `version` (fetched when absent). */
@@ -158,13 +187,13 @@ async function main(): Promise<void> {
   try {
     const models = await convertCompatModels(dir);
     const register = registerHost(dir);
-    process.stdout.write('| ONNX Runtime | RegisterCustomOps | converted models | full graph: kernel vs function body (calibrated / fed) | static step graph |\n|---|---|---|---|---|\n');
+    process.stdout.write('| ONNX Runtime | RegisterCustomOps | converted models | full graph: kernel vs function body (calibrated / fed) | static step graph | float16 kernel vs reference |\n|---|---|---|---|---|---|\n');
     for (const v of versions) {
       const reg = register(v);
       const r = checkVersion(v, models);
       const cell = (m?: ModelResult) => (m ? `${m.errDefault.toExponential(1)} / ${m.errFed.toExponential(1)}${m.feedChanged ? '' : ' (feed ignored)'}` : '-');
       const run = r.ok ? 'match' : r.models.length ? `fail: ${r.kernelRan ? 'mismatch' : 'kernel not used'}` : `not run (${r.error})`;
-      process.stdout.write(`| ${v} | ${reg === 'registered' ? 'ok' : reg.replace(/^error: /, 'error: "') + (reg.startsWith('error: ') ? '"' : '')} | ${run} | ${cell(r.models[0])} | ${cell(r.models[1])} |\n`);
+      process.stdout.write(`| ${v} | ${reg === 'registered' ? 'ok' : reg.replace(/^error: /, 'error: "') + (reg.startsWith('error: ') ? '"' : '')} | ${run} | ${cell(r.models[0])} | ${cell(r.models[1])} | ${r.f16Err === undefined ? '-' : r.f16Err.toExponential(1)} |\n`);
     }
   } finally {
     rmDir(dir);
