@@ -19,7 +19,7 @@ const GELU_CUBIC = GELU_TANH.cubic;
 const cube = () => P.op('Mul', [P.same('pre'), P.op('Mul', [P.same('pre'), P.same('pre')])]);
 const cubePow = () => P.op('Pow', [P.same('pre'), P.scalar(3)]);
 const tanhOf = (c: OpPattern) =>
-  P.op('Tanh', [P.op('Mul', [P.scalar(SQRT_2_OVER_PI, 1e-6), P.op('Add', [P.same('pre'), P.op('Mul', [P.scalar(GELU_CUBIC, 1e-4), c])])])]);
+  P.op('Tanh', [P.op('Mul', [P.scalar(SQRT_2_OVER_PI), P.op('Add', [P.same('pre'), P.op('Mul', [P.scalar(GELU_CUBIC), c])])])]);
 const onePlus = (inner: OpPattern) => P.op('Add', [P.scalar(1), inner]);
 
 const approxIs = (want: string) => (n: Node) => {
@@ -34,10 +34,12 @@ export const ACTIVATION_PATTERNS: ActivationPattern[] = [
   // PyTorch's decomposition below opset 20: 0.5 · (x · (1 + tanh(...))).
   { name: 'tanh-GELU chain', kind: 'gelu_tanh', pattern: P.op('Mul', [P.scalar(0.5), P.op('Mul', [P.any('pre'), onePlus(tanhOf(cube()))])]) },
   { name: 'tanh-GELU chain (Pow)', kind: 'gelu_tanh', pattern: P.op('Mul', [P.scalar(0.5), P.op('Mul', [P.any('pre'), onePlus(tanhOf(cubePow()))])]) },
+  // x · (0.5 · (1 + tanh(...))): the dynamo exporter of torch 2.14 (onnxscript 0.7), Pow for the cube.
+  { name: 'tanh-GELU chain (x·0.5(1+tanh), Pow)', kind: 'gelu_tanh', pattern: P.op('Mul', [P.any('pre'), P.op('Mul', [P.scalar(0.5), onePlus(tanhOf(cubePow()))])]) },
   // (0.5 · x) · (1 + tanh(...)), as other exporters and hand-written graphs associate it.
   { name: 'tanh-GELU chain (0.5x first)', kind: 'gelu_tanh', pattern: P.op('Mul', [P.op('Mul', [P.scalar(0.5), P.any('pre')]), onePlus(tanhOf(cube()))]) },
   // erf GELU: (x · (erf(x / √2) + 1)) · 0.5, or with x · (1/√2).
-  { name: 'erf-GELU chain', kind: 'gelu', pattern: P.op('Mul', [P.scalar(0.5), P.op('Mul', [P.any('pre'), onePlus(P.op('Erf', [P.op('Div', [P.same('pre'), P.scalar(Math.SQRT2, 1e-5)], { commute: false })]))])]) },
-  { name: 'erf-GELU chain (Mul 1/√2)', kind: 'gelu', pattern: P.op('Mul', [P.scalar(0.5), P.op('Mul', [P.any('pre'), onePlus(P.op('Erf', [P.op('Mul', [P.same('pre'), P.scalar(Math.SQRT1_2, 1e-5)])]))])]) },
-  { name: 'erf-GELU chain (0.5x first)', kind: 'gelu', pattern: P.op('Mul', [P.op('Mul', [P.scalar(0.5), P.any('pre')]), onePlus(P.op('Erf', [P.op('Div', [P.same('pre'), P.scalar(Math.SQRT2, 1e-5)], { commute: false })]))]) },
+  { name: 'erf-GELU chain', kind: 'gelu', pattern: P.op('Mul', [P.scalar(0.5), P.op('Mul', [P.any('pre'), onePlus(P.op('Erf', [P.op('Div', [P.same('pre'), P.scalar(Math.SQRT2)], { commute: false })]))])]) },
+  { name: 'erf-GELU chain (Mul 1/√2)', kind: 'gelu', pattern: P.op('Mul', [P.scalar(0.5), P.op('Mul', [P.any('pre'), onePlus(P.op('Erf', [P.op('Mul', [P.same('pre'), P.scalar(Math.SQRT1_2)])]))])]) },
+  { name: 'erf-GELU chain (0.5x first)', kind: 'gelu', pattern: P.op('Mul', [P.op('Mul', [P.scalar(0.5), P.any('pre')]), onePlus(P.op('Erf', [P.op('Div', [P.same('pre'), P.scalar(Math.SQRT2)], { commute: false })]))]) },
 ];

@@ -5,6 +5,7 @@ import { Graph, Node, Value } from '../ir/graph';
 import { describeFailure, MatchFailure, matchAny } from '../ir/match';
 import { Model } from '../ir/model';
 import { ActivationKind, isDynamicMoe, METADATA, MOE_INPUT, scaleOfStep, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
+import { FloatPrecision, precisionOf, storedWeight } from './exporter-styles';
 import { routerOf, RouterWeights } from './moe-router';
 import { ACTIVATION_PATTERNS } from './patterns';
 
@@ -14,8 +15,10 @@ export { VAR_PATCH_NUMS };
 export interface Linear {
   node: Node;
   weight: Value;
-  /** Gemm with transB=1: the weight is stored [out, in]. */
+  /** The weight is stored [out, in] (Gemm transB=1, or a run-time Transpose of PyTorch's parameter). */
   transposed: boolean;
+  /** The run-time Transpose(perm=[1,0]) between the initializer and the MatMul (dynamo exporter, torch 2.5-2.8). */
+  weightTranspose?: Node;
   bias?: Value;
   biasNode?: Node;
   input: Value;
@@ -46,6 +49,8 @@ export interface FfnSite {
    * Reshapes (it cannot be converted).
    */
   moeIo: { X: Value; Y: Value } | null;
+  /** The float type the FFN computes in (its weights'): the emitted MoE keeps it. */
+  precision: FloatPrecision;
 }
 
 export interface MoeSite {
@@ -152,9 +157,10 @@ const dimsOf = (v: Value) => v.tensor?.dims ?? [];
 export function linearAt(n: Node): Linear | null {
   if (n.domain !== '') return null;
   if (n.opType === 'MatMul') {
-    const w = n.inputs[1];
-    if (!w?.tensor || w.tensor.dims.length !== 2 || !n.inputs[0]) return null;
-    const [k, m] = w.tensor.dims;
+    const sw = storedWeight(n.inputs[1]);
+    if (!sw || !n.inputs[0]) return null;
+    const w = sw.weight;
+    const [k, m] = sw.transpose ? [w.tensor!.dims[1], w.tensor!.dims[0]] : w.tensor!.dims;
     const out = n.output(0);
     let bias: Value | undefined, biasNode: Node | undefined;
     if (out.useCount === 1 && !out.isGraphOutput) {
@@ -167,17 +173,19 @@ export function linearAt(n: Node): Linear | null {
         }
       }
     }
-    return { node: n, weight: w, transposed: false, bias, biasNode, input: n.inputs[0]!, output: biasNode ? biasNode.output(0) : out, inFeatures: k, outFeatures: m };
+    return { node: n, weight: w, transposed: !!sw.transpose, weightTranspose: sw.transpose, bias, biasNode, input: n.inputs[0]!, output: biasNode ? biasNode.output(0) : out, inFeatures: k, outFeatures: m };
   }
   if (n.opType === 'Gemm') {
-    const w = n.inputs[1];
-    if (!w?.tensor || w.tensor.dims.length !== 2 || !n.inputs[0]) return null;
+    const sw = storedWeight(n.inputs[1]);
+    if (!sw || !n.inputs[0]) return null;
+    const w = sw.weight;
     if ((n.attrInt('transA', 0) ?? 0) !== 0) return null;
     if ((n.attrFloat('alpha', 1) ?? 1) !== 1 || (n.attrFloat('beta', 1) ?? 1) !== 1) return null;
-    const transposed = (n.attrInt('transB', 0) ?? 0) === 1;
-    const [a, b] = w.tensor.dims;
+    // transB=1 on a run-time Transpose of the weight reads it as stored.
+    const transposed = ((n.attrInt('transB', 0) ?? 0) === 1) !== !!sw.transpose;
+    const [a, b] = w.tensor!.dims;
     const bias = n.inputs[2] ?? undefined;
-    return { node: n, weight: w, transposed, bias: bias ?? undefined, input: n.inputs[0]!, output: n.output(0), inFeatures: transposed ? b : a, outFeatures: transposed ? a : b };
+    return { node: n, weight: w, transposed, weightTranspose: sw.transpose, bias: bias ?? undefined, input: n.inputs[0]!, output: n.output(0), inFeatures: transposed ? b : a, outFeatures: transposed ? a : b };
   }
   return null;
 }
@@ -278,6 +286,7 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
       D: fc1.inFeatures,
       H: fc1.outFeatures,
       moeIo,
+      precision: precisionOf(fc1.weight, `FFN ${fc1.node.describe()}`),
     });
   }
   return { sites, failures };

@@ -1,6 +1,7 @@
 // A small structural pattern matcher over the IR, matching from a root node up through producers. Add and Mul
 // match with their operands in either order. When a pattern fails, the result names the node and the predicate
 // that broke the closest partial match, so "why didn't it match?" has an answer.
+import { DataType } from '../onnx/schema';
 import { Node, Value } from './graph';
 
 export type Pattern = OpPattern | AnyPattern | SamePattern | ScalarPattern | InitPattern;
@@ -30,7 +31,20 @@ export interface SamePattern {
 export interface ScalarPattern {
   kind: 'scalar';
   value: number;
-  tol: number;
+  /** Relative tolerance; default: constantTolerance of the constant's own type. */
+  tol?: number;
+}
+
+/**
+ * Relative tolerance for matching an exporter's constant against its exact value: two units in the last place of
+ * the constant's own type (the dynamo exporter writes 0.797884524 where TorchScript writes 0.797884583 for
+ * √(2/π) = 0.7978845608; a float16 model holds 0.7979). Anything further off is a different function, and the match
+ * fails naming the constant.
+ */
+export function constantTolerance(dataType: number | undefined): number {
+  if (dataType === DataType.FLOAT16) return 2 ** -9;
+  if (dataType === DataType.BFLOAT16) return 2 ** -6;
+  return 2 ** -22;
 }
 export interface InitPattern {
   kind: 'init';
@@ -42,7 +56,7 @@ export const P = {
   op: (op: string | string[], inputs?: Pattern[], opts: Omit<OpPattern, 'kind' | 'op' | 'inputs'> = {}): OpPattern => ({ kind: 'op', op, inputs, ...opts }),
   any: (capture?: string, where?: (v: Value) => string | null): AnyPattern => ({ kind: 'any', capture, where }),
   same: (name: string): SamePattern => ({ kind: 'same', name }),
-  scalar: (value: number, tol = 1e-4): ScalarPattern => ({ kind: 'scalar', value, tol }),
+  scalar: (value: number, tol?: number): ScalarPattern => ({ kind: 'scalar', value, tol }),
   init: (capture?: string, where?: (v: Value) => string | null): InitPattern => ({ kind: 'init', capture, where }),
 };
 
@@ -100,7 +114,8 @@ class Matcher {
       case 'scalar': {
         const s = v.scalar();
         if (s === undefined) return this.fail(from, `${where} should be the constant ${p.value}, found a non-constant '${v.name}'`, depth, matched);
-        if (Math.abs(s - p.value) > p.tol * Math.max(1, Math.abs(p.value))) return this.fail(from, `${where} should be the constant ${p.value}, found ${s}`, depth, matched);
+        const tol = p.tol ?? constantTolerance(v.constantTensor()?.dataType);
+        if (Math.abs(s - p.value) > tol * Math.abs(p.value)) return this.fail(from, `${where} should be the constant ${p.value}, found ${s}`, depth, matched);
         return { c, matched };
       }
       case 'init': {

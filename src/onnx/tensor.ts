@@ -2,6 +2,7 @@
 // or freshly computed bytes. Large weights are never copied just to be carried through a rewrite.
 import * as fs from 'node:fs';
 import { MoefyError } from '../errors';
+import { bfloat16BitsToFloat32, float32ToHalfBits, halfBitsToFloat32, halfToFloat } from './half';
 import { bitsPerElement, DataType, TensorProto } from './schema';
 
 export type TensorSource =
@@ -33,6 +34,15 @@ export class Tensor {
 
   static fromFloat32(data: Float32Array, dims: number[]): Tensor {
     return new Tensor(DataType.FLOAT, dims, { kind: 'bytes', bytes: new Uint8Array(data.buffer, data.byteOffset, data.byteLength) });
+  }
+  /** float32 data stored as `dataType`: FLOAT as is, FLOAT16 rounded to nearest even (the model's own precision). */
+  static fromFloats(data: Float32Array, dims: number[], dataType: number): Tensor {
+    if (dataType === DataType.FLOAT) return Tensor.fromFloat32(data, dims);
+    if (dataType === DataType.FLOAT16) {
+      const h = float32ToHalfBits(data);
+      return new Tensor(DataType.FLOAT16, dims, { kind: 'bytes', bytes: new Uint8Array(h.buffer) });
+    }
+    throw new MoefyError(`cannot write float data as ONNX data type ${dataType}`);
   }
   static fromInt64(data: ArrayLike<number>, dims: number[]): Tensor {
     const a = BigInt64Array.from(Array.from(data, (x) => BigInt(x)));
@@ -69,6 +79,17 @@ export class Tensor {
     return asFloat32(this.bytes());
   }
 
+  /** The data as float32 from FLOAT (a view, as floats()), FLOAT16 or BFLOAT16 (converted copies). */
+  toFloat32(): Float32Array {
+    if (this.dataType === DataType.FLOAT) return this.floats();
+    if (this.dataType === DataType.FLOAT16 || this.dataType === DataType.BFLOAT16) {
+      const b = this.bytes();
+      const bits = b.byteOffset % 2 === 0 ? new Uint16Array(b.buffer, b.byteOffset, b.byteLength / 2) : new Uint16Array(Uint8Array.from(b).buffer);
+      return this.dataType === DataType.FLOAT16 ? halfBitsToFloat32(bits) : bfloat16BitsToFloat32(bits);
+    }
+    throw new Error(`tensor is ${this.dataType}, not a float type`);
+  }
+
   /** The data as plain numbers, for small tensors (shapes, scalars, axes). */
   numbers(): number[] {
     const b = this.bytes();
@@ -84,6 +105,7 @@ export class Tensor {
         case DataType.INT8: out[i] = dv.getInt8(i); break;
         case DataType.UINT8: case DataType.BOOL: out[i] = dv.getUint8(i); break;
         case DataType.FLOAT16: out[i] = halfToFloat(dv.getUint16(i * 2, true)); break;
+        case DataType.BFLOAT16: out[i] = bfloat16BitsToFloat32(Uint16Array.of(dv.getUint16(i * 2, true)))[0]; break;
         default: throw new Error(`numbers() does not read data type ${this.dataType}`);
       }
     }
@@ -119,14 +141,6 @@ export function readRegion(path: string, offset: number, length: number): Uint8A
   return out;
 }
 
-function halfToFloat(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const f = h & 0x3ff;
-  if (e === 0) return s * 2 ** -14 * (f / 1024);
-  if (e === 31) return f ? NaN : s * Infinity;
-  return s * 2 ** (e - 15) * (1 + f / 1024);
-}
 
 function protoFieldsToBytes(p: TensorProto, dataType: number, n: number): Uint8Array {
   const bits = bitsPerElement(dataType);
