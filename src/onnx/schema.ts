@@ -163,9 +163,16 @@ message FunctionProto {
 }
 `;
 
-// int64 fields decode to JS numbers: every int64 in a VAR model (dims, attributes, opset versions) is far below 2^53.
+// int64 fields decode to JS numbers: dims, attributes and opset versions are far below 2^53. The one exception is
+// INT64_MAX (the dynamo exporter's open Slice end, `value_ints`), which decodes to 2^63: write it back as INT64_MAX,
+// not as the wrapped -2^63.
 (protobuf.util as unknown as { Long: unknown }).Long = undefined;
 protobuf.configure();
+{
+  const LB = protobuf.util.LongBits as unknown as { fromNumber(v: number): unknown; new (lo: number, hi: number): unknown };
+  const fromNumber = LB.fromNumber;
+  LB.fromNumber = (v: number) => (v >= 2 ** 63 ? new LB(0xffffffff, 0x7fffffff) : fromNumber(v));
+}
 
 const root = protobuf.parse(ONNX_PROTO, { keepCase: true }).root;
 
