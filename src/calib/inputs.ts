@@ -5,11 +5,35 @@ import { VarStructure, isKvInputName } from '../analysis/var-structure';
 import { MoefyError } from '../errors';
 import { Value } from '../ir/graph';
 import { Model } from '../ir/model';
+import { float32ToHalfBits, halfBitsToFloat32 } from '../onnx/half';
 import { deriveSeed, gaussian, rng } from './random';
 
 export type Feeds = Record<string, ort.Tensor>;
 
 const ORT_TYPE: Record<number, ort.Tensor.Type> = { 1: 'float32', 6: 'int32', 7: 'int64', 9: 'bool', 10: 'float16', 11: 'float64' };
+
+/**
+ * A captured tensor as float32. A float16 model is run as it is (ONNX Runtime's CPU runs float16 graphs) and its
+ * FFN inputs are widened here: calibration computes in float32 on the activations the float16 model really makes.
+ */
+export function floatData(t: ort.Tensor): Float32Array {
+  if (t.type === 'float32') return new Float32Array(t.data as Float32Array);
+  if (t.type === 'float16') {
+    const d = t.data as unknown;
+    return d instanceof Uint16Array ? halfBitsToFloat32(d) : Float32Array.from(d as ArrayLike<number>);
+  }
+  throw new MoefyError(`captured tensor of type ${t.type}: expected float32 or float16`);
+}
+
+/** A float32 or float16 output as float32: a view of float32 data (no copy), float16 widened. */
+export function floatView(t: ort.Tensor): Float32Array {
+  return t.type === 'float32' ? (t.data as Float32Array) : floatData(t);
+}
+
+/** float32 data as the float16 tensor a float16 model takes (rounded to nearest even). */
+export function toHalfTensor(d: Float32Array, dims: readonly number[]): ort.Tensor {
+  return new ort.Tensor('float16', float32ToHalfBits(d), dims);
+}
 
 /** The model's real (non-initializer) inputs. */
 export function modelInputs(model: Model): Value[] {
@@ -40,6 +64,10 @@ export function synthesise(model: Model, s: VarStructure, count: number, seed: n
       if (/cfg/i.test(v.name)) d.fill(1.5);
       else for (let i = 0; i < n; i++) d[i] = normal();
       feeds[v.name] = new ort.Tensor('float32', d, shape);
+    } else if (type === 'float16') {
+      const d = new Float32Array(n);
+      for (let i = 0; i < n; i++) d[i] = normal();
+      feeds[v.name] = toHalfTensor(d, shape);
     } else throw new MoefyError(`cannot synthesise input '${v.name}' of type ${type}; pass --calib`);
   }
   return { feeds, scale: scaleIdx };
@@ -55,9 +83,11 @@ export function checkCalib(model: Model, set: Feeds, file: string): Feeds {
   const feeds: Feeds = {};
   let batch: number | null = null;
   for (const v of modelInputs(model)) {
-    const t = set[v.name];
+    let t = set[v.name];
     if (!t) throw new MoefyError(`calibration data ${file}: no tensor named '${v.name}' (the model's inputs: ${modelInputs(model).map((x) => x.name).join(', ')}; found: ${Object.keys(set).join(', ') || 'nothing'})`);
     const want = ORT_TYPE[v.elemType() ?? 1];
+    // float32 calibration data for a float16 model is rounded to float16, as the model's own input would be.
+    if (want === 'float16' && t.type === 'float32') t = toHalfTensor(t.data as Float32Array, t.dims);
     if (t.type !== want) throw new MoefyError(`calibration data ${file}: '${v.name}' is ${t.type}, the model expects ${want}`);
     const shape = v.shape() ?? [];
     const bad = t.dims.length !== shape.length || shape.some((d, k) => typeof d === 'number' && d !== t.dims[k]);

@@ -5,13 +5,15 @@ import { MoefyError } from '../errors';
 import { AttributeType, AttributeProto, FunctionProto, NodeProto } from '../onnx/schema';
 import { ActivationKind, GELU_TANH } from './activation';
 import { MOE_ATTRIBUTES, MOE_DOMAIN, MOE_INPUTS, MOE_OP, MOE_OUTPUTS } from './contract';
+import { floatToHalf } from '../onnx/half';
 
-const DT_FLOAT = 1, DT_INT32 = 6, DT_INT64 = 7;
+const DT_FLOAT = 1, DT_INT32 = 6, DT_INT64 = 7, DT_FLOAT16 = 10;
 
 class Body {
   nodes: NodeProto[] = [];
   private k = 0;
-  constructor(public opset: number) {}
+  /** `dataType`: the op's T (float32 or float16); the activation's constants are written in it. */
+  constructor(public opset: number, public dataType: number = DT_FLOAT) {}
   op(op: string, inputs: string[], attrs: AttributeProto[] = [], out?: string): string {
     const o = out ?? `t${this.k++}`;
     const n: NodeProto = { input: inputs, output: [o], op_type: op };
@@ -26,7 +28,8 @@ class Body {
     return this.op('Constant', [], [{ name: 'value', type: AttributeType.TENSOR, t: { dims: [], data_type: DT_INT64, raw_data: new Uint8Array(BigInt64Array.of(BigInt(v)).buffer) } }]);
   }
   scalarFloat(v: number): string {
-    return this.op('Constant', [], [{ name: 'value', type: AttributeType.TENSOR, t: { dims: [], data_type: DT_FLOAT, raw_data: new Uint8Array(Float32Array.of(v).buffer) } }]);
+    const raw = this.dataType === DT_FLOAT16 ? new Uint8Array(Uint16Array.of(floatToHalf(v)).buffer) : new Uint8Array(Float32Array.of(v).buffer);
+    return this.op('Constant', [], [{ name: 'value', type: AttributeType.TENSOR, t: { dims: [], data_type: this.dataType, raw_data: raw } }]);
   }
   reduce(op: 'ReduceMax' | 'ReduceSum', x: string, axes: number[], keepdims: number, out?: string): string {
     const kd = { name: 'keepdims', type: AttributeType.INT, i: keepdims };
@@ -60,9 +63,9 @@ export { Body as FunctionBodyBuilder };
  * The function body for the way moefy emits the node: X, norms, W1, B1, W2, B2 and threshold connected,
  * scale_index absent (the token's scale comes from the layout). `activation` must match the nodes' attribute.
  */
-export function dynamicMoeFunction(activation: ActivationKind, opset: number): FunctionProto {
+export function dynamicMoeFunction(activation: ActivationKind, opset: number, dataType: number = DT_FLOAT): FunctionProto {
   if (opset < 13) throw new MoefyError(`the model's opset ${opset} is below 13, which the DynamicMoE function body needs`);
-  const b = new Body(opset);
+  const b = new Body(opset, dataType);
   // Experts: act(X·W1 + B1), masked per (token, expert), then ·W2 + B2.
   const h = emitActivation(b, activation, b.op('Add', [b.op('MatMul', ['X', 'W1']), 'B1']));
   // The scale of every token: position in the full sequence (L = Σ pn²) or the one scale with pn² = L.
@@ -78,11 +81,14 @@ export function dynamicMoeFunction(activation: ActivationKind, opset: number): F
   const isFull = b.op('Equal', [L, b.reduce('ReduceSum', tok, [0], 0)]);
   const scale = b.op('Where', [isFull, posScale, b.op('Expand', [single, b.op('Shape', [pos])])]);
   const thr = b.unsqueeze(b.op('Gather', ['threshold', scale], [{ name: 'axis', type: AttributeType.INT, i: 0 }]), [0, 2]);
-  const mx = b.reduce('ReduceMax', 'norms', [-1], 1);
-  const run = b.op('Cast', [b.op('GreaterOrEqual', ['norms', b.op('Mul', [thr, mx])])], [{ name: 'to', type: AttributeType.INT, i: DT_FLOAT }]);
+  // The selection compares in float32 (threshold is float32 whatever T is), as the kernels do.
+  const normsF = dataType === DT_FLOAT ? 'norms' : b.op('Cast', ['norms'], [{ name: 'to', type: AttributeType.INT, i: DT_FLOAT }]);
+  const mx = b.reduce('ReduceMax', normsF, [-1], 1);
+  const run = b.op('Cast', [b.op('GreaterOrEqual', [normsF, b.op('Mul', [thr, mx])])], [{ name: 'to', type: AttributeType.INT, i: DT_FLOAT }]);
   b.op('Cast', [b.reduce('ReduceSum', run, [-1], 0)], [{ name: 'to', type: AttributeType.INT, i: DT_INT32 }], 'active');
   const perExpert = b.op('Reshape', [h, b.op('Concat', [b.op('Shape', ['norms']), b.ints([-1])], [{ name: 'axis', type: AttributeType.INT, i: 0 }])]);
-  const masked = b.op('Reshape', [b.op('Mul', [perExpert, b.unsqueeze(run, [3])]), b.op('Shape', [h])]);
+  const runT = dataType === DT_FLOAT ? run : b.op('Cast', [run], [{ name: 'to', type: AttributeType.INT, i: dataType }]);
+  const masked = b.op('Reshape', [b.op('Mul', [perExpert, b.unsqueeze(runT, [3])]), b.op('Shape', [h])]);
   b.op('Add', [b.op('MatMul', [masked, 'W2']), 'B2'], [], 'Y');
   return {
     name: MOE_OP,

@@ -1,10 +1,12 @@
 // Activations emitted into the IR with standard ops (the router's GELU, reference FFNs for reports).
 import { ActivationKind, GELU_TANH } from '../op';
 import { attr, Graph, Value } from '../ir/graph';
+import { DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
 
-export function emitActivationIR(g: Graph, kind: ActivationKind, x: Value, opset: number, hint = 'act'): Value {
-  const c = (v: number) => g.addInitializer(`${hint}_c`, Tensor.fromFloat32(Float32Array.of(v), []));
+/** `dataType`: the float type of x (constants are written in it: float32 or float16). */
+export function emitActivationIR(g: Graph, kind: ActivationKind, x: Value, opset: number, hint = 'act', dataType: number = DataType.FLOAT): Value {
+  const c = (v: number) => g.addInitializer(`${hint}_c`, Tensor.fromFloats(Float32Array.of(v), [], dataType));
   const op = (o: string, inputs: Value[], attrs = [] as ReturnType<typeof attr.int>[]) => {
     // Node names must be unique in a graph: name each node after its (unique) output.
     const out = g.createValue(`${hint}/${o}`);

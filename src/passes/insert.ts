@@ -1,6 +1,7 @@
 // Pass: replace each FFN by the router subgraph (ffn_in → norms) and an ai.moefy::DynamicMoE node with the
 // permuted expert weights; one `moe_threshold` graph input (one value per scale, calibrated defaults in its
 // initializer) feeds every node, so a deployer can trade quality for compute per run without re-exporting.
+import { PRECISION_DTYPE } from '../analysis/exporter-styles';
 import type { FfnSite, PatchLayout } from '../analysis/var-structure';
 import { MoefyError } from '../errors';
 import { attr } from '../ir/graph';
@@ -18,6 +19,11 @@ export function insert(m: Model, layout: PatchLayout, sites: FfnSite[], experts:
   const acts = new Set(weights.map((w) => w.activation));
   if (acts.size > 1) throw new MoefyError(`the FFNs use different activations (${[...acts].join(', ')}); one DynamicMoE function body cannot serve them`);
   const activation = weights[0].activation;
+  // The MoE keeps the model's precision: routers, expert weights and the op's T in float16 for a float16 model
+  // (calibration computed them in float32). The threshold input stays float32, as the op contract says.
+  const precisions = new Set(sites.map((s) => s.precision));
+  if (precisions.size > 1) throw new MoefyError(`the FFNs compute in different float types (${[...precisions].join(', ')}); one DynamicMoE function body cannot serve them`);
+  const DT = PRECISION_DTYPE[sites[0].precision];
   const numScales = layout.patchNums.length;
 
   const thr = g.addInitializer(THRESHOLD_INPUT, Tensor.fromFloat32(Float32Array.from(plan.thresholds), [numScales]));
@@ -32,21 +38,21 @@ export function insert(m: Model, layout: PatchLayout, sites: FfnSite[], experts:
     if (!s.moeIo) throw new MoefyError(`block ${s.block}: Gemm FFN ${s.fc1.node.describe()} is not between Reshapes to and from [B, L, D]`);
     const { X, Y: Yold } = s.moeIo;
     const D = s.D, H = s.H;
-    const rw1 = g.addInitializer(`${prefix}/router.W1`, Tensor.fromFloat32(r.W1, [D, r.width]));
-    const rw2 = g.addInitializer(`${prefix}/router.W2`, Tensor.fromFloat32(r.W2, [r.width, E]));
+    const rw1 = g.addInitializer(`${prefix}/router.W1`, Tensor.fromFloats(r.W1, [D, r.width], DT));
+    const rw2 = g.addInitializer(`${prefix}/router.W2`, Tensor.fromFloats(r.W2, [r.width, E], DT));
     const anchor = Yold.uses()[0]?.node;
     const h = g.addNode({ op: 'MatMul', inputs: [X, rw1], outputs: [`${prefix}/router/MatMul`], name: `${prefix}/router/MatMul`, before: anchor });
-    const a = emitActivationIR(g, 'gelu', h.output(0), opset, `${prefix}/router/gelu`);
+    const a = emitActivationIR(g, 'gelu', h.output(0), opset, `${prefix}/router/gelu`, DT);
     const p = g.addNode({ op: 'MatMul', inputs: [a, rw2], outputs: [`${prefix}/router/MatMul_1`], name: `${prefix}/router/MatMul_1` });
     let norms = g.addNode({ op: 'Abs', inputs: [p.output(0)], outputs: [r.squared ? `${prefix}/router/Abs` : `${prefix}/norms`], name: `${prefix}/router/Abs` }).output(0);
     if (r.squared) norms = g.addNode({ op: 'Mul', inputs: [norms, norms], outputs: [`${prefix}/norms`], name: `${prefix}/router/Square` }).output(0);
-    norms.setTensorType(DataType.FLOAT, [null, null, E]);
+    norms.setTensorType(DT, [null, null, E]);
     g.valueInfo.push(norms);
 
-    const W1 = g.addInitializer(`${prefix}/moe.W1`, Tensor.fromFloat32(w.W1, [D, H]));
-    const B1 = g.addInitializer(`${prefix}/moe.B1`, Tensor.fromFloat32(w.B1, [H]));
-    const W2 = g.addInitializer(`${prefix}/moe.W2`, Tensor.fromFloat32(w.W2, [H, D]));
-    const B2 = g.addInitializer(`${prefix}/moe.B2`, Tensor.fromFloat32(w.B2 ?? new Float32Array(D), [D]));
+    const W1 = g.addInitializer(`${prefix}/moe.W1`, Tensor.fromFloats(w.W1, [D, H], DT));
+    const B1 = g.addInitializer(`${prefix}/moe.B1`, Tensor.fromFloats(w.B1, [H], DT));
+    const W2 = g.addInitializer(`${prefix}/moe.W2`, Tensor.fromFloats(w.W2, [H, D], DT));
+    const B2 = g.addInitializer(`${prefix}/moe.B2`, Tensor.fromFloats(w.B2 ?? new Float32Array(D), [D], DT));
     const moe = g.addNode({
       op: MOE_OP, domain: MOE_DOMAIN, name: `${prefix}/DynamicMoE`,
       inputs: [X, norms, W1, B1, W2, B2, null, thr], // MOE_INPUTS order; scale_index empty
@@ -55,14 +61,14 @@ export function insert(m: Model, layout: PatchLayout, sites: FfnSite[], experts:
       attrs: [attr.int('num_experts', E), attr.string('activation', activation), attr.ints('patch_nums', layout.patchNums), attr.floats('threshold', plan.thresholds)],
     });
     const Y = moe.output(0);
-    Y.setTensorType(DataType.FLOAT, [null, null, D]);
+    Y.setTensorType(DT, [null, null, D]);
     g.valueInfo.push(Y);
     g.replaceAllUses(Yold, Y, 'move');
   });
   g.removeDeadNodes();
   g.toposort();
   m.setOpset(MOE_DOMAIN, MOE_OPSET);
-  m.addFunction(dynamicMoeFunction(activation, opset));
+  m.addFunction(dynamicMoeFunction(activation, opset, DT));
   // Model-local functions need IR 8.
   if (m.irVersion < 8) m.proto.ir_version = 8;
   return `replaced ${sites.length} FFNs by routers + ${MOE_DOMAIN}::${MOE_OP} (${experts} experts of ${sites[0].H / experts})`;

@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { FfnSite, VarStructure, isKvInputName, isKvOutputName, kvOutputFor } from '../analysis/var-structure';
-import { checkCalib, Feeds, modelInputs, sliceFeeds, synthesise } from '../calib/inputs';
+import { checkCalib, Feeds, floatData, modelInputs, sliceFeeds, synthesise, toHalfTensor } from '../calib/inputs';
 import { deriveSeed, rng } from '../calib/random';
 import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
@@ -15,6 +15,10 @@ import { removeTemp, tempDir } from '../files/temp';
 import { checkEmbeddingInputs, checkFinite } from '../calib/check-inputs';
 import { scaleOfPositions, scaleOfStep } from '../op';
 import { FfnInputSample, LayerCapture } from './types';
+
+// Errors only: on a float16 model ORT warns for every node it cannot constant-fold on the CPU (no float16 kernel
+// for folding), which says nothing about the model.
+const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', logSeverityLevel: 3 };
 
 export interface CaptureOptions {
   calib?: string;
@@ -55,7 +59,7 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
     removeTemp(dir);
     throw e;
   }
-  const sess = await ort.InferenceSession.create(file, { graphOptimizationLevel: 'all' });
+  const sess = await ort.InferenceSession.create(file, SESSION_OPTIONS);
   const D = s.D;
   const chunks: Float32Array[][] = sites.map(() => []);
   const scales: Int32Array[] = [];
@@ -68,7 +72,7 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
       const r = await sess.run(sliceFeeds(feeds, a, b, s.rowsPerSample));
       sites.forEach((site, k) => {
         const t = r[site.ffnIn.name];
-        chunks[k].push(new Float32Array(t.data as Float32Array));
+        chunks[k].push(floatData(t));
         if (k === 0) {
           const rows = t.dims.slice(0, -1).reduce((x, y) => x * y, 1);
           const L = t.dims[t.dims.length - 2];
@@ -177,12 +181,13 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
   const sessions: ort.InferenceSession[] = [];
   const samples = set.label_B.dims[0];
   const X = set[FULL_X];
+  const xData = X.type === 'float16' ? floatData(X) : (X.data as Float32Array);
   const xPer = X.dims[1] * X.dims[2];
   const chunks: Float32Array[][] = sites.map(() => []);
   const scales: Int32Array[] = [];
   try {
-    for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p));
-    const self = await ort.InferenceSession.create(file);
+    for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p, SESSION_OPTIONS));
+    const self = await ort.InferenceSession.create(file, SESSION_OPTIONS);
     const batch = 4;
     for (let a = 0; a < samples; a += batch) {
       const b = Math.min(samples, a + batch);
@@ -201,8 +206,10 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
             // The scale's slice of the teacher-forcing input: full-sequence token t ≥ 1 is x[t − 1].
             const l = layout.tokens[k], from = layout.offsets[k] - 1, C = X.dims[2];
             const out = new Float32Array((b - a) * l * C);
-            for (let i = a; i < b; i++) out.set((X.data as Float32Array).subarray(i * xPer + from * C, i * xPer + (from + l) * C), (i - a) * l * C);
-            feeds[name] = new ort.Tensor('float32', out, [b - a, l, C]);
+            for (let i = a; i < b; i++) out.set(xData.subarray(i * xPer + from * C, i * xPer + (from + l) * C), (i - a) * l * C);
+            // A float16 step graph takes the slice rounded to float16.
+            const meta = sess.inputMetadata.find((m) => m.name === name);
+            feeds[name] = meta?.isTensor && meta.type === 'float16' ? toHalfTensor(out, [b - a, l, C]) : new ort.Tensor('float32', out, [b - a, l, C]);
           }
         }
         const r = await sess.run(feeds);
@@ -210,7 +217,7 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
         if (k < first) continue;
         sites.forEach((site, j) => {
           const t = r[site.ffnIn.name];
-          chunks[j].push(new Float32Array(t.data as Float32Array));
+          chunks[j].push(floatData(t));
           if (j === 0) scales.push(new Int32Array(t.dims.slice(0, -1).reduce((x, y) => x * y, 1)).fill(k));
         });
       }
