@@ -14,6 +14,10 @@ export interface BlockReport {
   pattern: string;
   ffnParams: number;
   ffnIn: string;
+  /** The FFN's float type (its weights'). */
+  precision: string;
+  /** How fc1's weight is stored: [in, out] for MatMul, [out, in] for Gemm transB or behind a run-time Transpose. */
+  weightLayout: 'in_out' | 'out_in' | 'out_in_transpose';
   moe: null | { experts: number; expertSize: number; routerParams: number; routerWidth: number | null; node: string };
 }
 
@@ -71,12 +75,14 @@ export function inspectModel(model: Model, file: string, opts: { patchNums?: num
     if (b.ffn) {
       const f = b.ffn;
       const ffnParams = f.fc1.weight.tensor!.size + (f.fc1.bias?.tensor?.size ?? 0) + f.fc2.weight.tensor!.size + (f.fc2.bias?.tensor?.size ?? 0);
-      return { index: b.index, D: f.D, H: f.H, activation: f.activation.kind, pattern: f.activation.pattern, ffnParams, ffnIn: f.ffnIn.name, moe: null };
+      const weightLayout = f.fc1.weightTranspose ? 'out_in_transpose' : f.fc1.transposed ? 'out_in' : 'in_out';
+      return { index: b.index, D: f.D, H: f.H, activation: f.activation.kind, pattern: f.activation.pattern, ffnParams, ffnIn: f.ffnIn.name, precision: f.precision, weightLayout, moe: null };
     }
     const m = b.moe!;
     const ffnParams = [2, 3, 4, 5].reduce((a, k) => a + (m.node.inputs[k]?.tensor?.size ?? 0), 0);
     return {
       index: b.index, D: m.D, H: m.H, activation: m.activation, pattern: `${MOE_DOMAIN}::${MOE_OP}`, ffnParams, ffnIn: m.ffnIn.name,
+      precision: m.node.inputs[2]?.tensor?.dataType === 10 ? 'float16' : 'float32', weightLayout: 'in_out',
       moe: { experts: m.experts, expertSize: m.expertSize, routerParams: m.routerParams, routerWidth: m.routerWidth, node: m.node.name },
     };
   });

@@ -337,6 +337,9 @@ export interface AnalyseOptions {
 
 export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructure {
   const g = model.graph;
+  // Dead nodes (the dynamo exporter leaves unused Identity outputs and Constants) compute nothing; dropped first so
+  // that a dead Identity on fc1's output does not count as a second use of it.
+  g.removeDeadNodes();
   const { sites, failures } = findFfnSites(g);
   const moeNodes = g.nodes.filter(isDynamicMoe);
   if (failures.length) {
