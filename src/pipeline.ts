@@ -3,6 +3,7 @@
 // atomically. Only relufy and insert rewrite the model; the stages between them read it.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { checkConvertible } from './analysis/exporter-styles';
 import { analyseVar } from './analysis/var-structure';
 import { countFlops, moeFfnFlops, routerFlopsPerToken } from './analysis/flops';
 import { CONVERT_DEFAULTS, ConvertOptions, resolveOptions } from './convert-options';
@@ -99,6 +100,7 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const model = loadModel(input);
   checkConvertOutputs(input, model, opts, output, reportFile);
   const structure = analyseVar(model, { patchNums: opts.patchNums });
+  checkConvertible(structure.blocks.filter((b) => b.ffn).map((b) => b.ffn!.precision));
   const S = structure.layout.patchNums.length;
   if (!Number.isInteger(opts.experts) || opts.experts < 1) throw new MoefyError(`--experts ${opts.experts} must be a positive integer`);
   for (const b of structure.blocks) {

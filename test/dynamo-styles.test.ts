@@ -158,3 +158,54 @@ for (const style of [
     assert.match(lines[0], /should be the constant 0\.5, found 0\.625/);
   });
 }
+
+test('no FFN at all: the error names the closest candidate and why it is not an FFN', async () => {
+  const dir = tmpDir('dynamo-noffn');
+  dirs.push(dir);
+  // Every fc1 weight of a dynamo export fed from a graph input instead of an initializer: no fc1 is a linear layer.
+  const m = generateVar({ ...SMALL, exporter: 'dynamo' });
+  const fc2Names: string[] = [];
+  for (const n of m.graph.nodes) {
+    const scopes = n.proto.metadata_props?.find((p) => p.key === 'pkg.torch.onnx.name_scopes')?.value ?? '';
+    if (n.opType === 'Transpose' && /ffn\.fc1'/.test(scopes)) {
+      const w = m.graph.createValue('w_in');
+      w.info = { name: w.name, type: { tensor_type: { elem_type: DataType.FLOAT, shape: { dim: [{ dim_value: 256 }, { dim_value: 64 }] } } } };
+      m.graph.inputs.push(w);
+      n.setInput(0, w);
+    }
+    if (n.opType === 'MatMul' && /ffn\.fc2'/.test(scopes)) fc2Names.push(n.name);
+  }
+  const file = path.join(dir, 'noffn.onnx');
+  fs.writeFileSync(file, encodeModel(m));
+  const r = runCli(['inspect', file, '--patch-nums', PN.join(',')]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /not a VAR: no FFN .* closest: at node '([^']+)' \(MatMul\) \(256→64\): no linear layer 64→256 within 16 nodes above it/);
+  assert.ok(r.stderr.includes(`'${fc2Names[0]}'`), r.stderr);
+});
+
+test('a bfloat16 model: inspect reads it, conversion is refused with one line saying why', async () => {
+  const dir = tmpDir('dynamo-bf16');
+  dirs.push(dir);
+  const m = generateVar({ ...SMALL, exporter: 'dynamo_folded' });
+  // Every float initializer as bfloat16 (the top 16 bits of each float32), as model.to(torch.bfloat16) stores them.
+  for (const v of m.graph.initializers) {
+    if (v.tensor!.dataType !== DataType.FLOAT) continue;
+    const f = v.tensor!.toFloat32();
+    const bits = new Uint16Array(f.length);
+    const u = new Uint32Array(Float32Array.from(f).buffer);
+    for (let i = 0; i < f.length; i++) bits[i] = u[i] >>> 16;
+    v.tensor = new Tensor(DataType.BFLOAT16, v.tensor!.dims, { kind: 'bytes', bytes: new Uint8Array(bits.buffer) });
+  }
+  const file = path.join(dir, 'bf16.onnx');
+  fs.writeFileSync(file, encodeModel(m));
+  const ins = runCli(['inspect', file, '--json', '--patch-nums', PN.join(',')]);
+  assert.equal(ins.status, 0, ins.stderr);
+  assert.deepEqual(JSON.parse(ins.stdout).blocks.map((b: { precision: string }) => b.precision), ['bfloat16', 'bfloat16']);
+  const out = path.join(dir, 'bf16.moe.onnx');
+  const r = runCli([file, '--experts', '8', '--from-scale', '1', '--patch-nums', PN.join(','), '-o', out]);
+  assert.equal(r.status, 1, r.stderr);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /bfloat16 models cannot be converted: ONNX Runtime's CPU provider has no bfloat16 MatMul\/Add kernels/);
+  assert.ok(!fs.existsSync(out));
+});

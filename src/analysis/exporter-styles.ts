@@ -25,23 +25,27 @@ export function storedWeight(v: Value | null | undefined): StoredWeight | null {
   return { weight: w, transpose: t };
 }
 
-/** The float types moefy converts. */
-export type FloatPrecision = 'float32' | 'float16';
+/** The float type an FFN computes in (its weights'). */
+export type FloatPrecision = 'float32' | 'float16' | 'bfloat16';
 
-export const PRECISION_DTYPE: Record<FloatPrecision, number> = { float32: DataType.FLOAT, float16: DataType.FLOAT16 };
+export const PRECISION_DTYPE: Record<FloatPrecision, number> = { float32: DataType.FLOAT, float16: DataType.FLOAT16, bfloat16: DataType.BFLOAT16 };
 
-/**
- * The precision of an FFN from its fc1 weight. bfloat16 is refused: ONNX Runtime's CPU provider has no bfloat16
- * kernels for MatMul, Add or the activations (checked with onnxruntime-node 1.30), so the model could not even be
- * run for calibration.
- */
 export function precisionOf(weight: Value, where: string): FloatPrecision {
   const dt = weight.tensor?.dataType;
   if (dt === DataType.FLOAT) return 'float32';
   if (dt === DataType.FLOAT16) return 'float16';
-  if (dt === DataType.BFLOAT16)
-    throw new MoefyError(`${where}: bfloat16 weights ('${weight.name}') are not supported: ONNX Runtime's CPU provider has no bfloat16 MatMul/Add kernels, so the model cannot be calibrated; export it in float16 or float32`);
-  throw new MoefyError(`${where}: weight '${weight.name}' has ONNX data type ${dt}; moefy converts float32 and float16 models`);
+  if (dt === DataType.BFLOAT16) return 'bfloat16';
+  throw new MoefyError(`${where}: weight '${weight.name}' has ONNX data type ${dt}; moefy reads float32, float16 and bfloat16 models`);
+}
+
+/**
+ * Conversion needs ONNX Runtime to run the model (calibration capture) and the emitted op: bfloat16 is refused, as
+ * ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul, Add or the activations (checked with
+ * onnxruntime-node 1.30: "Could not find an implementation for MatMul(13)").
+ */
+export function checkConvertible(precisions: FloatPrecision[]): void {
+  if (precisions.includes('bfloat16'))
+    throw new MoefyError(`bfloat16 models cannot be converted: ONNX Runtime's CPU provider has no bfloat16 MatMul/Add kernels, so the model cannot be run for calibration; export it in float16 or float32`);
 }
 
 /** The module path of a dynamo export's node from its `pkg.torch.onnx.name_scopes` metadata (null: none). */

@@ -292,6 +292,23 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
   return { sites, failures };
 }
 
+/** Why the nearest thing to an FFN is not one, when no fc2 candidate had an fc1 above it. */
+function closestFfnCandidate(g: Graph): string {
+  const mms = g.nodes.filter((n) => (n.opType === 'MatMul' || n.opType === 'Gemm') && n.domain === '');
+  if (!mms.length) return 'the graph has no MatMul or Gemm';
+  const lins = mms.map(linearAt).filter((l): l is Linear => l !== null);
+  if (!lins.length) {
+    const n = mms[0];
+    const w = n.inputs[1];
+    return `at node ${n.describe()}: its weight '${w?.name ?? ''}' is not a 2-D initializer (or a Transpose(perm=[1,0]) of one)${w?.producer ? `, it is computed by ${w.producer.describe()}` : ''}`;
+  }
+  const narrowing = lins.filter((l) => l.inFeatures > l.outFeatures && !feedsMoeNorms(l.output));
+  if (!narrowing.length) return `no linear layer maps a wider hidden layer back (H→D); the linears are ${[...new Set(lins.map((l) => `${l.inFeatures}→${l.outFeatures}`))].join(', ')}`;
+  const l = narrowing[0];
+  const act = l.input.producer;
+  return `at node ${l.node.describe()} (${l.inFeatures}→${l.outFeatures}): no linear layer ${l.outFeatures}→${l.inFeatures} within 16 nodes above it${act ? ` (its input comes from ${act.describe()})` : ''}`;
+}
+
 /** Whether v reaches a DynamicMoE node's `norms` input through at most a few elementwise ops. */
 function feedsMoeNorms(v: Value, depth = 4): boolean {
   for (const u of v.uses()) {
@@ -349,7 +366,7 @@ export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructur
     );
   }
   if (sites.length === 0 && moeNodes.length === 0) {
-    throw new MoefyError(`not a VAR: no FFN (MatMul/Gemm D→H, GELU or ReLU, MatMul/Gemm H→D) found in graph '${g.name}' (${g.nodes.length} nodes)`);
+    throw new MoefyError(`not a VAR: no FFN (MatMul/Gemm D→H, GELU or ReLU, MatMul/Gemm H→D) found in graph '${g.name}' (${g.nodes.length} nodes); closest: ${closestFfnCandidate(g)}`);
   }
   // Blocks in graph order.
   const order = new Map(g.nodes.map((n, k) => [n, k]));

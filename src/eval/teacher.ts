@@ -6,6 +6,7 @@
 // model runs once per batch, the MoE model once per batch and setting.
 import * as ort from 'onnxruntime-node';
 import { moeFfnFlops } from '../analysis/flops';
+import { floatView } from '../calib/inputs';
 import { MoefyError } from '../errors';
 import { readTensorSet, TensorSet } from '../io';
 import { scaleOfPositions, THRESHOLD_INPUT } from '../op';
@@ -171,7 +172,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
     const b = Math.min(samples, a + batch);
     const feed = (side: EvalSide) => Object.fromEntries(feedNames(side).map((n) => [n, sliceBatch(inputs[n] as ort.Tensor, a, b)]));
     const rd = await dense.session.run(feed(dense));
-    const ld = rd[dense.logits].data as Float32Array;
+    const ld = floatView(rd[dense.logits]);
     const V = rd[dense.logits].dims[rd[dense.logits].dims.length - 1];
     const rows = (b - a) * L;
     if (ld.length !== rows * V) throw new MoefyError(`dense logits have shape [${rd[dense.logits].dims.join(', ')}]; expected [${b - a}, ${L}, V]`);
@@ -197,7 +198,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
       const f = feed(moe);
       if (moe.hasThresholdInput) f[THRESHOLD_INPUT] = thresholdTensor(settings[k] ?? moe.thresholdDefault!);
       const rm = await moe.session.run(f);
-      const lm = rm[moe.logits].data as Float32Array;
+      const lm = floatView(rm[moe.logits]);
       if (lm.length !== ld.length) throw new MoefyError(`the models' logits differ in shape ([${rd[dense.logits].dims.join(', ')}] and [${rm[moe.logits].dims.join(', ')}])`);
       for (let r = 0; r < rows; r++) {
         const o = r * V;
@@ -228,8 +229,8 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
         if (gtData) acc.ceM[sc] += lse - lm[o + Number(gtData[a * L + r])];
       }
       for (let j = 0; j < nL; j++) {
-        const yd = rd[dense.ffnOut[j]].data as Float32Array;
-        const ym = rm[moe.ffnOut[j]].data as Float32Array;
+        const yd = floatView(rd[dense.ffnOut[j]]);
+        const ym = floatView(rm[moe.ffnOut[j]]);
         if (yd.length !== ym.length || yd.length % rows !== 0) throw new MoefyError(`FFN ${j}: outputs differ in size (${yd.length} and ${ym.length})`);
         const D = yd.length / rows;
         for (let r = 0; r < rows; r++) {
@@ -246,7 +247,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
         const rw = routers?.[j];
         if (rw && acc.replay) {
           const thr = settings[k] ?? moe.thresholdDefault ?? Array(S).fill(0);
-          const X = rd[dense.ffnIn[j]!].data as Float32Array;
+          const X = floatView(rd[dense.ffnIn[j]!]);
           const sel: number[] = [];
           for (let r = 0; r < rows; r++) {
             const sc = scaleOf[r % L];
