@@ -1,5 +1,6 @@
 // The data behind `moefy inspect`: what a model holds, as one JSON-able object (documented in the README).
 import * as fs from 'node:fs';
+import { modulePath } from './analysis/exporter-styles';
 import { analyseVar, VarStructure } from './analysis/var-structure';
 import { countFlops, FlopKind, moeFfnFlops, routerFlopsPerToken, ScaleFlops } from './analysis/flops';
 import { Model } from './ir/model';
@@ -18,6 +19,8 @@ export interface BlockReport {
   precision: string;
   /** How fc1's weight is stored: [in, out] for MatMul, [out, in] for Gemm transB or behind a run-time Transpose. */
   weightLayout: 'in_out' | 'out_in' | 'out_in_transpose';
+  /** fc1's module path (name-scope metadata or node name), when the export names it. */
+  module: string | null;
   moe: null | { experts: number; expertSize: number; routerParams: number; routerWidth: number | null; node: string };
 }
 
@@ -76,13 +79,13 @@ export function inspectModel(model: Model, file: string, opts: { patchNums?: num
       const f = b.ffn;
       const ffnParams = f.fc1.weight.tensor!.size + (f.fc1.bias?.tensor?.size ?? 0) + f.fc2.weight.tensor!.size + (f.fc2.bias?.tensor?.size ?? 0);
       const weightLayout = f.fc1.weightTranspose ? 'out_in_transpose' : f.fc1.transposed ? 'out_in' : 'in_out';
-      return { index: b.index, D: f.D, H: f.H, activation: f.activation.kind, pattern: f.activation.pattern, ffnParams, ffnIn: f.ffnIn.name, precision: f.precision, weightLayout, moe: null };
+      return { index: b.index, D: f.D, H: f.H, activation: f.activation.kind, pattern: f.activation.pattern, ffnParams, ffnIn: f.ffnIn.name, precision: f.precision, weightLayout, module: modulePath(f.fc1.node), moe: null };
     }
     const m = b.moe!;
     const ffnParams = [2, 3, 4, 5].reduce((a, k) => a + (m.node.inputs[k]?.tensor?.size ?? 0), 0);
     return {
       index: b.index, D: m.D, H: m.H, activation: m.activation, pattern: `${MOE_DOMAIN}::${MOE_OP}`, ffnParams, ffnIn: m.ffnIn.name,
-      precision: m.node.inputs[2]?.tensor?.dataType === 10 ? 'float16' : 'float32', weightLayout: 'in_out',
+      precision: m.node.inputs[2]?.tensor?.dataType === 10 ? 'float16' : 'float32', weightLayout: 'in_out', module: null,
       moe: { experts: m.experts, expertSize: m.expertSize, routerParams: m.routerParams, routerWidth: m.routerWidth, node: m.node.name },
     };
   });

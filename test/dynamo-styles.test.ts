@@ -76,9 +76,11 @@ for (const { opts: style, want } of STYLES) {
     assert.equal(j.graph.kind, step ? 'step' : 'full');
     assert.deepEqual(j.graph.patchNums, PN);
     assert.equal(j.blocks.length, SMALL.depth);
-    for (const b of j.blocks) {
+    j.blocks.forEach((b: Record<string, unknown>, k: number) => {
       assert.deepEqual([b.D, b.H, b.activation, b.pattern, b.precision, b.weightLayout], [64, 256, want.activation, want.pattern, want.precision, want.weightLayout]);
-    }
+      // The module path: from the name-scope metadata (dynamo) or the node name (TorchScript).
+      assert.equal(b.module, style.exporter === 'torchscript' ? `blocks.${k}.ffn.fc1` : `var.blocks.${k}.ffn.fc1`);
+    });
 
     // Conversion at threshold 0 with the model's own activation: the original's function, in the model's precision.
     const calib = path.join(dir, 'calib.npz');

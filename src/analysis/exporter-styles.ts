@@ -60,13 +60,13 @@ export function nameScopes(n: Node): string[] | null {
   }
 }
 
-/** The block index a node belongs to by its module path ('…blocks.3…'), from its name or its name scopes. */
-export function blockIndexOf(n: Node): number | null {
-  const m = /(?:^|[/.])blocks\.(\d+)(?:[/.]|$)/.exec(n.name);
-  if (m) return Number(m[1]);
-  for (const s of (nameScopes(n) ?? []).reverse()) {
-    const k = /(?:^|\.)blocks\.(\d+)(?:\.|$)/.exec(s);
-    if (k) return Number(k[1]);
-  }
-  return null;
+/**
+ * The module path of a node: from the dynamo exporter's name scopes (the last scope before the FX node name, e.g.
+ * 'var.blocks.0.ffn.fc1'), else from a TorchScript node name ('/blocks.0/ffn/fc1/MatMul' → 'blocks.0.ffn.fc1').
+ */
+export function modulePath(n: Node): string | null {
+  const sc = nameScopes(n);
+  if (sc && sc.length >= 2) return sc[sc.length - 2] || null;
+  const parts = n.name.split('/').filter(Boolean);
+  return n.name.startsWith('/') && parts.length >= 2 ? parts.slice(0, -1).join('.') : null;
 }
