@@ -211,3 +211,23 @@ test('a bfloat16 model: inspect reads it, conversion is refused with one line sa
   assert.match(r.stderr, /bfloat16 models cannot be converted: ONNX Runtime's CPU provider has no bfloat16 MatMul\/Add kernels/);
   assert.ok(!fs.existsSync(out));
 });
+
+test('float16 step graphs: full-sequence float16 calibration data through a KV-cache chain, exact at threshold 0', async () => {
+  const dir = tmpDir('dynamo-half-step');
+  dirs.push(dir);
+  const base = { ...SMALL, exporter: 'dynamo' as const, precision: 'float16' as const };
+  const step0 = path.join(dir, 'step0.onnx');
+  const step = path.join(dir, 'step.onnx');
+  saveModel(generateVar({ ...base, kind: 'step0' }), step0);
+  saveModel(generateVar({ ...base, kind: 'step' }), step);
+  const calib = path.join(dir, 'calib.npz');
+  await writeTensorSet(calib, generateInputs({ ...base, kind: 'full' }, 2, 3) as never);
+  const out = path.join(dir, 'step.moe.onnx');
+  const r = await convert(step, { ...FAST, activation: 'keep', experts: 8, fromScale: 2, thresholds: [0], calib, kvPrefix: [step0], output: out, patchNums: PN });
+  assert.match(r.passes.find((p) => p.name === 'capture')!.summary, /scales 2…4/);
+  const feeds = generateInputs({ ...base, kind: 'step' }, 2, 9, { pastLen: 14, stepTokens: 16 }) as unknown as Record<string, ort.Tensor>;
+  const twin = await run(encodeModel(widenToFloat32(loadModel(step))), widenFeeds(feeds));
+  const ortErr = maxAbs(await run(step, feeds), twin);
+  const moeErr = maxAbs(await run(out, feeds), twin);
+  assert.ok(ortErr > 0 && moeErr <= 2 * ortErr, `float16 MoE ${moeErr} vs ORT's float16 error ${ortErr}`);
+});
