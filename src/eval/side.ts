@@ -102,7 +102,8 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
   saveCopy(model, tmp, { outputs: outs, plainInputs: thrV ? [thrV] : [] });
   let session: ort.InferenceSession;
   try {
-    session = await ort.InferenceSession.create(tmp, { graphOptimizationLevel: 'all' });
+    // Errors only: float16 models make ORT warn for every node it cannot constant-fold.
+    session = await ort.InferenceSession.create(tmp, { graphOptimizationLevel: 'all', logSeverityLevel: 3 });
   } catch (e) {
     removeTemp(dir);
     throw new MoefyError(`${file}: onnxruntime could not open the model: ${(e as Error).message}`);
