@@ -197,3 +197,22 @@ test('analyseVar: a fixture whose GELU chain has a corrupted Constant throws a M
   // The uncorrupted model is fine.
   assert.strictEqual(analyseVar(loadModel(fixture('var_tiny_full.onnx'))).blocks.length, 2);
 });
+
+test('matcher: constants match within two ulps of their own type (float32 2^-22, float16 2^-9 relative), not further', () => {
+  const g = newGraph();
+  const x = input(g, 'x');
+  const k = 0.7978845608028654; // √(2/π)
+  const half = (v: number) => g.addInitializer('h', Tensor.fromFloats(Float32Array.of(v), [], DataType.FLOAT16));
+  const cases: { c: Value; ok: boolean; what: string }[] = [
+    { c: constant(g, 'ts', 0.797884583), ok: true, what: "TorchScript's float32 0.797884583" },
+    { c: constant(g, 'dyn', 0.797884524), ok: true, what: "the dynamo exporter's float32 0.797884524" },
+    { c: constant(g, 'off', k * (1 + 1e-5)), ok: false, what: 'float32, 1e-5 relative off' },
+    { c: half(k), ok: true, what: 'float16 rounding of √(2/π)' },
+    { c: half(k * (1 + 4e-3)), ok: false, what: 'float16, 4e-3 relative off' },
+  ];
+  for (const { c, ok, what } of cases) {
+    const n = op(g, 'Mul', `mul_${what.length}_${c.name}`, [c, x]).producer!;
+    const r = match(n, P.op('Mul', [P.scalar(k), P.any('x')]));
+    assert.strictEqual(r.ok, ok, `${what}: ${r.ok ? 'matched' : describeFailure(r.failure)}`);
+  }
+});
