@@ -16,6 +16,8 @@ import { halfBitsToFloat32 } from '../src/onnx/half';
 import { DataType } from '../src/onnx/schema';
 import { Tensor } from '../src/onnx/tensor';
 import { convert } from '../src/pipeline';
+import { closeSide, openSide } from '../src/eval/side';
+import { evaluate } from '../src/eval/teacher';
 import { readTensorSet, writeTensorSet } from '../src/io';
 import { rmDir, runCli, tmpDir } from './helpers/fixtures';
 import { widenToFloat32 } from './helpers/precision';
@@ -230,4 +232,29 @@ test('float16 step graphs: full-sequence float16 calibration data through a KV-c
   const ortErr = maxAbs(await run(step, feeds), twin);
   const moeErr = maxAbs(await run(out, feeds), twin);
   assert.ok(ortErr > 0 && moeErr <= 2 * ortErr, `float16 MoE ${moeErr} vs ORT's float16 error ${ortErr}`);
+});
+
+test('eval of a float16 model against its conversion, from float32 inputs (rounded to float16 as in calibration)', async () => {
+  const dir = tmpDir('dynamo-half-eval');
+  dirs.push(dir);
+  const opts = { ...SMALL, exporter: 'dynamo' as const, precision: 'float16' as const };
+  const file = path.join(dir, 'm.onnx');
+  saveModel(generateVar(opts), file);
+  // The float32 draws of the same inputs: what a user's float32 calibration set holds.
+  const inputs = generateInputs({ ...opts, precision: 'float32' }, 2, 9);
+  const calib = path.join(dir, 'calib.npz');
+  await writeTensorSet(calib, inputs);
+  const out = path.join(dir, 'm.moe.onnx');
+  await convert(file, { ...FAST, activation: 'keep', experts: 8, fromScale: 1, thresholds: [0], calib, output: out, patchNums: PN });
+  const dense = await openSide(file, { patchNums: PN });
+  const moe = await openSide(out, { patchNums: PN });
+  try {
+    const r = (await evaluate(dense, moe, inputs)).reports[0];
+    assert.equal(r.samples, 2);
+    // Threshold 0: the same function in float16; the logits differ by float16 rounding only.
+    for (const s of r.scales) assert.ok(s.kl < 1e-4, `scale ${s.scale}: KL ${s.kl}`);
+  } finally {
+    await closeSide(dense);
+    await closeSide(moe);
+  }
 });

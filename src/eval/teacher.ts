@@ -6,9 +6,10 @@
 // model runs once per batch, the MoE model once per batch and setting.
 import * as ort from 'onnxruntime-node';
 import { moeFfnFlops } from '../analysis/flops';
-import { floatView } from '../calib/inputs';
+import { floatView, toHalfTensor } from '../calib/inputs';
 import { MoefyError } from '../errors';
 import { readTensorSet, TensorSet } from '../io';
+import { DataType } from '../onnx/schema';
 import { scaleOfPositions, THRESHOLD_INPUT } from '../op';
 import { replayActive, RouterWeights } from './router-replay';
 import { EvalSide, thresholdTensor } from './side';
@@ -125,6 +126,12 @@ function sliceBatch(t: ort.Tensor, a: number, b: number): ort.Tensor {
   return new ort.Tensor(t.type, data as never, [b - a, ...t.dims.slice(1)]);
 }
 
+/** float32 data for a float16 model's input is rounded to float16, as the conversion's calibration does. */
+function asInputType(side: EvalSide, name: string, t: ort.Tensor): ort.Tensor {
+  const v = side.model.graph.inputs.find((x) => x.name === name);
+  return v?.elemType() === DataType.FLOAT16 && t.type === 'float32' ? toHalfTensor(t.data as Float32Array, t.dims) : t;
+}
+
 export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet, opts: EvalOptions = {}): Promise<EvalResult> {
   const ds = dense.structure, ms = moe.structure;
   const layout = ds.layout;
@@ -170,7 +177,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
   const feedNames = (side: EvalSide) => side.feeds;
   for (let a = 0; a < samples; a += batch) {
     const b = Math.min(samples, a + batch);
-    const feed = (side: EvalSide) => Object.fromEntries(feedNames(side).map((n) => [n, sliceBatch(inputs[n] as ort.Tensor, a, b)]));
+    const feed = (side: EvalSide) => Object.fromEntries(feedNames(side).map((n) => [n, asInputType(side, n, sliceBatch(inputs[n] as ort.Tensor, a, b))]));
     const rd = await dense.session.run(feed(dense));
     const ld = floatView(rd[dense.logits]);
     const V = rd[dense.logits].dims[rd[dense.logits].dims.length - 1];
