@@ -115,7 +115,11 @@ class Matcher {
         const s = v.scalar();
         if (s === undefined) return this.fail(from, `${where} should be the constant ${p.value}, found a non-constant '${v.name}'`, depth, matched);
         const tol = p.tol ?? constantTolerance(v.constantTensor()?.dataType);
-        if (Math.abs(s - p.value) > tol * Math.abs(p.value)) return this.fail(from, `${where} should be the constant ${p.value}, found ${s}`, depth, matched);
+        if (Math.abs(s - p.value) > tol * Math.abs(p.value)) {
+          // Seven digits (a float32's) unless that would print the wanted value itself.
+          const shown = Number(s.toPrecision(7)) === p.value ? s : Number(s.toPrecision(7));
+          return this.fail(from, `${where} should be the constant ${p.value}, found ${shown}`, depth, matched);
+        }
         return { c, matched };
       }
       case 'init': {
