@@ -1,0 +1,120 @@
+// Expert repair on small planted problems: the closed form must recover a known W2, B2 under a routing mask; the
+// ridge must pull toward the original; the routing mask and the dense FFN outputs are checked against plain
+// TypeScript; gradient fitting must lower the held-out error from its start and be byte-reproducible.
+import { test } from 'node:test';
+import assert from 'node:assert';
+import { activate as act, ActivationKind as FfnActivation } from '../src/op';
+import { trainExperts } from '../src/calib/expert-train';
+import { rng } from '../src/calib/random';
+import { choleskySolve, ffnOutputs, repairExperts, routingMask } from '../src/calib/repair';
+import { MoefyError } from '../src/errors';
+
+function rand(r: () => number, n: number, scale = 1): Float32Array {
+  const a = new Float32Array(n);
+  for (let i = 0; i < n; i++) a[i] = (r() * 2 - 1) * scale;
+  return a;
+}
+
+/** (act(X·W1 + B1) ⊙ mask)·W2 + B2 in plain float64 TypeScript. */
+function maskedFfn(X: Float32Array, N: number, D: number, W1: Float32Array, B1: Float32Array, W2: Float32Array, B2: Float32Array, mask: Uint8Array | null, E: number, activation: FfnActivation): Float32Array {
+  const H = B1.length, S = H / E;
+  const out = new Float32Array(N * D);
+  for (let n = 0; n < N; n++) {
+    const y = Float64Array.from(B2);
+    for (let j = 0; j < H; j++) {
+      if (mask && !mask[n * E + Math.floor(j / S)]) continue;
+      let z = B1[j];
+      for (let d = 0; d < D; d++) z += X[n * D + d] * W1[d * H + j];
+      const h = act(z, activation);
+      for (let d = 0; d < D; d++) y[d] += h * W2[j * D + d];
+    }
+    out.set(y, n * D);
+  }
+  return out;
+}
+
+test('choleskySolve solves a symmetric positive definite system', () => {
+  const r = rng(1);
+  const n = 9, k = 3;
+  const M = rand(r, n * n);
+  const A = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) for (let j = 0; j < n; j++) {
+    let s = i === j ? 0.5 : 0;
+    for (let p = 0; p < n; p++) s += M[i * n + p] * M[j * n + p];
+    A[i * n + j] = s;
+  }
+  const Xtrue = rand(r, n * k);
+  const B = new Float64Array(n * k);
+  for (let i = 0; i < n; i++) for (let c = 0; c < k; c++) for (let p = 0; p < n; p++) B[i * k + c] += A[i * n + p] * Xtrue[p * k + c];
+  choleskySolve(Float64Array.from(A), B, n, k);
+  for (let i = 0; i < n * k; i++) assert.ok(Math.abs(B[i] - Xtrue[i]) < 1e-8, `${i}: ${B[i]} vs ${Xtrue[i]}`);
+  assert.throws(() => choleskySolve(Float64Array.from([1, 2, 2, 1]), new Float64Array(2), 2, 1), MoefyError);
+});
+
+test('routingMask: expert e runs iff norm ≥ t·max (the argmax always runs)', () => {
+  const norms = Float32Array.from([1, 0.5, 0.2, 0.49, /**/ 0, 0, 3, 1, /**/ 2, 2, 2, 2]);
+  const m = routingMask(norms, 3, 4, (n) => [0.5, 1, 0][n]);
+  assert.deepStrictEqual([...m.mask], [1, 1, 0, 0, /**/ 0, 0, 1, 0, /**/ 1, 1, 1, 1]);
+});
+
+for (const activation of ['relu', 'gelu_tanh'] as FfnActivation[]) {
+  test(`ffnOutputs equals a plain TS FFN (${activation})`, async () => {
+    const r = rng(2);
+    const N = 50, D = 6, H = 16;
+    const X = rand(r, N * D), W1 = rand(r, D * H, 0.6), B1 = rand(r, H, 0.3), W2 = rand(r, H * D, 0.5), B2 = rand(r, D, 0.2);
+    const got = await ffnOutputs(X, N, D, { W1, B1, W2, B2 }, activation, 7);
+    const want = maskedFfn(X, N, D, W1, B1, W2, B2, null, 4, activation);
+    for (let i = 0; i < got.length; i++) assert.ok(Math.abs(got[i] - want[i]) < 1e-5, `${i}: ${got[i]} vs ${want[i]}`);
+  });
+
+  test(`repairExperts recovers a planted W2, B2 under a routing mask (${activation})`, async () => {
+    const r = rng(3);
+    const N = 1200, D = 5, H = 12, E = 4;
+    const X = rand(r, N * D), W1 = rand(r, D * H, 0.8), B1 = rand(r, H, 0.3);
+    const W2true = rand(r, H * D, 0.5), B2true = rand(r, D, 0.4);
+    const mask = new Uint8Array(N * E);
+    for (let n = 0; n < N; n++) {
+      mask[n * E + Math.floor(r() * E)] = 1; // at least one expert, as the op's argmax
+      for (let e = 0; e < E; e++) if (r() < 0.5) mask[n * E + e] = 1;
+    }
+    // The target: what the masked experts with the planted second layer give; the fit starts elsewhere.
+    const target = maskedFfn(X, N, D, W1, B1, W2true, B2true, mask, E, activation);
+    const start = { W1, B1, W2: rand(r, H * D, 0.5), B2: new Float32Array(D) };
+    const fit = await repairExperts({ X, N, D, target, weights: start, activation, routing: { mask, E } }, { ridge: [0, 1e-3, 1] });
+    assert.strictEqual(fit.ridge, 0, 'the exact problem prefers no ridge on held-out tokens');
+    for (let i = 0; i < H * D; i++) assert.ok(Math.abs(fit.W2[i] - W2true[i]) < 2e-3, `W2[${i}]: ${fit.W2[i]} vs ${W2true[i]}`);
+    for (let d = 0; d < D; d++) assert.ok(Math.abs(fit.B2[d] - B2true[d]) < 2e-3, `B2[${d}]: ${fit.B2[d]} vs ${B2true[d]}`);
+    assert.ok(fit.heldOut.after < 1e-3 && fit.heldOut.before > 0.3, `held-out error ${fit.heldOut.before} → ${fit.heldOut.after}`);
+    assert.ok(fit.all.after < 1e-3);
+    // A strong ridge keeps the rows near the starting W2.
+    const tight = await repairExperts({ X, N, D, target, weights: start, activation, routing: { mask, E } }, { ridge: [1e4] });
+    let far = 0;
+    for (let i = 0; i < H * D; i++) far = Math.max(far, Math.abs(tight.W2[i] - start.W2[i]));
+    assert.ok(far < 1e-2, `ridge 1e4 moved W2 by ${far}`);
+  });
+}
+
+test('repairExperts: bad sizes are one clear error', async () => {
+  const w = { W1: new Float32Array(8), B1: new Float32Array(4), W2: new Float32Array(8), B2: null };
+  await assert.rejects(repairExperts({ X: new Float32Array(6), N: 3, D: 2, target: new Float32Array(6), weights: w, activation: 'relu', routing: { mask: new Uint8Array(5), E: 2 } }), /routing mask/);
+});
+
+test('trainExperts lowers the held-out error of a perturbed FFN, and is byte-reproducible', async () => {
+  const r = rng(4);
+  const N = 2000, D = 6, H = 16, E = 4;
+  const X = rand(r, N * D), W1 = rand(r, D * H, 0.8), B1 = rand(r, H, 0.3), W2 = rand(r, H * D, 0.5), B2 = rand(r, D, 0.2);
+  const mask = new Uint8Array(N * E).fill(1);
+  for (let n = 0; n < N; n++) mask[n * E + Math.floor(r() * E)] = 0;
+  const target = maskedFfn(X, N, D, W1, B1, W2, B2, mask, E, 'gelu_tanh');
+  // Start from perturbed first-layer weights: no closed form of W2 alone reaches the target.
+  const start = { W1: W1.map((v) => v + (r() - 0.5) * 0.4), B1: B1.map((v) => v + (r() - 0.5) * 0.2), W2, B2 };
+  const inp = { X, N, D, target, weights: start, activation: 'gelu_tanh' as const, routing: { mask, E } };
+  const a = await trainExperts(inp, { epochs: 15, seed: 5, lr: 5e-3, weightDecay: 0 });
+  assert.ok(a.heldOutAfter < 0.5 * a.heldOutBefore, `held-out error ${a.heldOutBefore} → ${a.heldOutAfter}`);
+  assert.ok(a.bestEpoch >= 1);
+  const b = await trainExperts(inp, { epochs: 15, seed: 5, lr: 5e-3, weightDecay: 0 });
+  for (const p of ['W1', 'B1', 'W2', 'B2'] as const) assert.deepStrictEqual(Buffer.from(b.weights[p].buffer), Buffer.from(a.weights[p].buffer), p);
+  // Starting at the answer, nothing gets worse (early stopping keeps the start).
+  const exact = await trainExperts({ ...inp, weights: { W1, B1, W2, B2 } }, { epochs: 3, seed: 5 });
+  assert.ok(exact.heldOutAfter <= exact.heldOutBefore && exact.heldOutBefore < 1e-5, `${exact.heldOutBefore} → ${exact.heldOutAfter}`);
+});
