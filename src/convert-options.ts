@@ -36,7 +36,18 @@ export interface ConvertOptions {
   synthSamples?: number;
   /** Cap on captured tokens per layer (router training data). */
   maxTokens?: number;
+  /**
+   * Refit the experts to the dense FFN's outputs under the chosen routing (stages/repair.ts). Default: on when an
+   * FFN is not ReLU (a stock GELU checkpoint), the thresholds are chosen for a budget and H ≤ 1024 (the
+   * closed form's solve is O(H³) in JavaScript), or when repairEpochs > 0; off otherwise.
+   */
+  repair?: boolean;
+  /** With repair: then train W1, B1, W2, B2 for up to this many epochs (default 0: the closed form only). */
+  repairEpochs?: number;
 }
+
+/** Largest FFN hidden size for which repair is on by default (ConvertOptions.repair). */
+export const REPAIR_DEFAULT_MAX_HIDDEN = 1024;
 
 /** The defaults: the recipe measured best on the trained model (README, "What to expect"). */
 export const CONVERT_DEFAULTS = {
@@ -48,12 +59,13 @@ export const CONVERT_DEFAULTS = {
   routerTarget: 'sqrt',
   synthSamples: 16,
   maxTokens: 65536,
+  repairEpochs: 0,
   /** Used when neither thresholds nor tau are given. */
   budget: 0.6,
-} as const satisfies Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerWidth' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens' | 'budget'>>;
+} as const satisfies Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerWidth' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens' | 'repairEpochs' | 'budget'>>;
 
 /** Options with every default filled in; `budget` stays as given (undefined unless the caller chose one). */
-export type ResolvedOptions = ConvertOptions & Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerWidth' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens'>>;
+export type ResolvedOptions = ConvertOptions & Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerWidth' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens' | 'repairEpochs'>>;
 
 export function resolveOptions(o: ConvertOptions): ResolvedOptions {
   const d = CONVERT_DEFAULTS;
@@ -67,5 +79,6 @@ export function resolveOptions(o: ConvertOptions): ResolvedOptions {
     routerTarget: o.routerTarget ?? d.routerTarget,
     synthSamples: o.synthSamples ?? d.synthSamples,
     maxTokens: o.maxTokens ?? d.maxTokens,
+    repairEpochs: o.repairEpochs ?? d.repairEpochs,
   };
 }

@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { checkConvertible } from './analysis/exporter-styles';
 import { analyseVar } from './analysis/var-structure';
 import { countFlops, moeFfnFlops, routerFlopsPerToken } from './analysis/flops';
-import { CONVERT_DEFAULTS, ConvertOptions, resolveOptions } from './convert-options';
+import { CONVERT_DEFAULTS, ConvertOptions, REPAIR_DEFAULT_MAX_HIDDEN, resolveOptions } from './convert-options';
 import { MoefyError } from './errors';
 import { withPath } from './files/env-errors';
 import { checkConvertOutputs } from './io/output-paths';
@@ -18,6 +18,8 @@ import { relufy, relufyReport } from './passes/relufy';
 import { capture } from './stages/capture';
 import { cluster } from './stages/cluster';
 import { permute } from './stages/permute';
+import { repair } from './stages/repair';
+import type { LayerRepair } from './stages/types';
 import { trainRouters } from './stages/routers';
 import { chooseThresholds, validateThresholdOptions } from './stages/thresholds';
 import { activationChangeWarning, costWarnings } from './stages/warnings';
@@ -59,6 +61,8 @@ export interface LayerReport {
   expertSize: number;
   activation: string;
   originalActivation: string;
+  /** Set when the experts were repaired. */
+  repair: LayerRepair | null;
 }
 
 export interface PassResult {
@@ -107,6 +111,8 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
     if (b.moe) throw new MoefyError(`${input} is already converted (block ${b.index} holds a DynamicMoE node)`);
     if (b.ffn!.H % opts.experts !== 0) throw new MoefyError(`--experts ${opts.experts} does not divide the FFN hidden size H = ${b.ffn!.H} (block ${b.index})`);
   }
+  if (!(Number.isInteger(opts.repairEpochs) && opts.repairEpochs >= 0)) throw new MoefyError(`--repair-epochs ${opts.repairEpochs} must be a non-negative integer`);
+  if (opts.repairEpochs > 0 && opts.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
   if (!Number.isInteger(opts.fromScale) || opts.fromScale < 1 || opts.fromScale > S) throw new MoefyError(`--from-scale ${opts.fromScale} is out of range: the model has scales 1…${S}`);
   const sites = structure.blocks.map((b) => b.ffn!);
   validateThresholdOptions(opts, S);
@@ -132,7 +138,17 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   };
   const L = sites.length;
   const E = opts.experts;
-  // relufy first: the captured FFN inputs, the clustering and the router targets are those of the ReLU model.
+  // Repair is the default for models whose FFNs are not ReLU (stock GELU checkpoints) when the thresholds are chosen
+  // for a budget: measured far better there. On ReLU-fine-tuned models it gains little (README), and with given
+  // thresholds (--threshold/--tau) the experts stay the model's own (threshold 0 = the dense or ReLUfied FFN). The
+  // closed form solves an (H+1)² system per layer in JavaScript (O(H³)): minutes per layer at VAR-d16's H = 4096,
+  // so there it is asked for, not the default.
+  const doRepair = opts.repair ?? (opts.repairEpochs > 0 || (!opts.thresholds && !opts.tau && sites.some((s) => s.activation.kind !== 'relu') && sites.every((s) => s.H <= REPAIR_DEFAULT_MAX_HIDDEN)));
+  // Without repair the experts are the ReLUfied FFNs: relufy first, so the captured FFN inputs, the clustering and
+  // the router targets are those of the ReLU model. Repaired experts reproduce the dense FFNs, so a repaired MoE
+  // sees the dense model's stream: then capture comes first.
+  const captureStage = () => timed('capture', opts.calib ? 1 : opts.synthSamples, (tick) => capture(model, structure, sites, opts, (d, t) => tick(d, t)), (r) => r.summary);
+  const early = doRepair ? await captureStage() : null;
   const acts = await timed('relufy', 1, () => relufy(model, sites, opts.activation), (r) => r.summary);
   const warnings: string[] = [];
   let warned = 0;
@@ -141,11 +157,12 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
     for (; warned < warnings.length; warned++) (ui.warn ?? ((x: string) => ui.log(`warning: ${x}`)))(warnings[warned]);
   };
   // The bar counts samples; capture reports (done, total) with the total it actually runs.
-  const sample = await timed('capture', opts.calib ? 1 : opts.synthSamples, (tick) => capture(model, structure, sites, opts, (d, t) => tick(d, t)), (r) => r.summary);
+  const sample = early ?? (await captureStage());
   warn(...sample.warnings);
   const changes = await relufyReport(sites, acts, sample);
   if (changes.some((c) => c !== null)) ui.log(`relufy: FFN output change on calibration data per layer: ${changes.map((c) => (c === null ? '-' : (c * 100).toFixed(1) + '%')).join(', ')}`);
-  const big = activationChangeWarning(changes, acts.original, acts.experts);
+  // Repaired experts are fitted to the model's own FFN: the activation change is what the repair undoes.
+  const big = doRepair ? null : activationChangeWarning(changes, acts.original, acts.experts);
   if (big) warn(big);
   const clustering = await timed('cluster', L, (tick) => cluster(sites, acts.experts, sample, opts, (k) => tick(k + 1)), (r) => r.summary);
   const weights = await timed('permute', 1, () => permute(sites, clustering, acts.experts), () => `permuted ${L} FFNs into expert-contiguous layout`);
@@ -155,12 +172,13 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const routerShare = routers.routers.reduce((a, r, k) => a + routerFlopsPerToken(sites[k].D, r.width, E), 0) / sites.reduce((a, s) => a + 4 * s.D * s.H, 0);
   const plan = await timed('thresholds', 1, () => chooseThresholds(structure.layout, sample, routers, { ...opts, routerShare }), (r) => r.summary);
   warn(...plan.warnings);
-  await timed('insert', 1, () => insert(model, structure.layout, sites, E, weights, routers, plan), (line) => line);
+  const repaired = doRepair ? await timed('repair', L, (tick) => repair(sample, weights, acts.original, routers, plan, opts, (k) => tick(k + 1)), (r) => r.summary) : null;
+  await timed('insert', 1, () => insert(model, structure.layout, sites, E, repaired?.weights ?? weights, routers, plan), (line) => line);
 
   const options = {
     experts: opts.experts, fromScale: opts.fromScale, activation: opts.activation, clusterBy: opts.clusterBy, seed: opts.seed,
     thresholds: opts.thresholds ?? null, tau: opts.tau ?? null, budget: opts.thresholds || opts.tau ? null : opts.budget ?? CONVERT_DEFAULTS.budget,
-    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget, patchNums: structure.layout.patchNums,
+    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget, repair: doRepair, repairEpochs: doRepair ? opts.repairEpochs : 0, patchNums: structure.layout.patchNums,
   };
   // moefy produced this model; the source's producer is kept in the metadata.
   model.setMetadata(METADATA.sourceProducer, `${model.proto.producer_name ?? ''} ${model.proto.producer_version ?? ''}`.trim());
@@ -199,7 +217,7 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
     layers: sites.map((s, k) => ({
       block: s.block, relufyRelChange: changes[k], clusterBy: opts.clusterBy, concentration: clustering.concentration[k],
       routerR2: routers.routers[k].heldOutR2, routerRecall: routers.routers[k].recall, activeFractionPerScale: plan.activeFractionPerLayer[k],
-      D: s.D, H: s.H, experts: E, expertSize: s.H / E, activation: acts.experts[k], originalActivation: acts.original[k],
+      D: s.D, H: s.H, experts: E, expertSize: s.H / E, activation: acts.experts[k], originalActivation: acts.original[k], repair: repaired?.layers[k] ?? null,
     })),
     scales,
     totals,

@@ -71,3 +71,22 @@ export interface ThresholdPlan {
   warnings: string[];
   summary: string;
 }
+
+/** Per layer, what the expert repair did (stages/repair.ts). */
+export interface LayerRepair {
+  /** Ridge strength chosen on the held-out calibration tokens. */
+  ridge: number;
+  /** ‖MoE − dense‖/‖dense‖ of the FFN output on held-out calibration tokens under the plan's routing. */
+  heldOutRelErrBefore: number;
+  heldOutRelErrClosedForm: number;
+  heldOutRelErrAfter: number;
+  /** Best epoch of the gradient fit (0: closed form only). */
+  epochs: number;
+}
+
+/** repair → the experts refitted to the dense FFN outputs under the plan's routing (W1, B1 changed only by the gradient fit). */
+export interface RepairedExperts {
+  weights: ExpertWeights[];
+  layers: LayerRepair[];
+  summary: string;
+}

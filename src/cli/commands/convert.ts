@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { CONVERT_DEFAULTS as D } from '../../convert-options';
+import { MoefyError } from '../../errors';
 import { convert, defaultOutput, reportPath } from '../../pipeline';
 import { formatThreshold, human, pct, table } from '../../format';
 import { parseNumberList, parsePatchNums } from '../options';
@@ -30,11 +31,13 @@ interface Args {
   'max-tokens': number;
   json?: boolean;
   quiet?: boolean;
+  repair?: boolean;
+  'repair-epochs': number;
 }
 
 /** Every option checked before the model is read, in the user's words. */
 function validate(a: Args): void {
-  once(a, ['model', 'output', 'calib', 'kv-prefix', 'threshold', 'tau', 'budget', 'experts', 'from-scale', 'seed', 'activation', 'cluster-by', 'patch-nums', 'router-width', 'router-epochs', 'router-target', 'synth-samples', 'max-tokens']);
+  once(a, ['model', 'output', 'calib', 'kv-prefix', 'threshold', 'tau', 'budget', 'experts', 'from-scale', 'seed', 'activation', 'cluster-by', 'patch-nums', 'router-width', 'router-epochs', 'router-target', 'synth-samples', 'max-tokens', 'repair', 'repair-epochs']);
   nonEmpty(a, ['output', 'calib', 'kv-prefix', 'threshold', 'tau', 'patch-nums']);
   whole(a, 'experts');
   whole(a, 'from-scale');
@@ -43,6 +46,8 @@ function validate(a: Args): void {
   integer(a, 'router-epochs', 1);
   integer(a, 'synth-samples', 1);
   integer(a, 'max-tokens', 1);
+  integer(a, 'repair-epochs', 0);
+  if (a['repair-epochs'] > 0 && a.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
   number(a, 'budget', 0, 1, { minExclusive: true });
   existing('model', a.model, { file: true });
   if (a.calib) existing('--calib', a.calib);
@@ -70,6 +75,8 @@ const builder = (y: import('yargs').Argv) =>
       .option('router-epochs', { type: 'number', default: D.routerEpochs, describe: 'router training epochs' })
       .option('synth-samples', { type: 'number', default: D.synthSamples, describe: 'samples to synthesise without --calib' })
       .option('max-tokens', { type: 'number', default: D.maxTokens, describe: 'captured tokens per layer (seeded subsample above this)' })
+      .option('repair', { type: 'boolean', describe: "refit the experts to the dense FFN's outputs on the calibration data under the chosen routing (default: on for GELU models converted for a --budget, H ≤ 1024; --no-repair turns it off)" })
+      .option('repair-epochs', { type: 'number', default: D.repairEpochs, describe: 'repair, then train all expert weights for up to N epochs (0: closed form only)' })
       .option('json', { type: 'boolean', describe: 'print the conversion report as JSON on stdout (stage lines go to stderr)' })
       .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing but warnings and errors' });
 
@@ -81,7 +88,7 @@ async function handler(a: Args): Promise<void> {
       thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
       seed: a.seed, activation: a.activation as 'relu' | 'keep', clusterBy: a['cluster-by'] as 'weights' | 'activations',
       patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'], routerTarget: a['router-target'] as 'sqrt' | 'norm',
-      synthSamples: a['synth-samples'], maxTokens: a['max-tokens'],
+      synthSamples: a['synth-samples'], maxTokens: a['max-tokens'], repair: a.repair, repairEpochs: a['repair-epochs'],
     }, conversionUi(a));
     const out = path.resolve(a.output ?? defaultOutput(a.model));
     const data = `${out}.data`;
