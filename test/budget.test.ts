@@ -21,7 +21,7 @@ before(() => {
 });
 after(() => rmDir(dir));
 
-const run = (name: string, o: Partial<Omit<typeof BASE, 'activation'>> & { budget?: number; activation?: 'relu' | 'keep' }) => convert(MODEL, { ...BASE, ...o, output: path.join(dir, `${name}.onnx`) });
+const run = (name: string, o: Partial<Omit<typeof BASE, 'activation'>> & { budget?: number; activation?: 'relu' | 'keep'; repair?: boolean }) => convert(MODEL, { ...BASE, ...o, output: path.join(dir, `${name}.onnx`) });
 
 function moeSpend(r: ConversionReport): number {
   const m = r.scales.filter((s) => s.moe);
@@ -68,12 +68,16 @@ test('models that cost more than the dense one warn, per scale and in total', as
   assert.ok(r.totals.ffnFlopsMoe > r.totals.ffnFlopsDense);
 });
 
-test('a large activation change warns and names --activation keep; keeping the activation does not', async () => {
-  const relu = await run('relu', { budget: 0.6 });
+test('a large activation change warns and names --activation keep; keeping the activation, or repairing the experts, does not', async () => {
+  // Unrepaired ReLU experts (the repair, on by default for a GELU model with a budget, fits them to the GELU FFN).
+  const relu = await run('relu', { budget: 0.6, repair: false });
   const w = relu.warnings.find((x) => /changes the FFN outputs by/.test(x));
   assert.ok(w, relu.warnings.join('\n'));
   assert.match(w!, /--activation keep/);
   assert.ok(relu.layers.every((l) => l.relufyRelChange! > 0.1), 'the tiny GELU model changes by more than 10% per layer');
   const keep = await run('keep', { budget: 0.6, activation: 'keep' });
   assert.ok(!keep.warnings.some((x) => /changes the FFN outputs by/.test(x)), keep.warnings.join('\n'));
+  const repaired = await run('repaired', { budget: 0.6 });
+  assert.equal(repaired.options.repair, true);
+  assert.ok(!repaired.warnings.some((x) => /changes the FFN outputs by/.test(x)), repaired.warnings.join('\n'));
 });
