@@ -2,9 +2,9 @@
 // expert norms, the router's training step). Built on the IR (Graph/Model) and encoded with encodeModel.
 import * as ort from 'onnxruntime-node';
 import { Graph, Value, attr } from '../ir/graph';
-import { Model } from '../ir/model';
+import { Model, graphToProto } from '../ir/model';
 import { encodeModel } from '../onnx/io';
-import { DataType } from '../onnx/schema';
+import { AttributeType, DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
 import type { ActivationKind } from '../op';
 
@@ -14,8 +14,34 @@ export class GraphBuilder {
   readonly graph: Graph;
   private count = 0;
 
-  constructor(name: string) {
+  /** parent: a Loop body's builder; its constants live in the parent graph (outer scope), its names are prefixed. */
+  constructor(name: string, private readonly parent?: GraphBuilder) {
     this.graph = new Graph(name);
+  }
+
+  /** A builder for a Loop body of this graph (see loop()). */
+  body(name: string): GraphBuilder {
+    return new GraphBuilder(name, this);
+  }
+
+  /** A value of the enclosing graph, used by name inside this body. */
+  outer(v: Value): Value {
+    return this.graph.getOrCreate(v.name);
+  }
+
+  /**
+   * ONNX Loop: inputs trip count M (int64 scalar), cond (bool scalar) and the initial loop-carried values; outputs
+   * the final carried values, then the scan outputs stacked over iterations. body(i, cond, ...carried) must output
+   * (cond, ...carried, ...scans).
+   */
+  loop(M: Value, cond: Value | null, carried: Value[], body: GraphBuilder, scans: number, outNames: string[]): Value[] {
+    const g = graphToProto(body.graph, () => {
+      throw new Error('loop bodies carry no initializers');
+    });
+    const outs = carried.length + scans;
+    if (outNames.length !== outs) throw new Error(`loop: ${outs} outputs, ${outNames.length} names`);
+    const n = this.graph.addNode({ op: 'Loop', inputs: [M, cond, ...carried], outputs: outNames, attrs: [{ name: 'body', type: AttributeType.GRAPH, g }], name: `Loop_${this.count++}` });
+    return n.outputs as Value[];
   }
 
   input(name: string, dims: Dim[], elemType: number = DataType.FLOAT): Value {
@@ -34,11 +60,13 @@ export class GraphBuilder {
   }
 
   constF(data: ArrayLike<number> | Float32Array, dims: number[], hint = 'c'): Value {
+    if (this.parent) return this.outer(this.parent.constF(data, dims, hint));
     const a = data instanceof Float32Array ? data : Float32Array.from(data);
     return this.graph.addInitializer(hint, Tensor.fromFloat32(a, dims));
   }
 
   constI64(data: number[], dims: number[] = [data.length], hint = 'shape'): Value {
+    if (this.parent) return this.outer(this.parent.constI64(data, dims, hint));
     return this.graph.addInitializer(hint, Tensor.fromInt64(data, dims));
   }
 
@@ -54,8 +82,9 @@ export class GraphBuilder {
       if (Array.isArray(v)) return attr.ints(k, v);
       return attr.int(k, v);
     });
-    const name = outName ?? `${type.toLowerCase()}_${this.count++}`;
-    const n = this.graph.addNode({ op: type, inputs, outputs: [name], attrs: list, name: `${type}_${this.count++}` });
+    const pre = this.parent ? `${this.graph.name}/` : '';
+    const name = outName ?? `${pre}${type.toLowerCase()}_${this.count++}`;
+    const n = this.graph.addNode({ op: type, inputs, outputs: [name], attrs: list, name: `${pre}${type}_${this.count++}` });
     return n.output(0);
   }
 

@@ -14,6 +14,7 @@
 // (× target scale) exactly, so the returned weights take raw ffn_in and predict raw norms.
 import * as ort from 'onnxruntime-node';
 import { MoefyError } from '../errors';
+import { DataType } from '../onnx/schema';
 import { GraphBuilder, f32, f32Scalar } from './ort-graph';
 import { deriveSeed, permutation, rng } from './random';
 
@@ -43,6 +44,13 @@ export interface TrainRouterOptions {
   seed: number;
   /** Share of tokens held out for evaluation (seeded split; default 0.1). */
   heldOutFraction?: number;
+  /**
+   * Early stopping: after each epoch the held-out MSE is measured; training stops after this many epochs without a
+   * relative gain of minImprovement, and the best epoch's weights are returned (0 = off, the default).
+   */
+  patience?: number;
+  /** Default 0. */
+  minImprovement?: number;
   /** Thresholds at which the oracle-expert recall is reported (default [0.1, 0.2, 0.3]). */
   recallThresholds?: number[];
   onProgress?: (p: TrainRouterProgress) => void;
@@ -72,7 +80,10 @@ export interface TrainRouterResult {
   /** Recall at the first of recallThresholds (default 0.1). */
   recall: number;
   recallAt: RecallPoint[];
+  /** Epochs run (fewer than asked when early stopping ended training). */
   epochs: number;
+  /** Epoch whose weights were returned. */
+  bestEpoch: number;
   batchSize: number;
   steps: number;
   trainTokens: number;
@@ -85,28 +96,29 @@ export interface TrainRouterResult {
 const SQRT1_2 = Math.SQRT1_2;
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
-/** The training-step graph (gradOutputs: also output the unclipped gradients gW1, gW2, for the gradient check). */
-export function buildTrainStep(D: number, E: number, width: number, betas: [number, number], eps = 1e-8, gradOutputs = false): GraphBuilder {
-  const b = new GraphBuilder('router_train_step');
-  const X = b.input('X', ['B', D]);
-  const T = b.input('T', ['B', E]);
-  const W1 = b.input('W1', [D, width]);
-  const W2 = b.input('W2', [width, E]);
-  const M1 = b.input('M1', [D, width]);
-  const V1 = b.input('V1', [D, width]);
-  const M2 = b.input('M2', [width, E]);
-  const V2 = b.input('V2', [width, E]);
-  const c1 = b.input('c1', []); // lr / (1 − β1^t)
-  const c2 = b.input('c2', []); // 1 / sqrt(1 − β2^t)
-  const gscale = b.input('gscale', []); // 2 / (B·E): d mean((Y−T)²) / dY
-  const clip = b.input('clip', []);
+type V = ReturnType<GraphBuilder['input']>;
+
+interface StepValues {
+  X: V; T: V; W1: V; W2: V; M1: V; V1: V; M2: V; V2: V;
+  /** lr / (1 − β1^t) */
+  c1: V;
+  /** 1 / sqrt(1 − β2^t) */
+  c2: V;
+  /** 2 / (B·E): d mean((Y−T)²) / dY */
+  gscale: V;
+  clip: V;
+}
+
+/** One training step's ops (forward, backward, clip, Adam) on b; returns the loss, updated tensors and raw gradients. */
+function stepOps(b: GraphBuilder, v: StepValues, betas: [number, number], eps: number): { loss: V; W1: V; M1: V; V1: V; W2: V; M2: V; V2: V; gW1: V; gW2: V } {
+  const { X, T, W1, W2, M1, V1, M2, V2, c1, c2, gscale, clip } = v;
   // Forward.
   const A = b.op('MatMul', [X, W1]);
   const G = b.op('Gelu', [A]);
   const P = b.op('MatMul', [G, W2]);
   const Y = b.op('Abs', [P]);
   const R = b.op('Sub', [Y, T]);
-  b.output(b.op('ReduceMean', [b.op('Mul', [R, R])], { keepdims: 0 }), 'loss');
+  const loss = b.op('ReduceMean', [b.op('Mul', [R, R])], { keepdims: 0 });
   // Backward.
   const dP = b.op('Mul', [b.op('Mul', [R, gscale]), b.op('Sign', [P])]);
   const gW2raw = b.op('Gemm', [G, dP], { transA: 1 }); // Gᵀ·dP
@@ -115,10 +127,6 @@ export function buildTrainStep(D: number, E: number, width: number, betas: [numb
   const phi = b.op('Mul', [b.op('Exp', [b.op('Mul', [b.op('Mul', [A, A]), b.scalar(-0.5)])]), b.scalar(INV_SQRT_2PI)]);
   const dA = b.op('Mul', [dG, b.op('Add', [Phi, b.op('Mul', [A, phi])])]);
   const gW1raw = b.op('Gemm', [X, dA], { transA: 1 }); // Xᵀ·dA
-  if (gradOutputs) {
-    b.output(gW1raw, 'gW1');
-    b.output(gW2raw, 'gW2');
-  }
   // Global-norm clip: g · min(1, clip / (‖g‖ + 1e-6)).
   const norm = b.op('Sqrt', [b.op('Add', [b.op('ReduceSumSquare', [gW1raw], { keepdims: 0 }), b.op('ReduceSumSquare', [gW2raw], { keepdims: 0 })])]);
   const factor = b.op('Min', [b.scalar(1), b.op('Div', [clip, b.op('Add', [norm, b.scalar(1e-6)])])]);
@@ -126,17 +134,64 @@ export function buildTrainStep(D: number, E: number, width: number, betas: [numb
   const gW2 = b.op('Mul', [gW2raw, factor]);
   // Adam.
   const [beta1, beta2] = betas;
-  const adam = (W: typeof X, M: typeof X, V: typeof X, g: typeof X, tag: string) => {
+  const adam = (W: V, M: V, Vv: V, g: V): [V, V, V] => {
     const m = b.op('Add', [b.op('Mul', [M, b.scalar(beta1)]), b.op('Mul', [g, b.scalar(1 - beta1)])]);
-    const v = b.op('Add', [b.op('Mul', [V, b.scalar(beta2)]), b.op('Mul', [b.op('Mul', [g, g]), b.scalar(1 - beta2)])]);
-    const denom = b.op('Add', [b.op('Mul', [b.op('Sqrt', [v]), c2]), b.scalar(eps)]);
-    const w = b.op('Sub', [W, b.op('Mul', [b.op('Div', [m, denom]), c1])]);
-    b.output(w, `W${tag}_out`);
-    b.output(m, `M${tag}_out`);
-    b.output(v, `V${tag}_out`);
+    const vv = b.op('Add', [b.op('Mul', [Vv, b.scalar(beta2)]), b.op('Mul', [b.op('Mul', [g, g]), b.scalar(1 - beta2)])]);
+    const denom = b.op('Add', [b.op('Mul', [b.op('Sqrt', [vv]), c2]), b.scalar(eps)]);
+    return [b.op('Sub', [W, b.op('Mul', [b.op('Div', [m, denom]), c1])]), m, vv];
   };
-  adam(W1, M1, V1, gW1, '1');
-  adam(W2, M2, V2, gW2, '2');
+  const [w1, m1, v1] = adam(W1, M1, V1, gW1);
+  const [w2, m2, v2] = adam(W2, M2, V2, gW2);
+  return { loss, W1: w1, M1: m1, V1: v1, W2: w2, M2: m2, V2: v2, gW1: gW1raw, gW2: gW2raw };
+}
+
+/** The training-step graph (gradOutputs: also output the unclipped gradients gW1, gW2, for the gradient check). */
+export function buildTrainStep(D: number, E: number, width: number, betas: [number, number], eps = 1e-8, gradOutputs = false): GraphBuilder {
+  const b = new GraphBuilder('router_train_step');
+  const r = stepOps(b, {
+    X: b.input('X', ['B', D]), T: b.input('T', ['B', E]),
+    W1: b.input('W1', [D, width]), W2: b.input('W2', [width, E]),
+    M1: b.input('M1', [D, width]), V1: b.input('V1', [D, width]), M2: b.input('M2', [width, E]), V2: b.input('V2', [width, E]),
+    c1: b.input('c1', []), c2: b.input('c2', []), gscale: b.input('gscale', []), clip: b.input('clip', []),
+  }, betas, eps);
+  b.output(r.loss, 'loss');
+  if (gradOutputs) {
+    b.output(r.gW1, 'gW1');
+    b.output(r.gW2, 'gW2');
+  }
+  for (const [k, tag] of [['W', '1'], ['M', '1'], ['V', '1'], ['W', '2'], ['M', '2'], ['V', '2']] as const) b.output(r[`${k}${tag}`], `${k}${tag}_out`);
+  return b;
+}
+
+/**
+ * K training steps in one run: an ONNX Loop over steps whose body gathers its mini-batch rows of the (normalised)
+ * X and T by index and runs the step, carrying the weights and Adam moments inside ORT (no per-step copies between
+ * JS and ORT). Step k uses rows order[starts[k] … ends[k]) and the per-step scalars c1[k], c2[k], gscale[k].
+ */
+export function buildTrainSteps(D: number, E: number, width: number, betas: [number, number], eps = 1e-8): GraphBuilder {
+  const b = new GraphBuilder('router_train_steps');
+  const X = b.input('X', ['N', D]), T = b.input('T', ['N', E]);
+  const order = b.input('order', ['R'], DataType.INT64);
+  const starts = b.input('starts', ['K'], DataType.INT64), ends = b.input('ends', ['K'], DataType.INT64);
+  const c1s = b.input('c1', ['K']), c2s = b.input('c2', ['K']), gs = b.input('gscale', ['K']);
+  const clip = b.input('clip', []);
+  const K = b.input('K', [], DataType.INT64);
+  const init = [b.input('W1', [D, width]), b.input('M1', [D, width]), b.input('V1', [D, width]), b.input('W2', [width, E]), b.input('M2', [width, E]), b.input('V2', [width, E])];
+  const body = b.body('step');
+  const i = body.input('i', [], DataType.INT64);
+  const cond = body.input('cond', [], DataType.BOOL);
+  const [W1, M1, V1, W2, M2, V2] = ['W1', 'M1', 'V1', 'W2', 'M2', 'V2'].map((n, k) => body.input(`${n}_in`, k < 3 ? [D, width] : [width, E]));
+  const at = (v: V) => body.op('Gather', [body.outer(v), i], { axis: 0 });
+  const one = (v: V) => body.op('Unsqueeze', [v, body.constI64([0], [1], 'axes')]);
+  const idx = body.op('Slice', [body.outer(order), one(at(starts)), one(at(ends))]);
+  const r = stepOps(body, {
+    X: body.op('Gather', [body.outer(X), idx], { axis: 0 }), T: body.op('Gather', [body.outer(T), idx], { axis: 0 }),
+    W1, W2, M1, V1, M2, V2, c1: at(c1s), c2: at(c2s), gscale: at(gs), clip: body.outer(clip),
+  }, betas, eps);
+  body.output(body.op('Identity', [cond]), 'cond_out', DataType.BOOL);
+  for (const [n, v] of [['W1', r.W1], ['M1', r.M1], ['V1', r.V1], ['W2', r.W2], ['M2', r.M2], ['V2', r.V2], ['loss', r.loss]] as const) body.output(v, `step/${n}_out`);
+  const outs = b.loop(K, null, init, body, 1, ['W1_out', 'M1_out', 'V1_out', 'W2_out', 'M2_out', 'V2_out', 'losses']);
+  for (const o of outs) b.output(o);
   return b;
 }
 
@@ -261,43 +316,74 @@ export async function trainRouter(X: Float32Array, targets: Float32Array, N: num
 
   const stepsPerEpoch = Math.ceil(nTrain / batchSize);
   const totalSteps = stepsPerEpoch * epochs;
-  const sess = await buildTrainStep(D, E, width, betas).session();
   const shuffleR = rng(deriveSeed(opts.seed, 3));
-  const xb = new Float32Array(batchSize * D), tb = new Float32Array(batchSize * E);
   const invX = 1 / xScale, invT = 1 / tScale;
-  let step = 0, finalLoss = NaN;
+  // The normalised problem, rows in split order: train rows 0…nTrain−1, then the held-out rows.
+  const Xn = new Float32Array(N * D), Tn = new Float32Array(N * E);
+  perm.forEach((i, j) => {
+    for (let d = 0; d < D; d++) Xn[j * D + d] = X[i * D + d] * invX;
+    for (let e = 0; e < E; e++) Tn[j * E + e] = targets[i * E + e] * invT;
+  });
+  const xTrain = f32(Xn.subarray(0, nTrain * D), [nTrain, D]), tTrain = f32(Tn.subarray(0, nTrain * E), [nTrain, E]);
+  const patience = opts.patience ?? 0;
+  const sess = await buildTrainSteps(D, E, width, betas).session();
+  const evalSess = patience > 0 && nHeld > 0 ? await buildPredict(D, E, width).session() : null;
+  let step = 0, finalLoss = NaN, epochsRun = 0, bestEpoch = 0, best = Infinity;
+  let bestW: [Float32Array, Float32Array] | null = null;
   try {
     for (let ep = 0; ep < epochs; ep++) {
       const order = permutation(nTrain, shuffleR);
-      let lossSum = 0, lossCount = 0;
-      for (let s = 0; s < nTrain; s += batchSize) {
-        const B = Math.min(batchSize, nTrain - s);
-        for (let j = 0; j < B; j++) {
-          const i = trainIdx[order[s + j]];
-          for (let d = 0; d < D; d++) xb[j * D + d] = X[i * D + d] * invX;
-          for (let e = 0; e < E; e++) tb[j * E + e] = targets[i * E + e] * invT;
-        }
+      const starts = new BigInt64Array(stepsPerEpoch), ends = new BigInt64Array(stepsPerEpoch);
+      const c1 = new Float32Array(stepsPerEpoch), c2 = new Float32Array(stepsPerEpoch), gs = new Float32Array(stepsPerEpoch);
+      for (let k = 0; k < stepsPerEpoch; k++) {
+        const s = k * batchSize, B = Math.min(batchSize, nTrain - s);
         step++;
         const lrNow = opts.schedule === 'constant' ? lr : lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos((Math.PI * (step - 1)) / Math.max(1, totalSteps - 1))));
-        const c1 = lrNow / (1 - betas[0] ** step);
-        const c2 = 1 / Math.sqrt(1 - betas[1] ** step);
-        const r = await sess.run({
-          X: f32(xb.subarray(0, B * D), [B, D]), T: f32(tb.subarray(0, B * E), [B, E]),
-          W1, W2, M1, V1, M2, V2,
-          c1: f32Scalar(c1), c2: f32Scalar(c2), gscale: f32Scalar(2 / (B * E)), clip,
-        });
-        W1 = r.W1_out; W2 = r.W2_out; M1 = r.M1_out; V1 = r.V1_out; M2 = r.M2_out; V2 = r.V2_out;
-        const l = (r.loss.data as Float32Array)[0];
-        if (!Number.isFinite(l)) throw new MoefyError(`trainRouter: loss became ${l} at step ${step} (lr too high?)`);
-        lossSum += l * B;
-        lossCount += B;
+        starts[k] = BigInt(s);
+        ends[k] = BigInt(s + B);
+        c1[k] = lrNow / (1 - betas[0] ** step);
+        c2[k] = 1 / Math.sqrt(1 - betas[1] ** step);
+        gs[k] = 2 / (B * E);
       }
-      finalLoss = lossSum / Math.max(1, lossCount);
+      const r = await sess.run({
+        X: xTrain, T: tTrain, order: new ort.Tensor('int64', BigInt64Array.from(order, (v) => BigInt(v)), [nTrain]),
+        starts: new ort.Tensor('int64', starts, [stepsPerEpoch]), ends: new ort.Tensor('int64', ends, [stepsPerEpoch]),
+        c1: f32(c1, [stepsPerEpoch]), c2: f32(c2, [stepsPerEpoch]), gscale: f32(gs, [stepsPerEpoch]), clip,
+        K: new ort.Tensor('int64', BigInt64Array.of(BigInt(stepsPerEpoch)), []),
+        W1, M1, V1, W2, M2, V2,
+      });
+      W1 = r.W1_out; W2 = r.W2_out; M1 = r.M1_out; V1 = r.V1_out; M2 = r.M2_out; V2 = r.V2_out;
+      const losses = r.losses.data as Float32Array;
+      let lossSum = 0;
+      for (let k = 0; k < stepsPerEpoch; k++) {
+        const l = losses[k];
+        if (!Number.isFinite(l)) throw new MoefyError(`trainRouter: loss became ${l} at step ${step - stepsPerEpoch + k + 1} (lr too high?)`);
+        lossSum += l * Math.min(batchSize, nTrain - k * batchSize);
+      }
+      finalLoss = lossSum / Math.max(1, nTrain);
+      epochsRun = ep + 1;
       opts.onProgress?.({ epoch: ep + 1, epochs, step, loss: finalLoss });
+      if (evalSess) {
+        // Early stopping on the held-out split: keep the best weights, stop after `patience` epochs without a gain.
+        const p = await predictWith(evalSess, Xn.subarray(nTrain * D), nHeld, D, W1.data as Float32Array, W2.data as Float32Array, E, width);
+        const ho = Tn.subarray(nTrain * E);
+        let sse = 0;
+        for (let q = 0; q < p.length; q++) sse += (p[q] - ho[q]) ** 2;
+        if (sse < best * (1 - (opts.minImprovement ?? 0))) {
+          best = sse;
+          bestEpoch = ep + 1;
+          bestW = [Float32Array.from(W1.data as Float32Array), Float32Array.from(W2.data as Float32Array)];
+        } else if (ep + 1 - bestEpoch >= patience) break;
+      }
     }
   } finally {
     await sess.release();
+    if (evalSess) await evalSess.release();
   }
+  if (bestW) {
+    W1 = f32(bestW[0], [D, width]);
+    W2 = f32(bestW[1], [width, E]);
+  } else bestEpoch = epochsRun;
 
   // Fold the normalisation back into the weights.
   const w1 = Float32Array.from(W1.data as Float32Array, (v) => v * invX);
@@ -330,7 +416,7 @@ export async function trainRouter(X: Float32Array, targets: Float32Array, N: num
   }
   return {
     W1: w1, W2: w2, width, heldOutR2, heldOutR2PerExpert, heldOutMse, trainMse,
-    recall: recallAt[0]?.recall ?? NaN, recallAt, epochs, batchSize, steps: step,
+    recall: recallAt[0]?.recall ?? NaN, recallAt, epochs: epochsRun, bestEpoch, batchSize, steps: step,
     trainTokens: nTrain, heldOutTokens: nHeld, finalLoss, seconds: (performance.now() - t0) / 1000,
   };
 }
