@@ -18,11 +18,10 @@ import { computeExpertNorms } from '../src/calib/expert-norms';
 import * as rt from '../src/calib/router-train';
 import { deriveSeed } from '../src/calib/random';
 import { readTensorSet, TensorSet, writeTensorSet } from '../src/io';
-import { capture } from '../src/passes/capture';
-import { cluster } from '../src/passes/cluster';
-import { permute } from '../src/passes/permute';
 import { relufy } from '../src/passes/relufy';
-import { ConversionState } from '../src/passes/types';
+import { capture } from '../src/stages/capture';
+import { cluster } from '../src/stages/cluster';
+import { permute } from '../src/stages/permute';
 import { convert } from '../src/pipeline';
 import { closeSide, openSide } from '../src/eval/side';
 import { evaluate } from '../src/eval/teacher';
@@ -42,26 +41,17 @@ async function dump(dir: string): Promise<void> {
   fs.mkdirSync(dir, { recursive: true });
   const model = generateVarD16Like({ activation: 'relu', depth });
   const structure = analyseVar(model);
-  const opts = {
-    experts: E, fromScale: 8, seed: 0, activation: 'relu' as const, clusterBy: 'activations' as const, routerWidth: 128, routerEpochs: 40,
-    routerTarget: 'sqrt' as const, synthSamples: samples, maxTokens: 65536, budget: 0.6,
-  };
+  const o = { experts: E, clusterBy: 'activations' as const, seed: 0, synthSamples: samples, maxTokens: 65536 };
   const calib = path.join(dir, 'calib-in');
   await writeTensorSet(calib, generateInputs({ ...D16, depth, activation: 'relu' }, samples, 7) as never);
-  const st: ConversionState = {
-    model, structure, options: { ...opts, calib }, sites: structure.blocks.map((b) => b.ffn!),
-    originalActivation: [], expertActivation: [], captures: [], layouts: [], weights: [], routers: [], thresholds: [], activeFractions: [],
-    layers: structure.blocks.map((b) => ({ block: b.index, relufyRelChange: null, clusterBy: 'activations', concentration: null, routerR2: null, routerRecall: null, activeFractionPerScale: {} })),
-    warnings: [], notes: [],
-  };
-  relufy(st);
+  const sites = structure.blocks.map((b) => b.ffn!);
+  const acts = relufy(model, sites, 'relu');
   let t = Date.now(), c = cpu();
-  await capture(st);
-  console.log(`capture ${(Date.now() - t) / 1000} s wall, ${(cpu() - c).toFixed(1)} s CPU (main thread pool)`);
-  await cluster(st);
-  permute(st);
-  for (let k = 0; k < st.sites.length; k++) {
-    const cap = st.captures[k], w = st.weights[k];
+  const sample = await capture(model, structure, sites, { ...o, calib });
+  console.log(`capture ${(Date.now() - t) / 1000} s wall, ${(cpu() - c).toFixed(1)} s CPU`);
+  const weights = permute(sites, await cluster(sites, acts.experts, sample, o), acts.experts);
+  for (let k = 0; k < sites.length; k++) {
+    const cap = sample.layers[k], w = weights[k];
     t = Date.now(); c = cpu();
     const norms = await computeExpertNorms(cap.X, cap.N, cap.D, w.W1, w.B1, w.W2, E, w.activation);
     console.log(`layer ${k}: norms ${(Date.now() - t) / 1000} s wall, ${(cpu() - c).toFixed(1)} s CPU`);

@@ -2,7 +2,8 @@
 // expert norms, the router's training step). Built on the IR (Graph/Model) and encoded with encodeModel.
 import * as ort from 'onnxruntime-node';
 import { Graph, Value, attr } from '../ir/graph';
-import { Model, graphToProto } from '../ir/model';
+import { Model } from '../ir/model';
+import { graphToProto } from '../onnx/ir-proto';
 import { encodeModel } from '../onnx/io';
 import { AttributeType, DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';

@@ -5,12 +5,13 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { FfnSite, VarStructure, isKvInputName, isKvOutputName, kvOutputFor } from '../analysis/var-structure';
-import { checkCalib, Feeds, floatData, modelInputs, sliceFeeds, synthesise, toHalfTensor } from '../calib/inputs';
+import { checkCalib, Feeds, floatData, floatView, modelInputs, sliceFeeds, synthesise, toHalfTensor } from '../calib/inputs';
 import { deriveSeed, rng } from '../calib/random';
 import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
 import { Model } from '../ir/model';
-import { saveCopy } from '../onnx/io';
+import { encodeCopy, saveCopy } from '../onnx/io';
+import { Value } from '../ir/graph';
 import { removeTemp, tempDir } from '../files/temp';
 import { checkEmbeddingInputs, checkFinite } from '../calib/check-inputs';
 import { scaleOfPositions, scaleOfStep } from '../op';
@@ -50,19 +51,13 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
   }
   const samples = Object.entries(feeds).find(([n, t]) => !isKvInputName(n) && t.dims.length > 0)?.[1].dims[0] ?? 1;
 
-  // A copy of the model whose outputs are the FFN inputs.
-  const dir = tempDir('capture');
-  const file = path.join(dir, 'capture.onnx');
-  try {
-    saveCopy(model, file, { outputs: sites.map((x) => x.ffnIn) });
-  } catch (e) {
-    removeTemp(dir);
-    throw e;
-  }
-  const sess = await ort.InferenceSession.create(file, SESSION_OPTIONS);
+  // The model with the FFN inputs as its outputs.
+  const sess = await captureSession(model, sites.map((x) => x.ffnIn), SESSION_OPTIONS);
   const D = s.D;
-  const chunks: Float32Array[][] = sites.map(() => []);
-  const scales: Int32Array[] = [];
+  let sinks: RowSink[] | null = null;
+  let scaleOfToken: Int32Array | null = null;
+  let keep: Int32Array | null = null;
+  let row = 0;
   const batch = Math.max(1, Math.min(8, Math.floor(4_000_000 / (D * (s.kind === 'full' ? s.layout.L : 256)))));
   // Full-sequence graphs: each position's scale by the op's layout rule.
   const fullScales = s.kind === 'full' ? scaleOfPositions(s.layout.L, s.layout.patchNums)! : [];
@@ -70,26 +65,79 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
     for (let a = 0; a < samples; a += batch) {
       const b = Math.min(samples, a + batch);
       const r = await sess.run(sliceFeeds(feeds, a, b, s.rowsPerSample));
-      sites.forEach((site, k) => {
-        const t = r[site.ffnIn.name];
-        chunks[k].push(floatData(t));
-        if (k === 0) {
-          const rows = t.dims.slice(0, -1).reduce((x, y) => x * y, 1);
-          const L = t.dims[t.dims.length - 2];
-          const sc = new Int32Array(rows);
-          for (let i = 0; i < rows; i++) sc[i] = s.kind === 'full' ? fullScales[i % L] : scaleIdx;
-          scales.push(sc);
-        }
-      });
+      const t0 = r[sites[0].ffnIn.name];
+      const rows = t0.dims.slice(0, -1).reduce((x, y) => x * y, 1);
+      if (!sinks) {
+        // Every batch holds the same rows per sample: the total is known from the first one.
+        const total = (rows / (b - a)) * samples;
+        keep = subsample(total, o.maxTokens, o.seed);
+        sinks = sites.map(() => new RowSink(total, D, keep));
+        scaleOfToken = new Int32Array(total);
+      }
+      const L = t0.dims[t0.dims.length - 2];
+      for (let i = 0; i < rows; i++) scaleOfToken![row + i] = s.kind === 'full' ? fullScales[i % L] : scaleIdx;
+      row += rows;
+      sites.forEach((site, k) => sinks![k].push(floatView(r[site.ffnIn.name])));
       onProgress?.(b, samples);
     }
   } finally {
     await sess.release();
-    removeTemp(dir);
   }
-  const layers = toCaptures(chunks, scales, D, o);
+  const layers = fromSinks(sinks!, scaleOfToken!, keep, D);
   const N = layers[0].N;
   return { layers, warnings, summary: `captured ${N} tokens × ${sites.length} FFN inputs from ${samples} ${o.calib ? 'calibration' : 'synthesised'} samples` };
+}
+
+/** Models this size or larger go to ORT through a temporary file (protobuf's 2 GB limit); smaller ones from memory. */
+const IN_MEMORY_LIMIT = 2 ** 31 - 128 * 2 ** 20;
+
+/**
+ * An ORT session of the model with `outputs` as its outputs. From an in-memory encoding when it fits a protobuf (no
+ * copy of the weights written to disk and read back: measured 8 s instead of 39 s at d16 size, contended), else
+ * through a temporary file.
+ */
+async function captureSession(model: Model, outputs: Value[], opts: ort.InferenceSession.SessionOptions = {}): Promise<ort.InferenceSession> {
+  const bytes = model.graph.initializers.reduce((a, v) => a + (v.tensor?.byteLength ?? 0), 0);
+  if (bytes < IN_MEMORY_LIMIT) return ort.InferenceSession.create(encodeCopy(model, { outputs }), opts);
+  const dir = tempDir('capture');
+  try {
+    const file = path.join(dir, 'capture.onnx');
+    saveCopy(model, file, { outputs });
+    return await ort.InferenceSession.create(file, opts);
+  } finally {
+    removeTemp(dir);
+  }
+}
+
+/**
+ * The captured rows of one FFN, copied once from each ORT output into their final array; with a token subsample
+ * only its rows are kept (keep: sorted row indices into the `total` rows the run produces).
+ */
+class RowSink {
+  readonly X: Float32Array;
+  private seen = 0;
+  private next = 0;
+  constructor(total: number, private readonly D: number, private readonly keep: Int32Array | null) {
+    this.X = new Float32Array((keep ? keep.length : total) * D);
+  }
+  push(data: Float32Array): void {
+    const D = this.D, rows = data.length / D;
+    if (!this.keep) this.X.set(data, this.seen * D);
+    else {
+      const keep = this.keep;
+      while (this.next < keep.length && keep[this.next] < this.seen + rows) {
+        const r = keep[this.next] - this.seen;
+        this.X.set(data.subarray(r * D, (r + 1) * D), this.next * D);
+        this.next++;
+      }
+    }
+    this.seen += rows;
+  }
+}
+
+function fromSinks(sinks: RowSink[], scaleOfToken: Int32Array, keep: Int32Array | null, D: number): LayerCapture[] {
+  const sc = keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken;
+  return sinks.map((k) => ({ X: k.X, N: k.X.length / D, D, scaleOfToken: sc }));
 }
 
 function stepScaleOf(s: VarStructure, feeds: Feeds): number {
@@ -175,9 +223,6 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
   if (s.stepScale === null && prefix.length === 0)
     throw new MoefyError('this dynamic step graph needs the KV cache of scale 1: pass --kv-prefix with the first step\'s graph (e.g. the step-0 export)');
   const last = s.stepScale !== null ? first : layout.patchNums.length - 1;
-  const dir = tempDir('capture');
-  const file = path.join(dir, 'capture.onnx');
-  saveCopy(model, file, { outputs: [...model.graph.outputs, ...sites.map((x) => x.ffnIn)] });
   const sessions: ort.InferenceSession[] = [];
   const samples = set.label_B.dims[0];
   const X = set[FULL_X];
@@ -187,7 +232,7 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
   const scales: Int32Array[] = [];
   try {
     for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p, SESSION_OPTIONS));
-    const self = await ort.InferenceSession.create(file, SESSION_OPTIONS);
+    const self = await captureSession(model, [...model.graph.outputs, ...sites.map((x) => x.ffnIn)], SESSION_OPTIONS);
     const batch = 4;
     for (let a = 0; a < samples; a += batch) {
       const b = Math.min(samples, a + batch);
@@ -226,7 +271,6 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
     await self.release();
   } finally {
     for (const x of sessions) await x.release();
-    removeTemp(dir);
   }
   const layers = toCaptures(chunks, scales, s.D, o);
   return { layers, warnings: [], summary: `captured ${layers[0].N} tokens × ${sites.length} FFN inputs of scales ${first + 1}…${last + 1} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };
