@@ -80,7 +80,7 @@ async function train(dir: string): Promise<void> {
       const o = { width: 128, epochs: 40, seed: deriveSeed(0, 100 + k), ...base, ...v };
       const t = Date.now(), c = cpu();
       const r = await rt.trainRouter(d.X, fit, d.N, d.D, d.E, o as rt.TrainRouterOptions);
-      console.log(`layer ${k} ${JSON.stringify(v)}: R² ${r.heldOutR2.toFixed(4)} (per expert ${r.heldOutR2PerExpert.toFixed(4)}), train mse ${r.trainMse.toExponential(3)}, epochs ${r.epochs}, steps ${r.steps}, ${((Date.now() - t) / 1000).toFixed(1)} s wall, ${(cpu() - c).toFixed(1)} s CPU`);
+      console.log(`layer ${k} ${JSON.stringify(v)}: R² ${r.heldOutR2.toFixed(4)} (per expert ${r.heldOutR2PerExpert.toFixed(4)}), train mse ${r.trainMse.toExponential(3)}, held-out mse ${r.heldOutMse.toExponential(3)}, epochs ${r.epochs} (best ${r.bestEpoch}), steps ${r.steps}, ${((Date.now() - t) / 1000).toFixed(1)} s wall, ${(cpu() - c).toFixed(1)} s CPU`);
     }
   }
 }

@@ -13,6 +13,8 @@ export interface ExpertNormOptions {
    * square clamped at 0. 'direct': the expert outputs [E,n,D] themselves, then ReduceL2.
    */
   method?: 'gram' | 'direct';
+  /** ORT intra-op threads (default: ORT's). */
+  threads?: number;
 }
 
 function checkFfn(X: Float32Array, N: number, D: number, W1: Float32Array, B1: Float32Array, H: number, W2?: Float32Array): void {
@@ -54,7 +56,7 @@ export async function computeExpertNorms(
     nrm = b.op('ReduceL2', [ye, b.constI64([2])], { keepdims: 0 }); // [E,n]
   }
   b.output(b.op('Transpose', [nrm], { perm: [1, 0] }), 'norms');
-  const sess = await b.session();
+  const sess = await b.session(opts.threads ? { intraOpNumThreads: opts.threads } : {});
   const perToken = gram ? 3 * H + E : E * D + 2 * H;
   const chunk = Math.max(1, opts.chunk ?? Math.min(4096, Math.floor((64 << 20) / 4 / perToken)));
   const out = new Float32Array(N * E);
@@ -80,7 +82,7 @@ export async function computeHiddenActivations(
   const x = b.input('X', ['n', D]);
   const h = activationOp(b, b.op('Add', [b.op('MatMul', [x, b.constF(W1, [D, H], 'W1')]), b.constF(B1, [H], 'B1')]), activation);
   b.output(h, 'hidden');
-  const sess = await b.session();
+  const sess = await b.session(opts.threads ? { intraOpNumThreads: opts.threads } : {});
   const chunk = Math.max(1, opts.chunk ?? 1024);
   const out = new Float32Array(N * H);
   try {

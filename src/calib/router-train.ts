@@ -3,8 +3,9 @@
 // true L2 norm of each expert's output with MSE.
 //
 // One training step (forward, hand-written backward of MatMul/Gelu/Abs/MSE, global-norm gradient clipping, Adam
-// update of W1, W2 and their moments) is one ONNX graph run in onnxruntime-node per mini-batch; the parameters and
-// Adam moments are carried between steps as ORT tensors.
+// update of W1, W2 and their moments) is the body of an ONNX Loop: one onnxruntime-node run per epoch, the batches
+// gathered by index inside ORT, the parameters and Adam moments carried by the Loop (one run per step cost 32% more
+// CPU at d16 size in per-step copies between JS and ORT).
 //
 // Optimiser: Adam (PyTorch semantics, bias-corrected, no weight decay), betas (0.9, 0.999) by default
 // (DMoE-VAR's AdamW used (0.9, 0.95) with wd 0: pass betas to match), eps 1e-8, lr 2e-3 with a cosine decay to
@@ -39,6 +40,10 @@ export interface TrainRouterOptions {
   betas?: [number, number];
   /** 'cosine' (default: to 10% of lr at the end) or 'constant'. */
   schedule?: 'cosine' | 'constant';
+  /** Cosine schedule: the last step's lr as a fraction of lr (default 0.1). */
+  finalLr?: number;
+  /** Linear warmup over this fraction of the steps (default 0). */
+  warmup?: number;
   /** Global gradient-norm clip on the normalised problem (default: none). */
   clipGradNorm?: number;
   seed: number;
@@ -51,6 +56,8 @@ export interface TrainRouterOptions {
   patience?: number;
   /** Default 0. */
   minImprovement?: number;
+  /** ORT intra-op threads of the training session (default: ORT's). */
+  threads?: number;
   /** Thresholds at which the oracle-expert recall is reported (default [0.1, 0.2, 0.3]). */
   recallThresholds?: number[];
   onProgress?: (p: TrainRouterProgress) => void;
@@ -205,9 +212,9 @@ function buildPredict(D: number, E: number, width: number): GraphBuilder {
 }
 
 /** Router predictions [N, E] = |GELU(X·W1)·W2| in onnxruntime-node. */
-export async function predictNorms(X: Float32Array, N: number, D: number, W1: Float32Array, W2: Float32Array, E: number, width: number): Promise<Float32Array> {
+export async function predictNorms(X: Float32Array, N: number, D: number, W1: Float32Array, W2: Float32Array, E: number, width: number, threads?: number): Promise<Float32Array> {
   if (X.length !== N * D || W1.length !== D * width || W2.length !== width * E) throw new MoefyError(`predictNorms: sizes do not match N=${N} D=${D} E=${E} width=${width}`);
-  const sess = await buildPredict(D, E, width).session();
+  const sess = await buildPredict(D, E, width).session(threads ? { intraOpNumThreads: threads } : {});
   try {
     return await predictWith(sess, X, N, D, W1, W2, E, width);
   } finally {
@@ -326,8 +333,11 @@ export async function trainRouter(X: Float32Array, targets: Float32Array, N: num
   });
   const xTrain = f32(Xn.subarray(0, nTrain * D), [nTrain, D]), tTrain = f32(Tn.subarray(0, nTrain * E), [nTrain, E]);
   const patience = opts.patience ?? 0;
-  const sess = await buildTrainSteps(D, E, width, betas).session();
-  const evalSess = patience > 0 && nHeld > 0 ? await buildPredict(D, E, width).session() : null;
+  const floor = opts.finalLr ?? 0.1;
+  const warmupSteps = Math.round((opts.warmup ?? 0) * totalSteps);
+  const sessOpts = opts.threads ? { intraOpNumThreads: opts.threads } : {};
+  const sess = await buildTrainSteps(D, E, width, betas).session(sessOpts);
+  const evalSess = patience > 0 && nHeld > 0 ? await buildPredict(D, E, width).session(sessOpts) : null;
   let step = 0, finalLoss = NaN, epochsRun = 0, bestEpoch = 0, best = Infinity;
   let bestW: [Float32Array, Float32Array] | null = null;
   try {
@@ -338,7 +348,9 @@ export async function trainRouter(X: Float32Array, targets: Float32Array, N: num
       for (let k = 0; k < stepsPerEpoch; k++) {
         const s = k * batchSize, B = Math.min(batchSize, nTrain - s);
         step++;
-        const lrNow = opts.schedule === 'constant' ? lr : lr * (0.1 + 0.9 * 0.5 * (1 + Math.cos((Math.PI * (step - 1)) / Math.max(1, totalSteps - 1))));
+        const cos = 0.5 * (1 + Math.cos((Math.PI * (step - 1)) / Math.max(1, totalSteps - 1)));
+        const warm = warmupSteps > 0 ? Math.min(1, step / warmupSteps) : 1;
+        const lrNow = warm * (opts.schedule === 'constant' ? lr : lr * (floor + (1 - floor) * cos));
         starts[k] = BigInt(s);
         ends[k] = BigInt(s + B);
         c1[k] = lrNow / (1 - betas[0] ** step);
@@ -389,7 +401,7 @@ export async function trainRouter(X: Float32Array, targets: Float32Array, N: num
   const w1 = Float32Array.from(W1.data as Float32Array, (v) => v * invX);
   const w2 = Float32Array.from(W2.data as Float32Array, (v) => v * tScale);
 
-  const pred = await buildPredict(D, E, width).session();
+  const pred = await buildPredict(D, E, width).session(sessOpts);
   let heldOutR2 = NaN, heldOutR2PerExpert = NaN, heldOutMse = NaN, trainMse = NaN;
   let recallAt: RecallPoint[] = thresholds.map((t) => ({ threshold: t, recall: NaN, trueActive: NaN, predActive: NaN }));
   try {
