@@ -55,7 +55,7 @@ export const CONVERT_DEFAULTS = {
   clusterBy: 'activations',
   seed: 0,
   routerWidth: 128,
-  routerEpochs: 40,
+  routerEpochs: 25,
   routerTarget: 'sqrt',
   synthSamples: 16,
   maxTokens: 65536,
