@@ -1,7 +1,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert';
-import { buildTrainStep, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
-import { computeExpertNorms } from '../src/calib/expert-norms';
+import * as ort from 'onnxruntime-node';
+import { buildTrainStep, buildTrainSteps, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
+import { RouterJob, runRouterJobs } from '../src/calib/router-pool';
+import { computeExpertNorms, expertNormsReference } from '../src/calib/expert-norms';
 import { erf } from '../src/op';
 import { f32, f32Scalar } from '../src/calib/ort-graph';
 import { gaussian, rng } from '../src/calib/random';
@@ -158,4 +160,94 @@ test('trainRouter rejects bad inputs', async () => {
   await assert.rejects(trainRouter(new Float32Array(10), new Float32Array(9), 5, 2, 2, { seed: 1 }), MoefyError);
   await assert.rejects(trainRouter(new Float32Array(10), new Float32Array(10), 5, 2, 2, { seed: NaN }), MoefyError);
   await assert.rejects(trainRouter(new Float32Array(10), new Float32Array(5), 5, 2, 1, { seed: 1, heldOutFraction: 1 }), MoefyError);
+});
+
+test('the Loop graph (K steps in one run, batches gathered by index) equals K runs of the single-step graph', async () => {
+  const N = 37, D = 6, Wd = 5, E = 3, K = 4;
+  const r = rng(21), g = gaussian(r);
+  const X = Float32Array.from({ length: N * D }, () => g()), T = Float32Array.from({ length: N * E }, () => Math.abs(g()));
+  const order = Array.from({ length: N }, (_, i) => (i * 11) % N); // a permutation (11 and 37 are coprime)
+  const bounds = [[0, 10], [10, 20], [20, 30], [30, 37]]; // the last batch is short
+  const c1 = [0.01, 0.009, 0.008, 0.007], c2 = [3.1, 2.2, 1.9, 1.7];
+  const betas: [number, number] = [0.9, 0.95];
+  let st: Record<string, ort.Tensor> = {
+    W1: f32(kaimingUniform(D * Wd, D, r), [D, Wd]), W2: f32(kaimingUniform(Wd * E, Wd, r), [Wd, E]),
+    M1: f32(new Float32Array(D * Wd), [D, Wd]), V1: f32(new Float32Array(D * Wd), [D, Wd]), M2: f32(new Float32Array(Wd * E), [Wd, E]), V2: f32(new Float32Array(Wd * E), [Wd, E]),
+  };
+  const init = { ...st };
+  // Reference: one run of the step graph per batch, rows gathered in JS.
+  const one = await buildTrainStep(D, E, Wd, betas).session();
+  const losses: number[] = [];
+  for (let k = 0; k < K; k++) {
+    const [a, b] = bounds[k], B = b - a;
+    const xb = new Float32Array(B * D), tb = new Float32Array(B * E);
+    for (let j = 0; j < B; j++) {
+      xb.set(X.subarray(order[a + j] * D, order[a + j] * D + D), j * D);
+      tb.set(T.subarray(order[a + j] * E, order[a + j] * E + E), j * E);
+    }
+    const o = await one.run({ X: f32(xb, [B, D]), T: f32(tb, [B, E]), ...st, c1: f32Scalar(c1[k]), c2: f32Scalar(c2[k]), gscale: f32Scalar(2 / (B * E)), clip: f32Scalar(3e38) });
+    st = { W1: o.W1_out, W2: o.W2_out, M1: o.M1_out, V1: o.V1_out, M2: o.M2_out, V2: o.V2_out };
+    losses.push((o.loss.data as Float32Array)[0]);
+  }
+  await one.release();
+  const loop = await buildTrainSteps(D, E, Wd, betas).session();
+  const i64 = (a: number[]) => new ort.Tensor('int64', BigInt64Array.from(a, (v) => BigInt(v)), [a.length]);
+  const out = await loop.run({
+    X: f32(X, [N, D]), T: f32(T, [N, E]), order: i64(order), starts: i64(bounds.map((b) => b[0])), ends: i64(bounds.map((b) => b[1])),
+    c1: f32(Float32Array.from(c1), [K]), c2: f32(Float32Array.from(c2), [K]), gscale: f32(Float32Array.from(bounds, ([a, b]) => 2 / ((b - a) * E)), [K]),
+    clip: f32Scalar(3e38), K: new ort.Tensor('int64', BigInt64Array.of(BigInt(K)), []), ...init,
+  });
+  await loop.release();
+  for (const n of ['W1', 'W2', 'M1', 'V1', 'M2', 'V2']) {
+    const a = st[n].data as Float32Array, b = out[`${n}_out`].data as Float32Array;
+    for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-6 * (1 + Math.abs(a[i])), `${n}[${i}]: step by step ${a[i]}, loop ${b[i]}`);
+  }
+  const l = out.losses.data as Float32Array;
+  assert.strictEqual(l.length, K);
+  for (let k = 0; k < K; k++) assert.ok(Math.abs(l[k] - losses[k]) <= 1e-6 * (1 + losses[k]), `loss ${k}`);
+});
+
+test('early stopping: stops once the held-out error stops falling and returns the best epoch', async () => {
+  // Targets that are noise: nothing generalises, so the held-out error is lowest early and training stops.
+  const N = 600, D = 16, E = 4;
+  const r = rng(8), g = gaussian(r);
+  const X = Float32Array.from({ length: N * D }, () => g());
+  const T = Float32Array.from({ length: N * E }, () => Math.abs(g()));
+  const res = await trainRouter(X, T, N, D, E, { seed: 2, epochs: 60, batchSize: 32, width: 64, lr: 1e-2, patience: 3 });
+  assert.ok(res.epochs < 60, `ran ${res.epochs} epochs`);
+  assert.strictEqual(res.epochs, res.bestEpoch + 3);
+  // The returned weights are the best epoch's: their held-out error is the final metric.
+  const full = await trainRouter(X, T, N, D, E, { seed: 2, epochs: 60, batchSize: 32, width: 64, lr: 1e-2 });
+  assert.strictEqual(full.epochs, 60);
+  assert.ok(res.heldOutMse < full.heldOutMse, `best ${res.heldOutMse} vs last ${full.heldOutMse}`);
+});
+
+test('router jobs on worker threads: the same bytes as in one thread, captures given back whole', async () => {
+  const jobs = (): RouterJob[] => [5, 6, 7].map((seed) => {
+    const L = plantedLayer(600, seed);
+    return { X: L.X, N: 600, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: true, train: { seed, epochs: 3, batchSize: 64, width: 16 } };
+  });
+  const a = jobs(), b = jobs();
+  const keep = b.map((j) => Float32Array.from(j.X));
+  const serial = await runRouterJobs(a, { workers: 1 });
+  const done: number[] = [];
+  const pooled = await runRouterJobs(b, { workers: 2, onDone: (d) => done.push(d) });
+  assert.deepStrictEqual(done, [1, 2, 3]);
+  for (let k = 0; k < 3; k++) {
+    assert.deepStrictEqual(Buffer.from(b[k].X.buffer), Buffer.from(keep[k].buffer), `job ${k}: X given back`);
+    for (const f of ['trueNorms', 'predicted'] as const) assert.deepStrictEqual(Buffer.from(pooled[k][f].buffer), Buffer.from(serial[k][f].buffer), `job ${k} ${f}`);
+    assert.deepStrictEqual(Buffer.from(pooled[k].router.W1.buffer), Buffer.from(serial[k].router.W1.buffer));
+    assert.deepStrictEqual(Buffer.from(pooled[k].router.W2.buffer), Buffer.from(serial[k].router.W2.buffer));
+    // The true norms are the plain reference's; the predictions are the router's squared.
+    const ref = expertNormsReference(keep[k], 600, b[k].D, b[k].W1, b[k].B1, b[k].W2, b[k].E, 'relu');
+    for (let i = 0; i < ref.length; i++) assert.ok(Math.abs(ref[i] - pooled[k].trueNorms[i]) <= 1e-4 * (1 + ref[i]));
+    const p = await predictNorms(keep[k], 600, b[k].D, pooled[k].router.W1, pooled[k].router.W2, b[k].E, 16);
+    for (let i = 0; i < p.length; i++) assert.ok(Math.abs(p[i] * p[i] - pooled[k].predicted[i]) <= 1e-5 * (1 + p[i] * p[i]));
+  }
+});
+
+test('a failing job rejects with its error, and the workers stop', async () => {
+  const L = plantedLayer(100, 1);
+  const bad: RouterJob = { X: L.X, N: 100, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: false, train: { seed: NaN } };
+  await assert.rejects(runRouterJobs([bad, { ...bad, X: L.X.slice() }], { workers: 2 }), (e: Error) => e instanceof MoefyError && /numeric seed/.test(e.message));
 });
