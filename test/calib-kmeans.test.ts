@@ -3,6 +3,8 @@ import assert from 'node:assert';
 import { balancedAssign, balancedKMeans, clusterNeurons, layoutFromLabels } from '../src/calib/kmeans';
 import { MoefyError } from '../src/errors';
 import { gaussian, permutation, rng } from '../src/calib/random';
+import { computeHiddenActivations } from '../src/calib/expert-norms';
+import { ClusterJob, runClusterJobs } from '../src/calib/layer-pool';
 
 /** Brute-force optimal balanced assignment for tiny cases (all permutations of slot assignments). */
 function bruteBalanced(cost: Float64Array, n: number, k: number): number {
@@ -143,4 +145,25 @@ test('bad inputs throw MoefyError', async () => {
   await assert.rejects(clusterNeurons(new Float32Array(4 * 8), 4, 8, 4, { by: 'activations', seed: 1 }), MoefyError);
   assert.throws(() => balancedAssign(new Float64Array(10 * 3), 10, 3), MoefyError);
   assert.throws(() => layoutFromLabels(Int32Array.from([0, 0, 0, 1]), 2), MoefyError);
+});
+
+test('cluster jobs on worker threads: the same layouts as in one thread and as clusterNeurons called directly', async () => {
+  const D = 12, H = 48, E = 4, n = 300;
+  const jobs: ClusterJob[] = [1, 2, 3].map((seed) => {
+    const g = gaussian(rng(seed));
+    const W1 = Float32Array.from({ length: D * H }, () => g()), B1 = Float32Array.from({ length: H }, () => g() * 0.1);
+    const Xs = Float32Array.from({ length: n * D }, () => g());
+    return { W1, B1, D, H, E, activation: 'relu', Xs, n, by: 'activations', seed };
+  });
+  const serial = await runClusterJobs(jobs, { workers: 1 });
+  const pooled = await runClusterJobs(jobs, { workers: 2 });
+  for (let k = 0; k < jobs.length; k++) {
+    assert.deepStrictEqual([...pooled[k].layout.order], [...serial[k].layout.order], `job ${k}`);
+    assert.strictEqual(pooled[k].concentration, serial[k].concentration);
+    const j = jobs[k];
+    const acts = await computeHiddenActivations(j.Xs, n, D, j.W1, j.B1, 'relu', { threads: 1 });
+    const direct = await clusterNeurons(j.W1, D, H, E, { by: 'activations', activations: acts, N: n, seed: j.seed, threads: 1 });
+    assert.deepStrictEqual([...pooled[k].layout.order], [...direct.order]);
+    assert.deepStrictEqual([...pooled[k].layout.labels], [...direct.labels]);
+  }
 });

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert';
 import * as ort from 'onnxruntime-node';
 import { buildTrainStep, buildTrainSteps, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
-import { RouterJob, runRouterJobs } from '../src/calib/router-pool';
+import { RouterJob, runRouterJobs } from '../src/calib/layer-pool';
 import { computeExpertNorms, expertNormsReference } from '../src/calib/expert-norms';
 import { erf } from '../src/op';
 import { f32, f32Scalar } from '../src/calib/ort-graph';

@@ -23,6 +23,8 @@ export interface KMeansOptions {
   nInit?: number;
   /** Stop when the relative inertia decrease falls below tol (default 1e-6), or when no label changes. */
   tol?: number;
+  /** ORT intra-op threads of the distance session (default: ORT's). */
+  threads?: number;
 }
 
 export interface KMeansResult {
@@ -67,6 +69,8 @@ export interface ClusterNeuronsOptions {
   maxTokens?: number;
   maxIter?: number;
   nInit?: number;
+  /** ORT intra-op threads (default: ORT's). */
+  threads?: number;
 }
 
 export interface ClusterNeuronsResult extends ExpertLayout {
@@ -243,12 +247,12 @@ export function balancedAssign(cost: Float64Array | Float32Array, n: number, k: 
 /** Holds the points in an ORT session; returns P·Cᵀ [n, m] for centroid blocks C [m, dim]. */
 class DotEngine {
   private constructor(private sess: ort.InferenceSession) {}
-  static async create(points: Float32Array, n: number, dim: number): Promise<DotEngine> {
+  static async create(points: Float32Array, n: number, dim: number, threads?: number): Promise<DotEngine> {
     const b = new GraphBuilder('kmeans_dot');
     const p = b.constF(points, [n, dim], 'P');
     const c = b.input('C', ['m', dim], DataType.FLOAT);
     b.output(b.op('Gemm', [p, c], { transB: 1 }), 'S');
-    return new DotEngine(await b.session());
+    return new DotEngine(await b.session(threads ? { intraOpNumThreads: threads } : {}));
   }
   async dots(C: Float32Array, m: number, dim: number): Promise<Float32Array> {
     const r = await this.sess.run({ C: f32(C, [m, dim]) });
@@ -361,7 +365,7 @@ export async function balancedKMeans(points: Float32Array, n: number, dim: numbe
     for (let d = 0; d < dim; d++) s += points[p * dim + d] * points[p * dim + d];
     pnorm[p] = s;
   }
-  const engine = await DotEngine.create(points, n, dim);
+  const engine = await DotEngine.create(points, n, dim, opts.threads);
   try {
     let best: KMeansResult | null = null;
     for (let run = 0; run < nInit; run++) {
@@ -476,7 +480,7 @@ export async function clusterNeurons(W1: Float32Array, D: number, H: number, E: 
   } else {
     throw new MoefyError(`clusterNeurons: unknown 'by' ${(opts as { by: string }).by}`);
   }
-  const km = await balancedKMeans(feats, H, dim, E, { seed: opts.seed, maxIter: opts.maxIter, nInit: opts.nInit });
+  const km = await balancedKMeans(feats, H, dim, E, { seed: opts.seed, maxIter: opts.maxIter, nInit: opts.nInit, threads: opts.threads });
   const layout = layoutFromLabels(km.labels, E);
   const result: ClusterNeuronsResult = { ...layout, kmeans: km };
   if (opts.activations) result.concentration = activationConcentration(opts.activations, N, H, layout.labels, E, tokens);

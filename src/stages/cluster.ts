@@ -3,8 +3,7 @@
 // activations are per expert.
 import { fc1Weights } from '../analysis/ffn-weights';
 import type { FfnSite } from '../analysis/var-structure';
-import { computeHiddenActivations } from '../calib/expert-norms';
-import { clusterNeurons } from '../calib/kmeans';
+import { ClusterJob, runClusterJobs } from '../calib/layer-pool';
 import { deriveSeed } from '../calib/random';
 import type { ClusterBy } from '../convert-options';
 import { MoefyError } from '../errors';
@@ -20,11 +19,7 @@ export interface ClusterOptions {
 /** Experts of every FFN; `activations` are the experts' activation per layer (after relufy). */
 export async function cluster(sites: FfnSite[], activations: ActivationKind[], sample: FfnInputSample, o: ClusterOptions, onLayer?: (k: number) => void): Promise<ExpertClustering> {
   const E = o.experts;
-  const layouts: ExpertClustering['layouts'] = [];
-  const concentration: (number | null)[] = [];
-  const conc: number[] = [];
-  for (let k = 0; k < sites.length; k++) {
-    const s = sites[k];
+  const jobs: ClusterJob[] = sites.map((s, k) => {
     if (s.H % E !== 0) throw new MoefyError(`--experts ${E} does not divide the FFN hidden size H = ${s.H} of block ${s.block}`);
     const { W1, B1 } = fc1Weights(s);
     const c = sample.layers[k];
@@ -33,14 +28,13 @@ export async function cluster(sites: FfnSite[], activations: ActivationKind[], s
     const stride = c.N / n;
     const Xs = new Float32Array(n * s.D);
     for (let i = 0; i < n; i++) Xs.set(c.X.subarray(Math.floor(i * stride) * s.D, (Math.floor(i * stride) + 1) * s.D), i * s.D);
-    const acts = await computeHiddenActivations(Xs, n, s.D, W1, B1, activations[k]);
-    const r = await clusterNeurons(W1, s.D, s.H, E, { by: o.clusterBy, activations: acts, N: n, seed: deriveSeed(o.seed, k) });
-    layouts.push({ experts: r.experts, expertSize: r.expertSize, order: r.order, labels: r.labels });
-    const e90 = r.concentration?.expertsFor90 ?? null;
-    if (e90 !== null) conc.push(e90);
-    concentration.push(e90);
-    onLayer?.(k);
-  }
+    return { W1, B1, D: s.D, H: s.H, E, activation: activations[k], Xs, n, by: o.clusterBy, seed: deriveSeed(o.seed, k) };
+  });
+  // Layers side by side, one per core.
+  const results = await runClusterJobs(jobs, { onDone: (done) => onLayer?.(done - 1) });
+  const layouts = results.map((r) => r.layout);
+  const concentration = results.map((r) => r.concentration);
+  const conc = concentration.filter((x): x is number => x !== null);
   const mean = conc.length ? conc.reduce((a, b) => a + b, 0) / conc.length : NaN;
   return { layouts, concentration, summary: `${sites.length} FFNs split into ${E} experts of ${sites[0].H / E} by ${o.clusterBy}; a token needs ${(mean * 100).toFixed(1)}% of the experts for 90% of its activation mass (mean)` };
 }

@@ -1,7 +1,7 @@
 // Stage trainRouters → RouterSet: per layer a router MLP D → width → E (GELU, no biases, Abs) trained on the captured
 // tokens to regress each expert's true output L2 norm (fc2 bias excluded), MSE + Adam, seeded, with a held-out split.
 import { deriveSeed } from '../calib/random';
-import { RouterJob, runRouterJobs } from '../calib/router-pool';
+import { RouterJob, runRouterJobs } from '../calib/layer-pool';
 import type { RouterTarget } from '../convert-options';
 import { ExpertWeights, FfnInputSample, RouterSet } from './types';
 

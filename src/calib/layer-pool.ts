@@ -1,0 +1,164 @@
+// Per-layer calibration work (neuron clustering; router norms, training and predictions) run for several layers at
+// once: one worker thread per core, each running its layer in single-threaded ORT sessions. Measured at d16 size: a
+// 2-thread ORT session spends 40% more CPU on the same router training steps than a 1-thread one (its small ops wait
+// on each other), so two layers side by side in 1-thread sessions finish sooner than one layer after another in
+// 2-thread sessions. Every layer runs single-threaded, also without workers: its result depends only on its inputs
+// and seed, never on the number of cores or the scheduling (ORT's sums differ in the last bits between 1 and 2
+// threads).
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Worker } from 'node:worker_threads';
+import type { ActivationKind } from '../op';
+import { MoefyError } from '../errors';
+import { computeExpertNorms, computeHiddenActivations } from './expert-norms';
+import { clusterNeurons, ExpertLayout } from './kmeans';
+import { predictNorms, trainRouter, TrainRouterOptions, TrainRouterResult } from './router-train';
+
+export interface RouterJob {
+  /** Captured FFN inputs [N, D]. Lent to a worker while it trains (its buffer is moved, then moved back). */
+  X: Float32Array;
+  N: number;
+  D: number;
+  /** The FFN's expert-contiguous weights. */
+  W1: Float32Array;
+  B1: Float32Array;
+  W2: Float32Array;
+  E: number;
+  activation: ActivationKind;
+  /** Regress √norm (squared back for `predicted`). */
+  sqrt: boolean;
+  train: Omit<TrainRouterOptions, 'onProgress' | 'threads'>;
+}
+
+export interface RouterJobResult {
+  router: TrainRouterResult;
+  /** True expert norms [N, E]. */
+  trueNorms: Float32Array;
+  /** The router's predicted norms [N, E] (squared when sqrt). */
+  predicted: Float32Array;
+}
+
+export interface ClusterJob {
+  /** fc1 [D, H] and its bias, in the original neuron order. */
+  W1: Float32Array;
+  B1: Float32Array;
+  D: number;
+  H: number;
+  E: number;
+  activation: ActivationKind;
+  /** Calibration tokens [n, D] for clustering by co-activation and the concentration report. */
+  Xs: Float32Array;
+  n: number;
+  by: 'weights' | 'activations';
+  seed: number;
+}
+
+export interface ClusterJobResult {
+  layout: ExpertLayout;
+  /** Mean fraction of experts holding 90% of a token's activation mass. */
+  concentration: number | null;
+}
+
+/** One layer's router: norms, training and predictions (in whichever thread calls it). */
+export async function runRouterJob(j: RouterJob, threads?: number): Promise<RouterJobResult> {
+  const trueNorms = await computeExpertNorms(j.X, j.N, j.D, j.W1, j.B1, j.W2, j.E, j.activation, { threads });
+  // Fitting √norm weighs the small norms near the threshold more than MSE on raw norms does (measured: better
+  // routing at equal active fraction); the emitted router squares its output back into a norm.
+  const fit = j.sqrt ? trueNorms.map(Math.sqrt) : trueNorms;
+  const router = await trainRouter(j.X, fit, j.N, j.D, j.E, { ...j.train, threads });
+  const p = await predictNorms(j.X, j.N, j.D, router.W1, router.W2, j.E, router.width, threads);
+  return { router, trueNorms, predicted: j.sqrt ? p.map((x) => x * x) : p };
+}
+
+/** One layer's neurons split into experts. */
+export async function runClusterJob(j: ClusterJob, threads?: number): Promise<ClusterJobResult> {
+  const acts = await computeHiddenActivations(j.Xs, j.n, j.D, j.W1, j.B1, j.activation, { threads });
+  const r = await clusterNeurons(j.W1, j.D, j.H, j.E, { by: j.by, activations: acts, N: j.n, seed: j.seed, threads });
+  return { layout: { experts: r.experts, expertSize: r.expertSize, order: r.order, labels: r.labels }, concentration: r.concentration?.expertsFor90 ?? null };
+}
+
+export type LayerJob = { kind: 'router'; job: RouterJob } | { kind: 'cluster'; job: ClusterJob };
+
+export async function runLayerJob(j: LayerJob, threads?: number): Promise<RouterJobResult | ClusterJobResult> {
+  return j.kind === 'router' ? runRouterJob(j.job, threads) : runClusterJob(j.job, threads);
+}
+
+/** Whether a typed array owns its whole buffer (then the buffer can be moved to a worker instead of copied). */
+function ownsBuffer(a: Float32Array): boolean {
+  return a.byteOffset === 0 && a.byteLength === a.buffer.byteLength && !(a.buffer instanceof SharedArrayBuffer);
+}
+
+interface PoolOptions {
+  /** Worker threads (default: the machine's cores, at most one per job; 1 runs the jobs in this thread). */
+  workers?: number;
+  onDone?: (done: number) => void;
+}
+
+async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]> {
+  const n = Math.max(1, Math.min(jobs.length, opts.workers ?? os.availableParallelism()));
+  const results: R[] = new Array(jobs.length);
+  if (n === 1) {
+    for (let k = 0; k < jobs.length; k++) {
+      results[k] = (await runLayerJob(jobs[k], 1)) as R;
+      opts.onDone?.(k + 1);
+    }
+    return results;
+  }
+  const pool = Array.from({ length: n }, () => new Worker(path.join(__dirname, 'layer-worker.js')));
+  let next = 0, done = 0;
+  try {
+    await Promise.all(pool.map((w) => new Promise<void>((resolve, reject) => {
+      let current = -1;
+      let lent = false;
+      const give = () => {
+        if (next >= jobs.length) {
+          resolve();
+          return;
+        }
+        current = next++;
+        const j = jobs[current];
+        // A router job's captured inputs are moved to the worker and back rather than copied (178 MB a layer at d16).
+        if (j.kind === 'router') {
+          lent = ownsBuffer(j.job.X);
+          const X = lent ? j.job.X : j.job.X.slice();
+          w.postMessage({ job: { kind: 'router', job: { ...j.job, X } } }, [X.buffer as ArrayBuffer]);
+        } else w.postMessage({ job: j });
+      };
+      w.on('message', (m: { result?: R; X?: Float32Array; error?: { message: string; moefy: boolean } }) => {
+        if (m.error) {
+          reject(m.error.moefy ? new MoefyError(m.error.message) : new Error(m.error.message));
+          return;
+        }
+        const j = jobs[current];
+        if (j.kind === 'router' && lent && m.X) j.job.X = m.X;
+        results[current] = m.result!;
+        opts.onDone?.(++done);
+        give();
+      });
+      w.on('error', reject);
+      w.on('exit', (code) => {
+        if (code !== 0) reject(new Error(`calibration worker exited with code ${code}`));
+      });
+      give();
+    })));
+  } finally {
+    await Promise.all(pool.map((w) => w.terminate()));
+  }
+  return results;
+}
+
+/**
+ * Routers of several layers, results in job order. A job's X is moved to its worker and back: it is unusable
+ * (length 0) while the job runs, and whole again after (jobs[k].X is then the returned array).
+ */
+export async function runRouterJobs(jobs: RouterJob[], opts: PoolOptions = {}): Promise<RouterJobResult[]> {
+  const wrapped: LayerJob[] = jobs.map((job) => ({ kind: 'router', job }));
+  const r = await runLayerJobs<RouterJobResult>(wrapped, opts);
+  wrapped.forEach((w, k) => (jobs[k].X = (w.job as RouterJob).X));
+  return r;
+}
+
+/** Expert layouts of several layers, results in job order. */
+export async function runClusterJobs(jobs: ClusterJob[], opts: PoolOptions = {}): Promise<ClusterJobResult[]> {
+  return runLayerJobs<ClusterJobResult>(jobs.map((job) => ({ kind: 'cluster', job })), opts);
+}
