@@ -15,6 +15,7 @@ import { Tensor } from 'onnxruntime-common';
 import { D16, generateInputs, generateVarD16Like } from '../fixtures/generate';
 import { analyseVar } from '../src/analysis/var-structure';
 import { computeExpertNorms } from '../src/calib/expert-norms';
+import * as lp from '../src/calib/layer-pool';
 import * as rt from '../src/calib/router-train';
 import { deriveSeed } from '../src/calib/random';
 import { readTensorSet, TensorSet, writeTensorSet } from '../src/io';
@@ -102,6 +103,9 @@ async function quality(): Promise<void> {
   const over = JSON.parse(arg('opts', '{}'));
   const orig = rt.trainRouter;
   (rt as { trainRouter: typeof orig }).trainRouter = (X, T, N, D, E, o) => orig(X, T, N, D, E, { ...o, ...over });
+  // The override lives in this thread: run the router jobs here, not in workers (same bytes either way).
+  const pool = lp.runRouterJobs;
+  (lp as { runRouterJobs: typeof pool }).runRouterJobs = (jobs, o) => pool(jobs, { ...o, workers: 1 });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'router-bench-q-'));
   try {
     const all = await readTensorSet(path.join(trained, 'calib'));

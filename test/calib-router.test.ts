@@ -246,8 +246,14 @@ test('router jobs on worker threads: the same bytes as in one thread, captures g
   }
 });
 
-test('a failing job rejects with its error, and the workers stop', async () => {
-  const L = plantedLayer(100, 1);
-  const bad: RouterJob = { X: L.X, N: 100, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: false, train: { seed: NaN } };
-  await assert.rejects(runRouterJobs([bad, { ...bad, X: L.X.slice() }], { workers: 2 }), (e: Error) => e instanceof MoefyError && /numeric seed/.test(e.message));
+test('a failing job rejects with its error once the running jobs finish; no job starts after it; inputs given back', async () => {
+  const L = plantedLayer(2000, 1);
+  const good: RouterJob = { X: L.X, N: 2000, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: false, train: { seed: 1, epochs: 20, batchSize: 32 } };
+  const bad: RouterJob = { ...good, X: L.X.slice(), train: { seed: NaN } };
+  const jobs = [bad, { ...good, X: L.X.slice() }, { ...good, X: L.X.slice() }];
+  const done: number[] = [];
+  // The second job is still training in the other worker when the first fails (terminating it there would abort).
+  await assert.rejects(runRouterJobs(jobs, { workers: 2, onDone: (d) => done.push(d) }), (e: Error) => e instanceof MoefyError && /numeric seed/.test(e.message));
+  assert.deepStrictEqual(done, [1], 'the running job finished, the third never started');
+  for (const j of jobs) assert.deepStrictEqual(Buffer.from(j.X.buffer), Buffer.from(L.X.buffer));
 });

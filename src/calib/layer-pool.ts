@@ -106,13 +106,24 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
   }
   const pool = Array.from({ length: n }, () => new Worker(path.join(__dirname, 'layer-worker.js')));
   let next = 0, done = 0;
+  // On a failure no new job starts, but running ones finish: terminating a worker inside an ORT call aborts the
+  // whole process (the native addon throws into a dying environment).
+  let failure: Error | null = null;
   try {
-    await Promise.all(pool.map((w) => new Promise<void>((resolve, reject) => {
+    await Promise.all(pool.map((w) => new Promise<void>((resolve) => {
       let current = -1;
       let lent = false;
+      let idle = false;
+      // Idle workers take no more jobs; an exit after that is our own terminate().
+      const stop = (e?: Error) => {
+        if (idle) return;
+        if (e) failure ??= e;
+        idle = true;
+        resolve();
+      };
       const give = () => {
-        if (next >= jobs.length) {
-          resolve();
+        if (failure || next >= jobs.length) {
+          stop();
           return;
         }
         current = next++;
@@ -125,25 +136,25 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
         } else w.postMessage({ job: j });
       };
       w.on('message', (m: { result?: R; X?: Float32Array; error?: { message: string; moefy: boolean } }) => {
-        if (m.error) {
-          reject(m.error.moefy ? new MoefyError(m.error.message) : new Error(m.error.message));
-          return;
-        }
         const j = jobs[current];
         if (j.kind === 'router' && lent && m.X) j.job.X = m.X;
+        if (m.error) {
+          stop(m.error.moefy ? new MoefyError(m.error.message) : new Error(m.error.message));
+          return;
+        }
         results[current] = m.result!;
         opts.onDone?.(++done);
         give();
       });
-      w.on('error', reject);
-      w.on('exit', (code) => {
-        if (code !== 0) reject(new Error(`calibration worker exited with code ${code}`));
-      });
+      w.on('error', (e) => stop(e));
+      w.on('exit', (code) => stop(code !== 0 ? new Error(`calibration worker exited with code ${code}`) : undefined));
       give();
     })));
   } finally {
+    // Every worker is idle here (or gone).
     await Promise.all(pool.map((w) => w.terminate()));
   }
+  if (failure) throw failure;
   return results;
 }
 

@@ -17,6 +17,8 @@ parentPort!.on('message', async ({ job }: { job: LayerJob }) => {
     }
     parentPort!.postMessage({ result, X: job.kind === 'router' ? job.job.X : undefined }, [...new Set(moved)]);
   } catch (e) {
-    parentPort!.postMessage({ error: { message: (e as Error).message, moefy: e instanceof MoefyError } });
+    // The lent inputs go back with the error.
+    const X = job.kind === 'router' ? job.job.X : undefined;
+    parentPort!.postMessage({ error: { message: (e as Error).message, moefy: e instanceof MoefyError }, X }, X ? [X.buffer as ArrayBuffer] : []);
   }
 });
