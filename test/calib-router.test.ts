@@ -1,4 +1,7 @@
 import { test } from 'node:test';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { repoRoot } from './helpers/fixtures';
 import assert from 'node:assert';
 import * as ort from 'onnxruntime-node';
 import { buildTrainStep, buildTrainSteps, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
@@ -256,4 +259,21 @@ test('a failing job rejects with its error once the running jobs finish; no job 
   await assert.rejects(runRouterJobs(jobs, { workers: 2, onDone: (d) => done.push(d) }), (e: Error) => e instanceof MoefyError && /numeric seed/.test(e.message));
   assert.deepStrictEqual(done, [1], 'the running job finished, the third never started');
   for (const j of jobs) assert.deepStrictEqual(Buffer.from(j.X.buffer), Buffer.from(L.X.buffer));
+});
+
+test('stopLayerJobs: running jobs stop at the next epoch and the pool rejects, so the process can exit cleanly', () => {
+  // In a child process (the stop is for shutting down: every later pool in that process rejects too).
+  const script = `
+    const { runRouterJobs, stopLayerJobs } = require(${JSON.stringify(path.join(repoRoot, 'dist/src/calib/layer-pool.js'))});
+    const { rng, gaussian } = require(${JSON.stringify(path.join(repoRoot, 'dist/src/calib/random.js'))});
+    const D = 32, H = 64, E = 4, N = 20000, g = gaussian(rng(1));
+    const mk = () => ({ X: Float32Array.from({ length: N * D }, () => g()), N, D, W1: Float32Array.from({ length: D * H }, () => g() / 6), B1: new Float32Array(H), W2: Float32Array.from({ length: H * D }, () => g() / 8), E, activation: 'relu', sqrt: true, train: { seed: 1, epochs: 200, batchSize: 16 } });
+    const t0 = Date.now();
+    runRouterJobs([mk(), mk(), mk()], { workers: 2 }).then(() => process.exit(3), (e) => { console.log(e.message, Date.now() - t0 < 60000); process.exit(130); });
+    setTimeout(stopLayerJobs, 1500);
+  `;
+  const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 120_000 });
+  assert.strictEqual(r.status, 130, `exit ${r.status} ${r.signal}: ${r.stderr}`);
+  assert.match(r.stdout, /calibration stopped true/);
+  assert.doesNotMatch(r.stderr, /terminate called/);
 });

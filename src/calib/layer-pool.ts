@@ -59,13 +59,30 @@ export interface ClusterJobResult {
   concentration: number | null;
 }
 
+/**
+ * Set by stopLayerJobs(): workers end their current job at the next epoch (its error says so), the pool starts none.
+ * Shared with every worker, so a signal handler can stop them before the process exits (process.exit while a worker
+ * is inside an ORT call aborts the process: the native addon throws into a dying environment).
+ */
+const stopFlag = new Int32Array(new SharedArrayBuffer(4));
+
+/** Asks running layer jobs to stop (at the next epoch) and the pools to start no more; the pools then reject. */
+export function stopLayerJobs(): void {
+  Atomics.store(stopFlag, 0, 1);
+}
+
+function checkStop(flag: Int32Array): void {
+  if (Atomics.load(flag, 0)) throw new MoefyError('calibration stopped');
+}
+
 /** One layer's router: norms, training and predictions (in whichever thread calls it). */
-export async function runRouterJob(j: RouterJob, threads?: number): Promise<RouterJobResult> {
+export async function runRouterJob(j: RouterJob, threads?: number, flag: Int32Array = stopFlag): Promise<RouterJobResult> {
   const trueNorms = await computeExpertNorms(j.X, j.N, j.D, j.W1, j.B1, j.W2, j.E, j.activation, { threads });
+  checkStop(flag);
   // Fitting √norm weighs the small norms near the threshold more than MSE on raw norms does (measured: better
   // routing at equal active fraction); the emitted router squares its output back into a norm.
   const fit = j.sqrt ? trueNorms.map(Math.sqrt) : trueNorms;
-  const router = await trainRouter(j.X, fit, j.N, j.D, j.E, { ...j.train, threads });
+  const router = await trainRouter(j.X, fit, j.N, j.D, j.E, { ...j.train, threads, onProgress: () => checkStop(flag) });
   const p = await predictNorms(j.X, j.N, j.D, router.W1, router.W2, j.E, router.width, threads);
   return { router, trueNorms, predicted: j.sqrt ? p.map((x) => x * x) : p };
 }
@@ -79,8 +96,9 @@ export async function runClusterJob(j: ClusterJob, threads?: number): Promise<Cl
 
 export type LayerJob = { kind: 'router'; job: RouterJob } | { kind: 'cluster'; job: ClusterJob };
 
-export async function runLayerJob(j: LayerJob, threads?: number): Promise<RouterJobResult | ClusterJobResult> {
-  return j.kind === 'router' ? runRouterJob(j.job, threads) : runClusterJob(j.job, threads);
+export async function runLayerJob(j: LayerJob, threads?: number, flag: Int32Array = stopFlag): Promise<RouterJobResult | ClusterJobResult> {
+  checkStop(flag);
+  return j.kind === 'router' ? runRouterJob(j.job, threads, flag) : runClusterJob(j.job, threads);
 }
 
 /** Whether a typed array owns its whole buffer (then the buffer can be moved to a worker instead of copied). */
@@ -104,7 +122,7 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
     }
     return results;
   }
-  const pool = Array.from({ length: n }, () => new Worker(path.join(__dirname, 'layer-worker.js')));
+  const pool = Array.from({ length: n }, () => new Worker(path.join(__dirname, 'layer-worker.js'), { workerData: { stop: stopFlag } }));
   let next = 0, done = 0;
   // On a failure no new job starts, but running ones finish: terminating a worker inside an ORT call aborts the
   // whole process (the native addon throws into a dying environment).
@@ -122,6 +140,7 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
         resolve();
       };
       const give = () => {
+        if (!failure && Atomics.load(stopFlag, 0)) failure = new MoefyError('calibration stopped');
         if (failure || next >= jobs.length) {
           stop();
           return;

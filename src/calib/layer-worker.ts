@@ -1,12 +1,12 @@
 // Worker thread of the layer pool (layer-pool.ts): runs one layer's job at a time in single-threaded ORT sessions and
 // moves the inputs it was lent and its results back to the main thread.
-import { parentPort } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 import { MoefyError } from '../errors';
 import { ClusterJobResult, LayerJob, RouterJobResult, runLayerJob } from './layer-pool';
 
 parentPort!.on('message', async ({ job }: { job: LayerJob }) => {
   try {
-    const result = await runLayerJob(job, 1);
+    const result = await runLayerJob(job, 1, (workerData as { stop: Int32Array }).stop);
     let moved: ArrayBuffer[];
     if (job.kind === 'router') {
       const r = result as RouterJobResult;
