@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import type { ActivationKind } from '../op';
 import { MoefyError } from '../errors';
+import { onInterrupt } from '../files/temp';
 import { computeExpertNorms, computeHiddenActivations } from './expert-norms';
 import { clusterNeurons, ExpertLayout } from './kmeans';
 import { predictNorms, trainRouter, TrainRouterOptions, TrainRouterResult } from './router-train';
@@ -71,6 +72,9 @@ export function stopLayerJobs(): void {
   Atomics.store(stopFlag, 0, 1);
 }
 
+/** Value of stopFlag when a signal stopped the jobs: the pool then never settles (the process is exiting). */
+const INTERRUPTED = 2;
+
 function checkStop(flag: Int32Array): void {
   if (Atomics.load(flag, 0)) throw new MoefyError('calibration stopped');
 }
@@ -127,8 +131,14 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
   // On a failure no new job starts, but running ones finish: terminating a worker inside an ORT call aborts the
   // whole process (the native addon throws into a dying environment).
   let failure: Error | null = null;
+  let idle: Promise<void[]> | null = null;
+  // On SIGINT/SIGTERM (the CLI's handler) the running jobs stop and the process exits once the workers are idle.
+  const unregister = onInterrupt(async () => {
+    Atomics.store(stopFlag, 0, INTERRUPTED);
+    await idle;
+  });
   try {
-    await Promise.all(pool.map((w) => new Promise<void>((resolve) => {
+    idle = Promise.all(pool.map((w) => new Promise<void>((resolve) => {
       let current = -1;
       let lent = false;
       let idle = false;
@@ -169,10 +179,13 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
       w.on('exit', (code) => stop(code !== 0 ? new Error(`calibration worker exited with code ${code}`) : undefined));
       give();
     })));
+    await idle;
   } finally {
+    unregister();
     // Every worker is idle here (or gone).
     await Promise.all(pool.map((w) => w.terminate()));
   }
+  if (Atomics.load(stopFlag, 0) === INTERRUPTED) await new Promise(() => {});
   if (failure) throw failure;
   return results;
 }

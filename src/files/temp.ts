@@ -56,6 +56,16 @@ export function liveTemps(): string[] {
 }
 
 let installed = false;
+const stoppers = new Set<() => Promise<void>>();
+
+/**
+ * Work that must end before the process exits on a signal: exiting under worker threads that are inside ONNX
+ * Runtime aborts the process. `stop` asks it to end and resolves when it has; returns an unregister function.
+ */
+export function onInterrupt(stop: () => Promise<void>): () => void {
+  stoppers.add(stop);
+  return () => stoppers.delete(stop);
+}
 
 /**
  * SIGINT → exit 130, SIGTERM → exit 143 (the shell's 128 + signal), after removing every temporary path; one line on
@@ -69,7 +79,11 @@ export function installSignalCleanup(): void {
     process.on(sig, () => {
       removeAllTemps();
       process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}moefy: interrupted (${sig}); removed temporary files\n`);
-      process.exit(code);
+      if (stoppers.size === 0) process.exit(code);
+      // Running calibration workers stop at their next epoch (well under a second), then the process exits.
+      const stopping = [...stoppers].map((f) => f());
+      stoppers.clear();
+      void Promise.allSettled(stopping).then(() => process.exit(code));
     });
   }
 }
