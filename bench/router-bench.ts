@@ -122,7 +122,7 @@ async function quality(): Promise<void> {
     const m = (await evaluate(dense, moe, heldout, {})).reports[0].moeScales;
     await closeSide(dense);
     await closeSide(moe);
-    console.log(`quality ${JSON.stringify(over)} E ${experts} budget ${budget}: R² ${rep.layers.map((l) => l.routerR2!.toFixed(4)).join(',')}; held-out CE +${m.ceIncrease!.toFixed(4)}, top-1 ${(100 * m.top1).toFixed(2)}%, active ${m.activeFraction.toFixed(3)}; convert ${secs.toFixed(1)} s wall ${cs.toFixed(1)} s CPU`);
+    console.log(`quality ${JSON.stringify(over)} E ${experts} budget ${budget}: R² ${rep.layers.map((l) => l.routerR2!.toFixed(4)).join(',')}; held-out CE +${m.ceIncrease!.toFixed(4)}, top-1 ${(100 * m.top1).toFixed(2)}%, active ${m.activeFraction.toFixed(3)}, FFN FLOPs with routers ${(m.ffnFlopsMoe / m.ffnFlopsDense).toFixed(3)}; convert ${secs.toFixed(1)} s wall ${cs.toFixed(1)} s CPU`);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
