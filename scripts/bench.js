@@ -15,5 +15,6 @@ for (const b of benches) {
   const file = path.join(root, 'dist', 'bench', `${b}.js`);
   if (!fs.existsSync(file)) continue;
   console.log(`\n=== ${b} ===`);
-  execFileSync(process.execPath, ['--expose-gc', file, ...extra], { cwd: root, stdio: 'inherit' });
+  // ONNX Runtime 1.30 writes telemetry files (.ses, mat-debug-*.log) into the temp dir per session otherwise.
+  execFileSync(process.execPath, ['--expose-gc', file, ...extra], { cwd: root, stdio: 'inherit', env: { ORT_DISABLE_TELEMETRY: '1', ...process.env } });
 }
