@@ -6,13 +6,14 @@
  *
  *   node dist/bench/kernel-bench.js [--threads 2] [--tokens 256,2048] [--reps 5] [--fractions 1,0.75,0.5,0.25]
  *                                   [--activation relu|gelu_tanh|gelu] [--d 1024] [--h 4096] [--e 32]
- *                                   [--level avx512|avx2|plain] [--dense ort|blas]
+ *                                   [--level avx512|avx2|plain] [--dense ort|blas] [--spin]
  *   npm run bench kernel -- --level avx2
  * --level forces the kernel's CPU level (MOEFY_CPU_LEVEL); the dense FFN is ONNX Runtime's own MatMul (MLAS picks
  * its kernels by cpuid and cannot be forced), so on an AVX-512 machine the avx2 ratio is against an AVX-512 dense.
  * --dense blas times the dense FFN as moefy's own dense path instead (the kernel at level plain with every expert:
  * two OpenBLAS sgemms); with --level avx2 OpenBLAS is held to its AVX2 kernels (OPENBLAS_CORETYPE=Haswell), which
  * makes an AVX2-only machine's pair on an AVX-512 one.
+ * --spin leaves ONNX Runtime's intra-op spin-waiting on (off by default here; see the session options below).
  */
 import { Tensor } from 'onnxruntime-common';
 import { createSession } from '../src/runtime';
@@ -32,6 +33,7 @@ const THREADS = Number(arg('threads', '2'));
 const TOKENS = arg('tokens', '256,2048').split(',').map(Number);
 const FRACTIONS = arg('fractions', '1,0.75,0.5,0.25').split(',').map(Number);
 const REPS = Number(arg('reps', '5'));
+const SPIN = process.argv.includes('--spin');
 const ACT = arg('activation', 'relu') as Activation;
 const LEVEL = arg('level', '');
 const DENSE = arg('dense', 'ort');
@@ -92,7 +94,13 @@ async function main(): Promise<void> {
     W2: randomArray(r, H * D, 1 / Math.sqrt(H)),
     B2: randomArray(r, D, 0.1),
   };
-  const opts = { intraOpNumThreads: THREADS };
+  // The two sessions have their own intra-op pools; a pool spins for a while after its run, which takes a core
+  // from the other session's next (interleaved) run. That cost no model has (one session, one pool) and it hits
+  // the shorter run hardest: at 2 threads it read as a fixed ~0.1 x dense on the MoE. --spin keeps spinning on.
+  const opts = {
+    intraOpNumThreads: THREADS,
+    config: (SPIN ? {} : { 'session.intra_op.allow_spinning': '0' }) as Record<string, string>,
+  };
   let dense;
   if (DENSE === 'blas') {
     process.env.MOEFY_CPU_LEVEL = 'plain';
@@ -111,7 +119,7 @@ async function main(): Promise<void> {
   );
   const scale0 = new Tensor('int64', BigInt64Array.from([0n]), []);
   const denseName = DENSE === 'blas' ? `moefy dense OpenBLAS path${process.env.OPENBLAS_CORETYPE ? ` (OPENBLAS_CORETYPE=${process.env.OPENBLAS_CORETYPE})` : ''}` : 'ONNX Runtime MatMul-Add-Relu';
-  console.log(`DynamicMoE (${ACT}) vs dense FFN (relu; ${denseName}): D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs, kernel level ${LEVEL || 'auto (cpuid)'}`);
+  console.log(`DynamicMoE (${ACT}) vs dense FFN (relu; ${denseName}): D ${D}, H ${H}, E ${E} (S ${S}), ${THREADS} thread(s), min of ${REPS} interleaved runs, spin-waiting ${SPIN ? "on" : "off"}, kernel level ${LEVEL || 'auto (cpuid)'}`);
   console.log('tokens  fraction  dense ms    moe ms   ratio  target  ok   | cpu: dense ms    moe ms   ratio');
   let allOk = true;
   for (const N of TOKENS) {
