@@ -6,8 +6,9 @@ import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
 import { readTensorSet, writeTensorSet, encodeNpy, decodeNpy } from '../src/io';
 import { MoefyError } from '../src/errors';
+import { FIXTURES } from './helpers/fixtures';
 
-const FIXTURE = '/work/shared/fixtures/var_tiny_full_io';
+const FIXTURE = path.join(FIXTURES, 'var_tiny_full_io');
 
 const made: string[] = [];
 function tmpdir(): string {
