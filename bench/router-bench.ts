@@ -11,14 +11,13 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Tensor } from 'onnxruntime-common';
 import { D16, generateInputs, generateVarD16Like } from '../fixtures/generate';
 import { analyseVar } from '../src/analysis/var-structure';
 import { computeExpertNorms } from '../src/calib/expert-norms';
 import * as lp from '../src/calib/layer-pool';
 import * as rt from '../src/calib/router-train';
 import { deriveSeed } from '../src/calib/random';
-import { readTensorSet, TensorSet, writeTensorSet } from '../src/io';
+import { readTensorSet, sliceSampleSet, writeTensorSet } from '../src/io';
 import { relufy } from '../src/passes/relufy';
 import { capture } from '../src/stages/capture';
 import { cluster } from '../src/stages/cluster';
@@ -86,15 +85,6 @@ async function train(dir: string): Promise<void> {
   }
 }
 
-function subset(set: TensorSet, a: number, b: number): TensorSet {
-  const out: TensorSet = {};
-  for (const [n, t] of Object.entries(set)) {
-    const per = t.dims.slice(1).reduce((x, y) => x * y, 1);
-    const data = (t.data as Float32Array | BigInt64Array).slice(a * per, b * per);
-    out[n] = new Tensor(t.type as 'float32', data as Float32Array, [b - a, ...t.dims.slice(1)]);
-  }
-  return out;
-}
 
 async function quality(): Promise<void> {
   const trained = path.resolve(__dirname, '../../../shared/fixtures/trained');
@@ -109,8 +99,8 @@ async function quality(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'router-bench-q-'));
   try {
     const all = await readTensorSet(path.join(trained, 'calib'));
-    await writeTensorSet(path.join(dir, 'calib48'), subset(all, 0, 48));
-    const heldout = subset(all, 48, 64);
+    await writeTensorSet(path.join(dir, 'calib48'), sliceSampleSet(all, 0, 48));
+    const heldout = sliceSampleSet(all, 48, 64);
     const out = path.join(dir, 'moe.onnx');
     const t = Date.now(), c = cpu();
     const rep = await convert(model, {

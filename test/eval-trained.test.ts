@@ -11,8 +11,7 @@ import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { Tensor } from 'onnxruntime-common';
-import { readTensorSet, TensorSet, writeTensorSet } from '../src/io';
+import { readTensorSet, sliceSampleSet, TensorSet, writeTensorSet } from '../src/io';
 import { ROUTER_MAP_SIZE, writeRouterMaps } from '../src/eval/router-maps';
 import { closeSide, EvalSide, openSide } from '../src/eval/side';
 import { SWEEP_PNG_SIZE, sweep } from '../src/eval/sweep';
@@ -42,15 +41,6 @@ const ROUTER_WIDTH = CONVERT_DEFAULTS.routerWidth;
 /** The routers' FLOPs over the dense FFN's, per token, from the architecture (README of the fixtures). */
 const ROUTER_SHARE = (2 * (TRAINED_ARCH.C * ROUTER_WIDTH + ROUTER_WIDTH * EXPERTS)) / (4 * TRAINED_ARCH.C * TRAINED_ARCH.H);
 
-function subset(set: TensorSet, a: number, b: number): TensorSet {
-  const out: TensorSet = {};
-  for (const [n, t] of Object.entries(set)) {
-    const per = t.dims.slice(1).reduce((x, y) => x * y, 1);
-    const data = (t.data as Float32Array | BigInt64Array).slice(a * per, b * per);
-    out[n] = new Tensor(t.type as 'float32', data as Float32Array, [b - a, ...t.dims.slice(1)]);
-  }
-  return out;
-}
 
 let dir: string;
 let calib: TensorSet, heldout: TensorSet;
@@ -62,8 +52,8 @@ before(async () => {
   dir = tmpDir('eval-trained');
   const all = await readTensorSet(path.join(TRAINED, 'calib'));
   assert.equal(all.label_B.dims[0], 64);
-  await writeTensorSet(path.join(dir, 'calib48'), subset(all, 0, CALIB_N));
-  await writeTensorSet(path.join(dir, 'heldout16'), subset(all, CALIB_N, 64));
+  await writeTensorSet(path.join(dir, 'calib48'), sliceSampleSet(all, 0, CALIB_N));
+  await writeTensorSet(path.join(dir, 'heldout16'), sliceSampleSet(all, CALIB_N, 64));
   calib = await readTensorSet(path.join(dir, 'calib48'));
   heldout = await readTensorSet(path.join(dir, 'heldout16'));
   assert.equal(heldout.gt_idx_BL.dims[0], 16);

@@ -6,8 +6,7 @@
 import { after, before, test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as path from 'node:path';
-import { Tensor } from 'onnxruntime-common';
-import { readTensorSet, TensorSet, writeTensorSet } from '../src/io';
+import { readTensorSet, sliceSampleSet, TensorSet, writeTensorSet } from '../src/io';
 import { closeSide, openSide } from '../src/eval/side';
 import { evaluate } from '../src/eval/teacher';
 import { ConversionReport, convert } from '../src/pipeline';
@@ -22,14 +21,6 @@ const BUDGET = 0.7;
 const MAX_CE_INCREASE = 0.045;
 const MIN_TOP1 = 0.82;
 
-function subset(set: TensorSet, a: number, b: number): TensorSet {
-  const out: TensorSet = {};
-  for (const [n, t] of Object.entries(set)) {
-    const per = t.dims.slice(1).reduce((x, y) => x * y, 1);
-    out[n] = new Tensor(t.type as 'float32', (t.data as Float32Array).slice(a * per, b * per), [b - a, ...t.dims.slice(1)]);
-  }
-  return out;
-}
 
 let dir: string;
 let report: ConversionReport;
@@ -38,8 +29,8 @@ let heldout: TensorSet;
 before(async () => {
   dir = tmpDir('repair-trained');
   const all = await readTensorSet(path.join(TRAINED, 'calib'));
-  await writeTensorSet(path.join(dir, 'calib48'), subset(all, 0, CALIB_N));
-  heldout = subset(all, CALIB_N, 64);
+  await writeTensorSet(path.join(dir, 'calib48'), sliceSampleSet(all, 0, CALIB_N));
+  heldout = sliceSampleSet(all, CALIB_N, 64);
   report = await convert(MODEL, {
     experts: 32, fromScale: 8, budget: BUDGET, calib: path.join(dir, 'calib48'), seed: 0, activation: 'relu', clusterBy: 'activations',
     routerWidth: 128, routerEpochs: 40, routerTarget: 'sqrt', synthSamples: 2, maxTokens: 65536, output: path.join(dir, 'gelu.moe.onnx'),

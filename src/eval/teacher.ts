@@ -8,7 +8,7 @@ import * as ort from 'onnxruntime-node';
 import { moeFfnFlops } from '../analysis/flops';
 import { floatView, toHalfTensor } from '../calib/inputs';
 import { MoefyError } from '../errors';
-import { readTensorSet, TensorSet } from '../io';
+import { readTensorSet, sliceSamples, TensorSet } from '../io';
 import { DataType } from '../onnx/schema';
 import { scaleOfPositions, THRESHOLD_INPUT } from '../op';
 import { replayActive, RouterWeights } from './router-replay';
@@ -119,12 +119,6 @@ export async function loadInputs(p: string): Promise<TensorSet> {
   return readTensorSet(p);
 }
 
-function sliceBatch(t: ort.Tensor, a: number, b: number): ort.Tensor {
-  if (t.dims.length === 0) return t;
-  const per = t.dims.slice(1).reduce((x, y) => x * y, 1);
-  const data = (t.data as Float32Array).subarray(a * per, b * per);
-  return new ort.Tensor(t.type, data as never, [b - a, ...t.dims.slice(1)]);
-}
 
 /** float32 data for a float16 model's input is rounded to float16, as the conversion's calibration does. */
 function asInputType(side: EvalSide, name: string, t: ort.Tensor): ort.Tensor {
@@ -177,7 +171,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
   const feedNames = (side: EvalSide) => side.feeds;
   for (let a = 0; a < samples; a += batch) {
     const b = Math.min(samples, a + batch);
-    const feed = (side: EvalSide) => Object.fromEntries(feedNames(side).map((n) => [n, asInputType(side, n, sliceBatch(inputs[n] as ort.Tensor, a, b))]));
+    const feed = (side: EvalSide) => Object.fromEntries(feedNames(side).map((n) => [n, asInputType(side, n, sliceSamples(inputs[n], a, b) as ort.Tensor)]));
     const rd = await dense.session.run(feed(dense));
     const ld = floatView(rd[dense.logits]);
     const V = rd[dense.logits].dims[rd[dense.logits].dims.length - 1];

@@ -21,6 +21,19 @@ export { decodeNpy, encodeNpy } from './npy';
 
 export type TensorSet = Record<string, Tensor>;
 
+/** Samples a…b−1 along the first (batch) dimension, as views; scalars pass through. */
+export function sliceSamples(t: Tensor, a: number, b: number): Tensor {
+  if (t.dims.length === 0) return t;
+  const per = t.dims.slice(1).reduce((x, y) => x * y, 1);
+  const data = (t.data as Float32Array).subarray(a * per, b * per);
+  return new Tensor(t.type, data as never, [b - a, ...t.dims.slice(1)]);
+}
+
+/** Every tensor of a set cut to samples a…b−1 (e.g. a calibration / held-out split). */
+export function sliceSampleSet(set: TensorSet, a: number, b: number): TensorSet {
+  return Object.fromEntries(Object.entries(set).map(([n, t]) => [n, sliceSamples(t, a, b)]));
+}
+
 export interface ManifestEntry {
   file: string;
   dtype: string;
