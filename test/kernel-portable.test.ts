@@ -30,7 +30,8 @@ function vectorFunctions(file: string): { evex: Map<string, number>; vex: Map<st
   for (const line of r.stdout.split('\n')) {
     const f = /^[0-9a-f]+ <(.*)>:$/.exec(line);
     if (f) {
-      fn = f[1];
+      // Demangled function templates carry their return type first ("void moefy::avx512::…ukernel<12>(…)").
+      fn = f[1].replace(/^[^(]*?\s(?=moefy::)/, '');
       continue;
     }
     const m = /^\s+[0-9a-f]+:\t([0-9a-f]{2}(?: [0-9a-f]{2})*)/.exec(line);

@@ -14,6 +14,7 @@
 #include "attributes.h"
 #include "cpu_level.h"
 #include "ort_api.h"
+#include "weight_buffer.h"
 
 namespace moefy {
 
@@ -55,8 +56,6 @@ struct Workspace {
   std::vector<int64_t> tokens;      // CSR token lists
   std::vector<float> hidden;        // dense path [rows, E*S]
   std::vector<std::unique_ptr<Slot>> slots;  // one per expert group
-  std::vector<int32_t> group_of;             // [E]
-  std::vector<int64_t> order, load;
   struct Chunk {
     int64_t expert, begin, count;
   };
@@ -75,7 +74,7 @@ struct Kernel {
   // Pre-packed constant weights for the packed path (level avx2 / avx512; empty otherwise).
   bool packed = false;
   int64_t pD = 0, pES = 0;
-  std::vector<float> w1p, w2p;
+  WeightBuffer w1p, w2p;
   int64_t w1p_stride = 0, w2p_stride = 0;  // floats per expert
   // float32 copies of constant float16 inputs (W1, B1, W2, B2 by input index; empty when not kept).
   std::vector<float> const_f32[6];

@@ -1,9 +1,10 @@
 // Kernel creation (attributes, CPU level, constant weights packed or converted once) and one call: check the inputs,
 // route, pick the path (packed micro-kernels, OpenBLAS per expert, or OpenBLAS dense), run the expert groups.
 //
-// Experts are dealt into a fixed number of groups; each group is one task on ONNX Runtime's intra-op pool and adds
-// its experts, in ascending order, into its own accumulator (group 0: Y itself); the accumulators are then added to
-// Y in group order, so results are bitwise the same whatever the thread count or scheduling (at a given CPU level).
+// The (expert, token) pairs that run, expert-major, are cut into a fixed number of equal groups; each group is one
+// task on ONNX Runtime's intra-op pool and adds its pairs, experts in ascending order, into its own accumulator
+// (group 0: Y itself); the accumulators are then added to Y in group order, so results are bitwise the same
+// whatever the thread count or scheduling (at a given CPU level and core count).
 #include "moe_cpu.h"
 
 #include <cblas.h>
@@ -165,8 +166,8 @@ Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16) {
     prepare_constants(k.get(), info);
   } catch (const std::bad_alloc&) {  // no memory for the packed copy: read the weights per call
     k->packed = false;
-    std::vector<float>().swap(k->w1p);
-    std::vector<float>().swap(k->w2p);
+    k->w1p.reset();
+    k->w2p.reset();
   }
   k->groups = std::min<int64_t>(16, std::max<int64_t>(2, static_cast<int64_t>(std::thread::hardware_concurrency())));
   if (const char* g = std::getenv("MOEFY_KERNEL_GROUPS"); g && std::atoi(g) > 0) k->groups = std::min(16, std::atoi(g));
@@ -303,19 +304,21 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
   float* Y = f.Y;
 
   // Y starts as B2 (or 0).
-  for (int64_t t = 0; t < N; ++t) {
-    if (f.B2) std::memcpy(Y + t * D, f.B2, sizeof(float) * D);
-    else std::memset(Y + t * D, 0, sizeof(float) * D);
-  }
+  auto init_y = [&]() {
+    for (int64_t t = 0; t < N; ++t) {
+      if (f.B2) std::memcpy(Y + t * D, f.B2, sizeof(float) * D);
+      else std::memset(Y + t * D, 0, sizeof(float) * D);
+    }
+  };
 
   // With pre-packed weights the packed path is as fast as the dense one even when every expert runs.
   if (total_pairs == N * E && !fused) {
+    init_y();
     blas_dense(f, ws, pc);
   } else {
     build_token_lists(ws.mask.data(), N, E, ws, total_pairs);
     const int64_t TM = 512;  // max rows per expert task
     const int64_t G = group_count(*k, N, D, E);
-    assign_groups(ws, E, G);
     auto reserve = [&](Slot* slot, size_t rows) {
       if (fused) packed_reserve(slot, rows, f, *k);
       else blas_reserve(slot, rows, f);
@@ -332,6 +335,7 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
     };
 
     if (G == E && E < k->groups) {
+      init_y();
       // Few experts (one per group): the chunks of one expert touch disjoint token rows, so they run in parallel
       // too, each on its own scratch; the result stays independent of scheduling.
       ws.chunks.clear();
@@ -353,6 +357,9 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
         run_chunk(ws.slots[i].get(), acc, c.expert, c.begin, static_cast<int>(c.count));
       });
     } else {
+      // Group g runs the (expert, token) pairs [g P / G, (g + 1) P / G) of the expert-major list: equal work per
+      // group (an expert at a boundary is shared), fixed by the routing alone.
+      const int64_t* off = ws.offsets.data();
       parallel_for(pc, static_cast<size_t>(G), [&](size_t gi) {
         const int64_t g = static_cast<int64_t>(gi);
         Slot* slot = ws.slots[g].get();
@@ -360,12 +367,14 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
         if (g > 0) {
           acc = slot->acc.data();
           std::memset(acc, 0, sizeof(float) * N * D);
+        } else {
+          init_y();
         }
-        for (int64_t e = 0; e < E; ++e) {
-          if (ws.group_of[e] != g) continue;
-          const int64_t n = ws.offsets[e + 1] - ws.offsets[e];
-          for (int64_t c0 = 0; c0 < n; c0 += TM)
-            run_chunk(slot, acc, e, ws.offsets[e] + c0, static_cast<int>(std::min<int64_t>(TM, n - c0)));
+        const int64_t p0 = g * total_pairs / G, p1 = (g + 1) * total_pairs / G;
+        for (int64_t e = std::upper_bound(off, off + E + 1, p0) - off - 1; e >= 0 && e < E && off[e] < p1; ++e) {
+          const int64_t a = std::max(off[e], p0), b = std::min(off[e + 1], p1);
+          for (int64_t c0 = a; c0 < b; c0 += TM)
+            run_chunk(slot, acc, e, c0, static_cast<int>(std::min<int64_t>(TM, b - c0)));
         }
       });
     }

@@ -6,8 +6,8 @@ void pack_weights(Kernel* k, const float* W1, const float* W2, int64_t D, int64_
   const int64_t E = k->attr.num_experts, S = ES / E, NR = k->ops->nr;
   k->w1p_stride = (S + NR - 1) / NR * D * NR;
   k->w2p_stride = (D + NR - 1) / NR * S * NR;
-  k->w1p.resize(static_cast<size_t>(E * k->w1p_stride));
-  if (pack_w2) k->w2p.resize(static_cast<size_t>(E * k->w2p_stride));
+  k->w1p.allocate(static_cast<size_t>(E * k->w1p_stride));
+  if (pack_w2) k->w2p.allocate(static_cast<size_t>(E * k->w2p_stride));
   for (int64_t e = 0; e < E; ++e) {
     k->ops->pack_b(W1, ES, D, e * S, S, k->w1p.data() + e * k->w1p_stride);
     if (pack_w2) k->ops->pack_b(W2 + e * S * D, D, S, 0, D, k->w2p.data() + e * k->w2p_stride);

@@ -46,27 +46,12 @@ void build_token_lists(const uint8_t* mask, int64_t N, int64_t E, Workspace& ws,
 }
 
 int64_t group_count(const Kernel& k, int64_t N, int64_t D, int64_t E) {
-  // Measured on 2 cores (D 1024, S 128): one group per core from 1024 tokens on, two per core below.
-  int64_t G = std::min<int64_t>(E, std::min<int64_t>(16, N >= 1024 ? k.groups : 2 * k.groups));
+  // One group per core: measured best on 2 cores (D 1024, S 128) from 128 to 2048 tokens with the single-pass
+  // micro-kernels (two per core had been better below 1024 tokens with the old ones).
+  int64_t G = std::min<int64_t>(E, std::min<int64_t>(16, k.groups));
   const int64_t acc_bytes = N * D * static_cast<int64_t>(sizeof(float));
   const int64_t cap = int64_t(512) << 20;  // extra accumulator memory
   return std::max<int64_t>(1, std::min<int64_t>(G, 1 + cap / std::max<int64_t>(acc_bytes, 1)));
-}
-
-void assign_groups(Workspace& ws, int64_t E, int64_t G) {
-  ws.group_of.assign(static_cast<size_t>(E), 0);
-  ws.order.resize(static_cast<size_t>(E));
-  for (int64_t e = 0; e < E; ++e) ws.order[e] = e;
-  auto n = [&](int64_t e) { return ws.offsets[e + 1] - ws.offsets[e]; };
-  std::stable_sort(ws.order.begin(), ws.order.end(), [&](int64_t x, int64_t y) { return n(x) > n(y); });
-  ws.load.assign(static_cast<size_t>(G), 0);
-  for (int64_t e : ws.order) {
-    int64_t best = 0;
-    for (int64_t g = 1; g < G; ++g)
-      if (ws.load[g] < ws.load[best]) best = g;
-    ws.group_of[e] = static_cast<int32_t>(best);
-    ws.load[best] += n(e);
-  }
 }
 
 }  // namespace moefy

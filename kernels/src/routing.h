@@ -1,6 +1,6 @@
 // Routing (DESIGN.md section 3): expert e runs for a token iff norms[e] >= threshold[scale] * max_k norms[k]; the
-// argmax always runs. Then per-expert token lists (CSR) and the fixed expert groups that make results independent
-// of thread scheduling.
+// argmax always runs. Then per-expert token lists (CSR) and the number of
+// expert groups (moe_cpu.cc cuts the pair list into them).
 #pragma once
 
 #include "kernel.h"
@@ -17,8 +17,5 @@ void build_token_lists(const uint8_t* mask, int64_t N, int64_t E, Workspace& ws,
 
 // The number of expert groups for N tokens (each costs a zeroed [N, D] accumulator and a pass over Y).
 int64_t group_count(const Kernel& k, int64_t N, int64_t D, int64_t E);
-
-// Deals experts into G groups by token count (largest first, to the least loaded group): ws.group_of.
-void assign_groups(Workspace& ws, int64_t E, int64_t G);
 
 }  // namespace moefy
