@@ -3,8 +3,10 @@
  * samples (synthetic teacher-forcing inputs; random weights, so router fit numbers mean nothing here).
  *
  *   node dist/bench/pipeline-bench.js [--samples 64] [--router-epochs N] [--experts 32] [--from-scale 8] [--depth 16]
+ *                                     [--gelu] [--repair] [--repair-epochs N]
  *
  * --depth: fewer blocks for a quick proxy (stage times scale with the blocks; the CLI defaults otherwise).
+ * --gelu: the FFNs use GELU (tanh), as the released VAR checkpoints; --repair / --repair-epochs as the CLI's.
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -29,7 +31,10 @@ async function main(): Promise<void> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'moefy-pipeline-bench-'));
   try {
     const t0 = Date.now();
-    const opts = { activation: 'relu' as const, depth };
+    const gelu = process.argv.includes('--gelu');
+    const repair = process.argv.includes('--repair') ? true : undefined;
+    const repairEpochs = process.argv.includes('--repair-epochs') ? Number(arg('repair-epochs', '0')) : undefined;
+    const opts = { activation: gelu ? ('gelu_tanh_decomposed' as const) : ('relu' as const), depth };
     const model = generateVarD16Like(opts);
     const file = path.join(dir, 'var_d16.onnx');
     saveModel(model, file);
@@ -47,7 +52,7 @@ async function main(): Promise<void> {
     const t1 = Date.now();
     await convert(file, {
       // The CLI's defaults (src/convert-options.ts) for everything not given on this command line.
-      experts, fromScale, calib, routerEpochs: epochs, output: path.join(dir, 'var_d16.moe.onnx'),
+      experts, fromScale, calib, routerEpochs: epochs, repair, repairEpochs, output: path.join(dir, 'var_d16.moe.onnx'),
     }, {
       stage: () => ({ tick: () => {}, stop: () => {} }),
       log: (line) => {

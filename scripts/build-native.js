@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-// Builds moefy's native parts: kernels/build/libmoefy_ops.so (CMake) and the runtime addon (node-gyp).
+// Builds moefy's native parts: kernels/build/libmoefy_ops.so (CMake), the runtime addon and the calibration's
+// float64 solver addon (node-gyp: src/runtime/addon, src/calib/native).
 //
 // Dependencies come from the system when installed, otherwise from Debian packages fetched into .cache/ with
 // `apt-get download` under a private sources list and state directory (nothing on the system changes):
@@ -20,6 +21,7 @@ const CACHE = path.join(ROOT, '.cache');
 const KERNELS = path.join(ROOT, 'kernels');
 const KBUILD = path.join(KERNELS, 'build');
 const ADDON = path.join(ROOT, 'src', 'runtime', 'addon');
+const LINALG = path.join(ROOT, 'src', 'calib', 'native');
 const ARCHIVE_KEYRING = '/usr/share/keyrings/debian-archive-keyring.gpg';
 
 class BuildError extends Error {}
@@ -155,25 +157,35 @@ function buildKernels(ortInc, blas) {
   return so;
 }
 
-function buildAddon(ortInc) {
+/** node-gyp configure (when its inputs changed) and build in `dir`; returns build/Release/<target>.node. */
+function buildGyp(dir, target, vars) {
   let gyp;
   try {
     gyp = require.resolve('node-gyp/bin/node-gyp.js', { paths: [ROOT] });
   } catch {
     throw new BuildError('node-gyp is not installed (npm install)');
   }
-  const env = { ...process.env, MOEFY_ORT_INCLUDE_DIR: ortInc, JOBS: jobs() };
+  const env = { ...process.env, ...vars, JOBS: jobs() };
   const nodedir = path.dirname(path.dirname(process.execPath));
   const extra = fs.existsSync(path.join(nodedir, 'include', 'node', 'node_api.h')) ? [`--nodedir=${nodedir}`] : [];
-  const stamp = path.join(ADDON, 'build', 'moefy-config.json');
-  const want = JSON.stringify({ ortInc, node: process.version, extra });
-  const configured = fs.existsSync(path.join(ADDON, 'build', 'Makefile')) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === want;
-  if (!configured) run(process.execPath, [gyp, 'configure', ...extra], { cwd: ADDON, env, quiet: true });
-  run(process.execPath, [gyp, 'build', ...extra], { cwd: ADDON, env, quiet: true });
+  const stamp = path.join(dir, 'build', 'moefy-config.json');
+  const want = JSON.stringify({ ...vars, node: process.version, extra });
+  const configured = fs.existsSync(path.join(dir, 'build', 'Makefile')) && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === want;
+  if (!configured) run(process.execPath, [gyp, 'configure', ...extra], { cwd: dir, env, quiet: true });
+  run(process.execPath, [gyp, 'build', ...extra], { cwd: dir, env, quiet: true });
   fs.writeFileSync(stamp, want);
-  const node = path.join(ADDON, 'build', 'Release', 'moefy_runtime.node');
+  const node = path.join(dir, 'build', 'Release', `${target}.node`);
   if (!fs.existsSync(node)) throw new BuildError(`the addon build did not produce ${node}`);
   return node;
+}
+
+function buildAddon(ortInc) {
+  return buildGyp(ADDON, 'moefy_runtime', { MOEFY_ORT_INCLUDE_DIR: ortInc });
+}
+
+/** The calibration's float64 solver (OpenBLAS/LAPACK linked statically). */
+function buildLinalg(blas) {
+  return buildGyp(LINALG, 'moefy_linalg', { MOEFY_BLAS_LIBRARY: blas.lib });
 }
 
 function main() {
@@ -189,6 +201,8 @@ function main() {
     if (process.env.MOEFY_SKIP_ADDON !== '1') {
       step = 'runtime addon (src/runtime/addon)';
       addon = path.relative(ROOT, buildAddon(ortInc));
+      step = 'calibration solver addon (src/calib/native)';
+      addon += ', ' + path.relative(ROOT, buildLinalg(blas));
     }
     log(`built ${path.relative(ROOT, so)} and ${addon} in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   } catch (e) {

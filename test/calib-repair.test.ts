@@ -6,8 +6,8 @@ import assert from 'node:assert';
 import { activate as act, ActivationKind as FfnActivation } from '../src/op';
 import { trainExperts } from '../src/calib/expert-train';
 import { rng } from '../src/calib/random';
-import { choleskySolve, ffnOutputs, repairExperts, routingMask } from '../src/calib/repair';
-import { MoefyError } from '../src/errors';
+import { quadForm, solveSpd } from '../src/calib/linalg';
+import { ffnOutputs, repairExperts, routingMask } from '../src/calib/repair';
 
 function rand(r: () => number, n: number, scale = 1): Float32Array {
   const a = new Float32Array(n);
@@ -33,7 +33,7 @@ function maskedFfn(X: Float32Array, N: number, D: number, W1: Float32Array, B1: 
   return out;
 }
 
-test('choleskySolve solves a symmetric positive definite system', () => {
+test('solveSpd solves a symmetric positive definite system with many right-hand sides; quadForm is tr(WᵀGW)', () => {
   const r = rng(1);
   const n = 9, k = 3;
   const M = rand(r, n * n);
@@ -43,12 +43,17 @@ test('choleskySolve solves a symmetric positive definite system', () => {
     for (let p = 0; p < n; p++) s += M[i * n + p] * M[j * n + p];
     A[i * n + j] = s;
   }
-  const Xtrue = rand(r, n * k);
+  const Xtrue = Float64Array.from(rand(r, n * k));
   const B = new Float64Array(n * k);
   for (let i = 0; i < n; i++) for (let c = 0; c < k; c++) for (let p = 0; p < n; p++) B[i * k + c] += A[i * n + p] * Xtrue[p * k + c];
-  choleskySolve(Float64Array.from(A), B, n, k);
+  // tr(XᵀAX) = Σ X ⊙ (A·X) = Σ X ⊙ B, from the products above.
+  let q = 0;
+  for (let i = 0; i < n * k; i++) q += Xtrue[i] * B[i];
+  assert.ok(Math.abs(quadForm(A, Xtrue, n, k) - q) < 1e-9 * Math.abs(q), `quadForm ${quadForm(A, Xtrue, n, k)} vs ${q}`);
+  solveSpd(Float64Array.from(A), B, n, k, 'test');
   for (let i = 0; i < n * k; i++) assert.ok(Math.abs(B[i] - Xtrue[i]) < 1e-8, `${i}: ${B[i]} vs ${Xtrue[i]}`);
-  assert.throws(() => choleskySolve(Float64Array.from([1, 2, 2, 1]), new Float64Array(2), 2, 1), MoefyError);
+  assert.throws(() => solveSpd(Float64Array.from([1, 2, 2, 1]), new Float64Array(2), 2, 1, 'test'), /test: the least-squares system is not positive definite/);
+  assert.throws(() => solveSpd(new Float64Array(3), new Float64Array(2), 2, 1, 'test'), /A has 3 values, expected 4/);
 });
 
 test('routingMask: expert e runs iff norm ≥ t·max (the argmax always runs)', () => {

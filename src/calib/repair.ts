@@ -6,10 +6,11 @@
 // (y = the dense FFN output, G = the Gram matrix of the masked activations: the ridge pulls each neuron's row
 // toward the original in proportion to how much that neuron is used, so λ does not depend on the layer's scale).
 // The Gram matrix and the cross terms are accumulated in onnxruntime-node in chunks and summed in float64; the
-// normal equations are solved by a Cholesky factorisation. λ is chosen on a held-out split of the tokens (the
+// normal equations are solved by a Cholesky factorisation (LAPACK, calib/linalg.ts). λ is chosen on a held-out split of the tokens (the
 // last `heldOutFraction` of them: tokens are ordered by sample, so this holds out whole sequences), then the
 // weights are refitted on every token with that λ.
 import { MoefyError } from '../errors';
+import { quadForm, solveSpd } from './linalg';
 import { GraphBuilder, activationOp, f32 } from './ort-graph';
 import type { ActivationKind as FfnActivation } from '../op';
 
@@ -116,61 +117,9 @@ function addMoments(a: Moments, b: Moments): Moments {
 
 /** ‖h̃·W − y‖² from the moments: tr(WᵀGW) − 2 tr(WᵀC) + Σ‖y‖². W [(H+1), D] float64. */
 function residual(m: Moments, W: Float64Array, H1: number, D: number): number {
-  let quad = 0, cross = 0;
-  const GW = new Float64Array(D);
-  for (let i = 0; i < H1; i++) {
-    GW.fill(0);
-    const gi = i * H1;
-    for (let j = 0; j < H1; j++) {
-      const g = m.G[gi + j];
-      if (g === 0) continue;
-      const wj = j * D;
-      for (let d = 0; d < D; d++) GW[d] += g * W[wj + d];
-    }
-    const wi = i * D;
-    for (let d = 0; d < D; d++) {
-      quad += W[wi + d] * GW[d];
-      cross += W[wi + d] * m.C[wi + d];
-    }
-  }
-  return Math.max(0, quad - 2 * cross + m.yy);
-}
-
-/** Solves A·X = B for symmetric positive definite A [n, n] (float64, overwritten) and B [n, k] (overwritten by X). */
-export function choleskySolve(A: Float64Array, B: Float64Array, n: number, k: number): void {
-  for (let j = 0; j < n; j++) {
-    const rj = j * n;
-    let d = A[rj + j];
-    for (let p = 0; p < j; p++) d -= A[rj + p] * A[rj + p];
-    if (!(d > 0)) throw new MoefyError(`expert repair: the least-squares system is not positive definite (pivot ${j}: ${d})`);
-    const l = Math.sqrt(d);
-    A[rj + j] = l;
-    for (let i = j + 1; i < n; i++) {
-      const ri = i * n;
-      let s = A[ri + j];
-      for (let p = 0; p < j; p++) s -= A[ri + p] * A[rj + p];
-      A[ri + j] = s / l;
-    }
-  }
-  // Forward (L·Z = B) then back (Lᵀ·X = Z) substitution, all k columns at once.
-  for (let i = 0; i < n; i++) {
-    const ri = i * n, bi = i * k;
-    for (let p = 0; p < i; p++) {
-      const a = A[ri + p], bp = p * k;
-      if (a !== 0) for (let c = 0; c < k; c++) B[bi + c] -= a * B[bp + c];
-    }
-    const inv = 1 / A[ri + i];
-    for (let c = 0; c < k; c++) B[bi + c] *= inv;
-  }
-  for (let i = n - 1; i >= 0; i--) {
-    const bi = i * k;
-    for (let p = i + 1; p < n; p++) {
-      const a = A[p * n + i], bp = p * k;
-      if (a !== 0) for (let c = 0; c < k; c++) B[bi + c] -= a * B[bp + c];
-    }
-    const inv = 1 / A[i * n + i];
-    for (let c = 0; c < k; c++) B[bi + c] *= inv;
-  }
+  let cross = 0;
+  for (let i = 0; i < H1 * D; i++) cross += W[i] * m.C[i];
+  return Math.max(0, quadForm(m.G, W, H1, D) - 2 * cross + m.yy);
 }
 
 /** Ridge solution toward W0 [(H+1), D] (the bias row gets a tiny ridge only, to keep the system definite). */
@@ -187,7 +136,7 @@ function solveRidge(m: Moments, W0: Float64Array, H: number, D: number, ridge: n
     A[j * H1 + j] += r;
     for (let d = 0; d < D; d++) B[j * D + d] += r * W0[j * D + d];
   }
-  choleskySolve(A, B, H1, D);
+  solveSpd(A, B, H1, D, 'expert repair');
   return B;
 }
 

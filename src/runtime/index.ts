@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../errors';
 import type { IoDType } from '../io/dtypes';
+import { packageRoot } from '../files/package-root';
 
 export { dynamicMoeReference } from './reference';
 export type { DynamicMoeInputs, DynamicMoeAttributes, DynamicMoeResult, Activation } from './reference';
@@ -85,25 +86,7 @@ interface NativeAddon {
   createSession(model: string | Uint8Array, options: Record<string, unknown>): Promise<NativeSession>;
 }
 
-let rootCache: string | undefined;
-/** The moefy package root (the folder holding its package.json). */
-export function packageRoot(): string {
-  if (rootCache) return rootCache;
-  let dir = __dirname;
-  for (;;) {
-    const pj = path.join(dir, 'package.json');
-    if (fs.existsSync(pj)) {
-      try {
-        if (JSON.parse(fs.readFileSync(pj, 'utf8')).name === 'moefy') return (rootCache = dir);
-      } catch {
-        /* keep looking */
-      }
-    }
-    const up = path.dirname(dir);
-    if (up === dir) throw new MoefyError('cannot find the moefy package root');
-    dir = up;
-  }
-}
+export { packageRoot };
 
 /** Absolute path of libmoefy_ops.so (env MOEFY_OPS_LIB overrides). Does not check that it exists. */
 export function libPath(): string {
