@@ -15,7 +15,7 @@ import { evaluate } from '../src/eval/teacher';
 import { readTensorSet } from '../src/io';
 import { loadModel } from '../src/onnx/io';
 import { convert } from '../src/pipeline';
-import { fixture, GELU_STEPS, readIo, rmDir, runCli, tmpDir } from './helpers/fixtures';
+import { fixture, GELU_STEPS, readIo, rmDir, runCli, tmpDir, TRAINED } from './helpers/fixtures';
 import { FAST } from './helpers/fast';
 
 
@@ -134,6 +134,36 @@ test('eval --generate: a threshold-0 MoE step graph samples the dense tokens wit
     assert.deepEqual(cal.x_next_BlCv.dims, [2, 256, 32]);
     assert.deepEqual(cal.past_key_0.dims, [4, 4, 424, 32]);
     assert.deepEqual(cal.cfg.dims, []);
+    // The whole sequences in the full graph's teacher-forcing format: x is the steps' inputs of scales 2…10 in
+    // order, the tokens those the dense chain drew, and the trained full graph of the same model runs on them.
+    const full = await readTensorSet(path.join(dump, 'full'));
+    assert.deepEqual(full.x_BLCv_wo_first_l.dims, [2, 679, 32]);
+    assert.deepEqual(full.gt_idx_BL.dims, [2, 680]);
+    assert.deepEqual(Array.from(full.label_B.data as BigInt64Array, Number), [0, 1]);
+    const x = full.x_BLCv_wo_first_l.data as Float32Array;
+    let at = 0;
+    for (let k = 1; k < 10; k++) {
+      const step = (await readTensorSet(path.join(dump, `s${k}`))).x_next_BlCv;
+      const n = step.dims[1], d = step.data as Float32Array;
+      for (let b = 0; b < 2; b++)
+        for (let i = 0; i < n * 32; i++) assert.equal(x[b * 679 * 32 + at * 32 + i], d[b * n * 32 + i], `scale ${k + 1}, sample ${b}`);
+      at += n;
+    }
+    assert.equal(at, 679);
+    const tf = await ort.InferenceSession.create(path.join(TRAINED, 'var_gelu_tf.onnx'));
+    const lg = (await tf.run({ label_B: full.label_B as ort.Tensor, x_BLCv_wo_first_l: full.x_BLCv_wo_first_l as ort.Tensor })).logits;
+    const V = lg.dims[2], ld = lg.data as Float32Array, gt = full.gt_idx_BL.data as BigInt64Array;
+    let ce = 0;
+    for (let r = 0; r < 2 * 680; r++) {
+      let m = -Infinity;
+      for (let v = 0; v < V; v++) m = Math.max(m, ld[r * V + v]);
+      let z = 0;
+      for (let v = 0; v < V; v++) z += Math.exp(ld[r * V + v] - m);
+      ce += m + Math.log(z) - ld[r * V + Number(gt[r])];
+    }
+    // Tokens drawn from the model's own (guided) distribution: far likelier under it than a uniform guess (ln 512).
+    assert.ok(ce / (2 * 680) < 0.75 * Math.log(V), `CE of the generated tokens ${ce / (2 * 680)}`);
+    await tf.release();
     assert.equal(r.scales.length, 10);
     for (const s of r.scales) {
       assert.equal(s.moe, s.scale === 10);

@@ -33,7 +33,11 @@ export interface GenerateOptions {
   topP: number;
   seed: number;
   patchNums?: number[];
-  /** Write the dense chain's inputs of each step into <dir>/s{k}/ (calibration data for converting step graphs). */
+  /**
+   * Write the dense chain's inputs of each step into <dir>/s{k}/ (calibration data for converting step graphs), and
+   * the whole sequences into <dir>/full/ (label_B, x_BLCv_wo_first_l, gt_idx_BL: teacher-forcing calibration data for
+   * the full-sequence graph, as VAR's training feeds it).
+   */
   dumpCalib?: string;
   /** Threshold override fed to the MoE step graphs: one per scale, or one for the scales from each graph's from-scale on. */
   thresholds?: number[];
@@ -147,6 +151,22 @@ interface Chain {
   xnext: ort.Tensor | null;
   past: Record<string, ort.Tensor>;
   idx: BigInt64Array[];
+  /** Each next scale's input (next_in_BlCv), in order. */
+  inputs: ort.Tensor[];
+}
+
+/** Concatenates [B, n_i, …] tensors along axis 1. */
+function concatTokens<T extends Float32Array | BigInt64Array>(parts: { data: T; n: number }[], B: number, width: number, make: (n: number) => T): { data: T; n: number } {
+  const n = parts.reduce((a, p) => a + p.n, 0);
+  const out = make(B * n * width);
+  for (let b = 0; b < B; b++) {
+    let at = b * n * width;
+    for (const p of parts) {
+      out.set(p.data.subarray(b * p.n * width, (b + 1) * p.n * width) as never, at);
+      at += p.n * width;
+    }
+  }
+  return { data: out, n };
 }
 
 function f32Scalar(x: number): ort.Tensor {
@@ -165,8 +185,8 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
   for (const k of moe.keys()) if (!dense.has(k)) throw new MoefyError(`--moe-steps: scale ${k + 1} has no dense step graph`);
   const B = o.samples;
   if (!(Number.isInteger(B) && B >= 1)) throw new MoefyError(`--samples ${B} must be a positive integer`);
-  const labels = o.labels ?? Array.from({ length: B }, (_, i) => i);
-  if (labels.length !== B) throw new MoefyError(`--labels has ${labels.length} values for ${B} samples`);
+  if (o.labels && o.labels.length !== B) throw new MoefyError(`--labels has ${o.labels.length} values for ${B} samples`);
+  let labels = o.labels ?? [];
   const sides: { dense: EvalSide[]; moe: (EvalSide | null)[] } = { dense: [], moe: [] };
   const vqSess: ort.InferenceSession[] = [];
   let decoder: ort.InferenceSession | null = null;
@@ -183,8 +203,13 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
     if (fshape.some((x) => !Number.isFinite(x))) throw new MoefyError(`${vq.get(0)}: f_hat has no static shape`);
     const fsize = fshape.reduce((a, b) => a * b, 1);
     const zero = () => new ort.Tensor('float32', new Float32Array(B * fsize), [B, ...fshape]);
+    // By default the classes in turn (0, 1, …, classes − 1, 0, …).
+    const classes = sides.dense[0].structure.classes;
+    if (!o.labels) labels = Array.from({ length: B }, (_, i) => i % classes);
+    const bad = labels.find((l) => !(Number.isInteger(l) && l >= 0 && l < classes));
+    if (bad !== undefined) throw new MoefyError(`--labels: ${bad} is not a class of the model (0…${classes - 1})`);
     const label = new ort.Tensor('int64', BigInt64Array.from(labels, (x) => BigInt(x)), [B]);
-    const chains: Chain[] = [0, 1].map(() => ({ fhat: zero(), xnext: null, past: {}, idx: [] }));
+    const chains: Chain[] = [0, 1].map(() => ({ fhat: zero(), xnext: null, past: {}, idx: [], inputs: [] }));
     const layout = sides.dense[0].structure.layout;
     for (let k = 0; k < S; k++) {
       const d = sides.dense[k], m = sides.moe[k];
@@ -282,10 +307,22 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
         const v = await vqSess[k].run({ f_hat: c.fhat, idx_Bl: new ort.Tensor('int64', ids, [B, n]) });
         c.fhat = v['f_hat_new'];
         c.xnext = v['next_in_BlCv'] ?? null;
+        if (c.xnext) c.inputs.push(c.xnext);
         c.past = {};
         for (const [name, t] of Object.entries(r)) if (isKvOutputName(name)) c.past[kvInputFor(name)] = t;
         c.idx.push(ids);
       }
+    }
+    if (o.dumpCalib) {
+      const c = chains[0];
+      const Cv = c.inputs[0]?.dims[2] ?? 0;
+      const x = concatTokens(c.inputs.map((t) => ({ data: t.data as Float32Array, n: t.dims[1] })), B, Cv, (n) => new Float32Array(n));
+      const ids = concatTokens(c.idx.map((d, k) => ({ data: d, n: layout.tokens[k] })), B, 1, (n) => new BigInt64Array(n));
+      await writeTensorSet(path.join(o.dumpCalib, 'full'), {
+        label_B: label,
+        x_BLCv_wo_first_l: new ort.Tensor('float32', x.data, [B, x.n, Cv]),
+        gt_idx_BL: new ort.Tensor('int64', ids.data, [B, ids.n]),
+      });
     }
     let images: string | null = null;
     if (decoder && o.images) {

@@ -76,7 +76,7 @@ const generateOptions = (y: Argv, hidden = false) =>
     .option('images', { type: 'string', hidden, describe: 'write a PNG grid of the decoded images (dense row above MoE row)' })
     .option('dump-calib', { type: 'string', hidden, describe: 'write each step\'s dense inputs to <dir>/s{k}/ (calibration data for converting the step graphs)' })
     .option('samples', { type: 'number', default: 8, hidden, describe: 'images to generate' })
-    .option('labels', { type: 'string', hidden, describe: 'class labels, comma-separated (default 0,1,…,samples−1)' })
+    .option('labels', { type: 'string', hidden, describe: 'class labels, comma-separated (default: the classes in turn, 0,1,…)' })
     .option('cfg', { type: 'number', default: 2, hidden, describe: 'classifier-free guidance strength (ramped per scale inside the step graphs)' })
     .option('top-k', { type: 'number', default: 900, hidden, describe: 'top-k sampling' })
     .option('top-p', { type: 'number', default: 0.96, hidden, describe: 'top-p sampling' })
