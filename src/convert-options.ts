@@ -28,6 +28,7 @@ export interface ConvertOptions {
   clusterBy?: ClusterBy;
   seed?: number;
   patchNums?: number[];
+  /** Router hidden width; default defaultRouterWidth(D). */
   routerWidth?: number;
   routerEpochs?: number;
   /** What the router regresses: its square root (default), squared back in the graph, or the norm (DMoE-VAR). */
@@ -38,34 +39,54 @@ export interface ConvertOptions {
   maxTokens?: number;
   /**
    * Refit the experts to the dense FFN's outputs under the chosen routing (stages/repair.ts). Default: on when an
-   * FFN is not ReLU (a stock GELU checkpoint), the thresholds are chosen for a budget and H ≤ 1024 (the
-   * closed form's solve is O(H³) in JavaScript), or when repairEpochs > 0; off otherwise.
+   * FFN is not ReLU (a stock GELU checkpoint) and the thresholds are chosen for a budget, or when repairEpochs is
+   * given above 0; off otherwise (on a ReLU model it would make the dense scales and threshold 0 inexact).
    */
   repair?: boolean;
-  /** With repair: then train W1, B1, W2, B2 for up to this many epochs (default 0: the closed form only). */
+  /**
+   * With repair: then train W1, B1, W2, B2 for up to this many epochs (0: the closed form only). Default
+   * CONVERT_DEFAULTS.repairEpochs for FFNs with H ≤ REPAIR_EPOCHS_MAX_HIDDEN, 0 for larger ones. Given above 0, it
+   * asks for the repair.
+   */
   repairEpochs?: number;
 }
 
-/** Largest FFN hidden size for which repair is on by default (ConvertOptions.repair). */
-export const REPAIR_DEFAULT_MAX_HIDDEN = 1024;
+/**
+ * Largest FFN hidden size whose repair trains the experts by default (repairEpochs): an epoch costs about 8.5 s per
+ * layer at VAR-d16's H 4096 on 2 cores, so 30 epochs would take over an hour there; the closed form alone takes
+ * about 20 s per layer (README, expert repair).
+ */
+export const REPAIR_EPOCHS_MAX_HIDDEN = 1024;
 
 /** The defaults: the recipe measured best on the trained model (README, "What to expect"). */
 export const CONVERT_DEFAULTS = {
   activation: 'relu',
   clusterBy: 'activations',
   seed: 0,
-  routerWidth: 128,
   routerEpochs: 25,
   routerTarget: 'sqrt',
   synthSamples: 16,
   maxTokens: 65536,
-  repairEpochs: 0,
+  /** For FFNs up to REPAIR_EPOCHS_MAX_HIDDEN: measured better than the closed form alone on the trained GELU model. */
+  repairEpochs: 30,
   /** Used when neither thresholds nor tau are given. */
   budget: 0.6,
-} as const satisfies Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerWidth' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens' | 'repairEpochs' | 'budget'>>;
+} as const satisfies Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens' | 'repairEpochs' | 'budget'>>;
+
+/**
+ * The default router width: D/4 within 16…128. 128 is DMoE-VAR's (VAR-d16's D 1024 and up); on small models a router
+ * that wide costs a large share of the FFN (15.6% at D 128, H 512, 32 experts), which the budget takes from the
+ * experts: width 32 there measured better on the trained D 128 models (README, "What to expect").
+ */
+export const ROUTER_WIDTH = { perD: 0.25, min: 16, max: 128 } as const;
+
+export function defaultRouterWidth(D: number): number {
+  return Math.min(ROUTER_WIDTH.max, Math.max(ROUTER_WIDTH.min, Math.round(D * ROUTER_WIDTH.perD)));
+}
 
 /** Options with every default filled in; `budget` stays as given (undefined unless the caller chose one). */
-export type ResolvedOptions = ConvertOptions & Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerWidth' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens' | 'repairEpochs'>>;
+/** `repairEpochs` stays as given (its default depends on the FFN size, pipeline.ts). */
+export type ResolvedOptions = ConvertOptions & Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens'>>;
 
 export function resolveOptions(o: ConvertOptions): ResolvedOptions {
   const d = CONVERT_DEFAULTS;
@@ -74,11 +95,9 @@ export function resolveOptions(o: ConvertOptions): ResolvedOptions {
     activation: o.activation ?? d.activation,
     clusterBy: o.clusterBy ?? d.clusterBy,
     seed: o.seed ?? d.seed,
-    routerWidth: o.routerWidth ?? d.routerWidth,
     routerEpochs: o.routerEpochs ?? d.routerEpochs,
     routerTarget: o.routerTarget ?? d.routerTarget,
     synthSamples: o.synthSamples ?? d.synthSamples,
     maxTokens: o.maxTokens ?? d.maxTokens,
-    repairEpochs: o.repairEpochs ?? d.repairEpochs,
   };
 }

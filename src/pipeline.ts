@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { checkConvertible } from './analysis/exporter-styles';
 import { analyseVar } from './analysis/var-structure';
 import { countFlops, moeFfnFlops, routerFlopsPerToken } from './analysis/flops';
-import { CONVERT_DEFAULTS, ConvertOptions, REPAIR_DEFAULT_MAX_HIDDEN, resolveOptions } from './convert-options';
+import { CONVERT_DEFAULTS, ConvertOptions, REPAIR_EPOCHS_MAX_HIDDEN, resolveOptions } from './convert-options';
 import { MoefyError } from './errors';
 import { withPath } from './files/env-errors';
 import { checkConvertOutputs } from './io/output-paths';
@@ -111,8 +111,8 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
     if (b.moe) throw new MoefyError(`${input} is already converted (block ${b.index} holds a DynamicMoE node)`);
     if (b.ffn!.H % opts.experts !== 0) throw new MoefyError(`--experts ${opts.experts} does not divide the FFN hidden size H = ${b.ffn!.H} (block ${b.index})`);
   }
-  if (!(Number.isInteger(opts.repairEpochs) && opts.repairEpochs >= 0)) throw new MoefyError(`--repair-epochs ${opts.repairEpochs} must be a non-negative integer`);
-  if (opts.repairEpochs > 0 && opts.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
+  if (opts.repairEpochs !== undefined && !(Number.isInteger(opts.repairEpochs) && opts.repairEpochs >= 0)) throw new MoefyError(`--repair-epochs ${opts.repairEpochs} must be a non-negative integer`);
+  if ((opts.repairEpochs ?? 0) > 0 && opts.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
   if (!Number.isInteger(opts.fromScale) || opts.fromScale < 1 || opts.fromScale > S) throw new MoefyError(`--from-scale ${opts.fromScale} is out of range: the model has scales 1…${S}`);
   const sites = structure.blocks.map((b) => b.ffn!);
   validateThresholdOptions(opts, S);
@@ -139,11 +139,12 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const L = sites.length;
   const E = opts.experts;
   // Repair is the default for models whose FFNs are not ReLU (stock GELU checkpoints) when the thresholds are chosen
-  // for a budget: measured far better there. On ReLU-fine-tuned models it gains little (README), and with given
-  // thresholds (--threshold/--tau) the experts stay the model's own (threshold 0 = the dense or ReLUfied FFN). The
-  // closed form solves an (H+1)² system per layer in JavaScript (O(H³)): minutes per layer at VAR-d16's H = 4096,
-  // so there it is asked for, not the default.
-  const doRepair = opts.repair ?? (opts.repairEpochs > 0 || (!opts.thresholds && !opts.tau && sites.some((s) => s.activation.kind !== 'relu') && sites.every((s) => s.H <= REPAIR_DEFAULT_MAX_HIDDEN)));
+  // for a budget: measured far better there. On ReLU-fine-tuned models it gains too, but a refitted W2 serves every
+  // scale, so the dense scales and `moe_threshold` 0 would no longer be the dense model: there it is asked for
+  // (--repair). With given thresholds (--threshold/--tau) the experts stay the model's own. The gradient fit after
+  // the closed form is the default only for FFNs up to REPAIR_EPOCHS_MAX_HIDDEN (its cost).
+  const doRepair = opts.repair ?? ((opts.repairEpochs ?? 0) > 0 || (!opts.thresholds && !opts.tau && sites.some((s) => s.activation.kind !== 'relu')));
+  const repairEpochs = opts.repairEpochs ?? (sites.every((s) => s.H <= REPAIR_EPOCHS_MAX_HIDDEN) ? CONVERT_DEFAULTS.repairEpochs : 0);
   // Without repair the experts are the ReLUfied FFNs: relufy first, so the captured FFN inputs, the clustering and
   // the router targets are those of the ReLU model. Repaired experts reproduce the dense FFNs, so a repaired MoE
   // sees the dense model's stream: then capture comes first.
@@ -172,13 +173,13 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const routerShare = routers.routers.reduce((a, r, k) => a + routerFlopsPerToken(sites[k].D, r.width, E), 0) / sites.reduce((a, s) => a + 4 * s.D * s.H, 0);
   const plan = await timed('thresholds', 1, () => chooseThresholds(structure.layout, sample, routers, { ...opts, routerShare }), (r) => r.summary);
   warn(...plan.warnings);
-  const repaired = doRepair ? await timed('repair', L, (tick) => repair(sample, weights, acts.original, routers, plan, opts, (k) => tick(k + 1)), (r) => r.summary) : null;
+  const repaired = doRepair ? await timed('repair', L, (tick) => repair(sample, weights, acts.original, routers, plan, { ...opts, repairEpochs }, (k) => tick(k + 1)), (r) => r.summary) : null;
   await timed('insert', 1, () => insert(model, structure.layout, sites, E, repaired?.weights ?? weights, routers, plan), (line) => line);
 
   const options = {
     experts: opts.experts, fromScale: opts.fromScale, activation: opts.activation, clusterBy: opts.clusterBy, seed: opts.seed,
     thresholds: opts.thresholds ?? null, tau: opts.tau ?? null, budget: opts.thresholds || opts.tau ? null : opts.budget ?? CONVERT_DEFAULTS.budget,
-    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: opts.routerWidth, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget, repair: doRepair, repairEpochs: doRepair ? opts.repairEpochs : 0, patchNums: structure.layout.patchNums,
+    calib: opts.calib ? path.basename(opts.calib) : null, routerWidth: routers.routers[0]?.width ?? null, routerEpochs: opts.routerEpochs, routerTarget: opts.routerTarget, repair: doRepair, repairEpochs: doRepair ? repairEpochs : 0, patchNums: structure.layout.patchNums,
   };
   // moefy produced this model; the source's producer is kept in the metadata.
   model.setMetadata(METADATA.sourceProducer, `${model.proto.producer_name ?? ''} ${model.proto.producer_version ?? ''}`.trim());

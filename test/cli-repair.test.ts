@@ -5,6 +5,7 @@ import { test } from 'node:test';
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { CONVERT_DEFAULTS } from '../src/convert-options';
 import { fixture, rmDir, runCli, tmpDir } from './helpers/fixtures';
 
 const FAST = ['--router-epochs', '1', '--router-width', '16', '--synth-samples', '2', '--experts', '8', '--from-scale', '8'];
@@ -21,7 +22,12 @@ test('--repair: defaults, --no-repair, --repair-epochs, and bad values', () => {
     };
     const byDefault = run('default', ['--budget', '0.5']);
     assert.equal(byDefault.report.options.repair, true);
-    assert.match(byDefault.log, /^repair .*closed form\)/m);
+    // The default: closed form, then up to CONVERT_DEFAULTS.repairEpochs epochs of gradient fit.
+    assert.match(byDefault.log, new RegExp(`^repair .*closed form \\+ up to ${CONVERT_DEFAULTS.repairEpochs} epochs\\)`, 'm'));
+    assert.equal(byDefault.report.options.repairEpochs, CONVERT_DEFAULTS.repairEpochs);
+    const closed = run('closed', ['--budget', '0.5', '--repair-epochs', '0']);
+    assert.equal(closed.report.options.repair, true);
+    assert.match(closed.log, /^repair .*\(closed form\)/m);
     assert.ok(byDefault.report.layers.every((l: { repair: { heldOutRelErrAfter: number; heldOutRelErrBefore: number } }) => l.repair.heldOutRelErrAfter < l.repair.heldOutRelErrBefore));
     const off = run('off', ['--budget', '0.5', '--no-repair']);
     assert.equal(off.report.options.repair, false);

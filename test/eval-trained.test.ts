@@ -16,7 +16,7 @@ import { ROUTER_MAP_SIZE, writeRouterMaps } from '../src/eval/router-maps';
 import { closeSide, EvalSide, openSide } from '../src/eval/side';
 import { SWEEP_PNG_SIZE, sweep } from '../src/eval/sweep';
 import { evaluate, EvalReport } from '../src/eval/teacher';
-import { CONVERT_DEFAULTS } from '../src/convert-options';
+import { defaultRouterWidth } from '../src/convert-options';
 import { ConversionReport, convert } from '../src/pipeline';
 import { rmDir, tmpDir, TRAINED, TRAINED_ARCH } from './helpers/fixtures';
 import { PNG } from 'pngjs';
@@ -37,7 +37,7 @@ const MODEL = path.join(TRAINED, 'var_relu_h001_tf.onnx');
 const CALIB_N = 48;
 const BUDGET = 0.7;
 const EXPERTS = 64;
-const ROUTER_WIDTH = CONVERT_DEFAULTS.routerWidth;
+const ROUTER_WIDTH = defaultRouterWidth(TRAINED_ARCH.C);
 /** The routers' FLOPs over the dense FFN's, per token, from the architecture (README of the fixtures). */
 const ROUTER_SHARE = (2 * (TRAINED_ARCH.C * ROUTER_WIDTH + ROUTER_WIDTH * EXPERTS)) / (4 * TRAINED_ARCH.C * TRAINED_ARCH.H);
 

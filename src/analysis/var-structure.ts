@@ -230,14 +230,34 @@ function findUpstreamLinear(v: Value, out: number, inn: number, depth = 16): Nod
   return null;
 }
 
+/** The nodes of converted models' routers: everything between a DynamicMoE node's X and its `norms` input. */
+function routerNodes(g: Graph): Set<Node> {
+  const out = new Set<Node>();
+  for (const n of g.nodes) {
+    if (!isDynamicMoe(n)) continue;
+    const x = n.inputs[0];
+    const stack = [n.inputs[MOE_INPUT.norms]];
+    while (stack.length) {
+      const v = stack.pop();
+      const p = v?.producer;
+      if (!p || v === x || out.has(p)) continue;
+      out.add(p);
+      for (const i of p.inputs) if (i && !i.tensor && i !== x) stack.push(i);
+    }
+  }
+  return out;
+}
+
 export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandidateFailure[] } {
   const sites: FfnSite[] = [];
   const failures: FfnCandidateFailure[] = [];
+  const routers = routerNodes(g);
   for (const n of g.nodes) {
     const fc2 = linearAt(n);
     if (!fc2 || fc2.inFeatures <= fc2.outFeatures) continue;
-    // A converted model's router (D → width → E) looks like a narrow FFN: it is not one.
-    if (feedsMoeNorms(fc2.output)) continue;
+    // A converted model's router (D → width → E) looks like a narrow FFN: it is not one (either of its MatMuls
+    // narrows, depending on the width).
+    if (routers.has(n) || feedsMoeNorms(fc2.output)) continue;
     const actNode = fc2.input.producer;
     if (!actNode) continue;
     const m = matchAny(actNode, ACTIVATION_PATTERNS.map((a) => ({ name: a.name, pattern: a.pattern })));

@@ -2,12 +2,13 @@
 // tokens to regress each expert's true output L2 norm (fc2 bias excluded), MSE + Adam, seeded, with a held-out split.
 import { deriveSeed } from '../calib/random';
 import { RouterJob, runRouterJobs } from '../calib/layer-pool';
-import type { RouterTarget } from '../convert-options';
+import { defaultRouterWidth, type RouterTarget } from '../convert-options';
 import { ExpertWeights, FfnInputSample, RouterSet } from './types';
 
 export interface RouterOptions {
   experts: number;
-  routerWidth: number;
+  /** Default: defaultRouterWidth(D). */
+  routerWidth?: number;
   routerEpochs: number;
   routerTarget: RouterTarget;
   seed: number;
@@ -16,11 +17,12 @@ export interface RouterOptions {
 export async function trainRouters(sample: FfnInputSample, weights: ExpertWeights[], o: RouterOptions, onLayer?: (k: number) => void): Promise<RouterSet> {
   const E = o.experts;
   const sq = o.routerTarget === 'sqrt';
+  const width = o.routerWidth ?? defaultRouterWidth(sample.layers[0]?.D ?? 0);
   const jobs: RouterJob[] = sample.layers.map((c, k) => {
     const w = weights[k];
     return {
       X: c.X, N: c.N, D: c.D, W1: w.W1, B1: w.B1, W2: w.W2, E, activation: w.activation, sqrt: sq,
-      train: { width: o.routerWidth, epochs: o.routerEpochs, seed: deriveSeed(o.seed, 100 + k) },
+      train: { width, epochs: o.routerEpochs, seed: deriveSeed(o.seed, 100 + k) },
     };
   });
   // Layers side by side, one per core (the captures are lent to the workers and given back).
@@ -29,9 +31,9 @@ export async function trainRouters(sample: FfnInputSample, weights: ExpertWeight
   const set: RouterSet = { routers: [], norms: [], summary: '' };
   for (const { router: r, trueNorms, predicted } of results) {
     set.norms.push({ trueNorms, predicted });
-    set.routers.push({ W1: r.W1, W2: r.W2, width: o.routerWidth, heldOutR2: r.heldOutR2, recall: r.recall, squared: sq });
+    set.routers.push({ W1: r.W1, W2: r.W2, width, heldOutR2: r.heldOutR2, recall: r.recall, squared: sq });
   }
   const r2 = set.routers.map((r) => r.heldOutR2);
-  set.summary = `trained ${set.routers.length} routers (width ${o.routerWidth}); held-out R² ${Math.min(...r2).toFixed(3)}–${Math.max(...r2).toFixed(3)}${sq ? ' (of √norm)' : ''}`;
+  set.summary = `trained ${set.routers.length} routers (width ${width}); held-out R² ${Math.min(...r2).toFixed(3)}–${Math.max(...r2).toFixed(3)}${sq ? ' (of √norm)' : ''}`;
   return set;
 }

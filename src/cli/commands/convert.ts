@@ -1,7 +1,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { CONVERT_DEFAULTS as D } from '../../convert-options';
+import { CONVERT_DEFAULTS as D, ROUTER_WIDTH } from '../../convert-options';
 import { MoefyError } from '../../errors';
 import { convert, defaultOutput, reportPath } from '../../pipeline';
 import { formatThreshold, human, pct, table } from '../../format';
@@ -24,7 +24,7 @@ interface Args {
   activation: string;
   'cluster-by': string;
   'patch-nums'?: string;
-  'router-width': number;
+  'router-width'?: number;
   'router-epochs': number;
   'router-target': string;
   'synth-samples': number;
@@ -32,7 +32,7 @@ interface Args {
   json?: boolean;
   quiet?: boolean;
   repair?: boolean;
-  'repair-epochs': number;
+  'repair-epochs'?: number;
 }
 
 /** Every option checked before the model is read, in the user's words. */
@@ -47,7 +47,7 @@ function validate(a: Args): void {
   integer(a, 'synth-samples', 1);
   integer(a, 'max-tokens', 1);
   integer(a, 'repair-epochs', 0);
-  if (a['repair-epochs'] > 0 && a.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
+  if ((a['repair-epochs'] ?? 0) > 0 && a.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
   number(a, 'budget', 0, 1, { minExclusive: true });
   existing('model', a.model, { file: true });
   if (a.calib) existing('--calib', a.calib);
@@ -70,13 +70,13 @@ const builder = (y: import('yargs').Argv) =>
       .option('activation', { choices: ['relu', 'keep'], default: D.activation, describe: "experts' activation: ReLU (DMoE-VAR) or keep the model's" })
       .option('cluster-by', { choices: ['weights', 'activations'], default: D.clusterBy, describe: 'cluster neurons by co-activation on the calibration data (default: measured better) or by fc1 weights (DMoE-VAR reference)' })
       .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' })
-      .option('router-width', { type: 'number', default: D.routerWidth, describe: 'router hidden width' })
+      .option('router-width', { type: 'number', describe: `router hidden width (default: D/${1 / ROUTER_WIDTH.perD} within ${ROUTER_WIDTH.min}…${ROUTER_WIDTH.max})` })
       .option('router-target', { choices: ['sqrt', 'norm'], default: D.routerTarget, describe: 'router regresses √norm (default, routes better) or the norm itself (DMoE-VAR)' })
       .option('router-epochs', { type: 'number', default: D.routerEpochs, describe: 'router training epochs' })
       .option('synth-samples', { type: 'number', default: D.synthSamples, describe: 'samples to synthesise without --calib' })
       .option('max-tokens', { type: 'number', default: D.maxTokens, describe: 'captured tokens per layer (seeded subsample above this)' })
       .option('repair', { type: 'boolean', describe: "refit the experts to the dense FFN's outputs on the calibration data under the chosen routing (default: on for GELU models converted for a --budget, H ≤ 1024; --no-repair turns it off)" })
-      .option('repair-epochs', { type: 'number', default: D.repairEpochs, describe: 'repair, then train all expert weights for up to N epochs (0: closed form only)' })
+      .option('repair-epochs', { type: 'number', describe: `repair, then train all expert weights for up to N epochs (default ${D.repairEpochs} when repairing; 0: closed form only)` })
       .option('json', { type: 'boolean', describe: 'print the conversion report as JSON on stdout (stage lines go to stderr)' })
       .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing but warnings and errors' });
 
