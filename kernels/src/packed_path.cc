@@ -46,4 +46,33 @@ void packed_expert_chunk(const Ffn& f, const Kernel& k, Slot* slot, float* acc, 
     k.ops->gemm_rows(m, S, D, hc, k.w2p.data() + e * k.w2p_stride, NR, S * NR, cr, true);
 }
 
+void packed_fc1_chunk(const Ffn& f, const Kernel& k, Slot* slot, int64_t e, const int64_t* tk, int m, float* H) {
+  const int64_t D = f.D, S = f.S, NR = k.ops->nr;
+  const int64_t Spad = (S + NR - 1) / NR * NR;
+  const float** ar = slot->arows.data();
+  float** hr = slot->hrows.data();
+  for (int r = 0; r < m; ++r) {
+    ar[r] = f.X + tk[r] * D;
+    hr[r] = H + r * Spad;
+  }
+  k.ops->gemm_rows(m, D, S, ar, k.w1p.data() + e * k.w1p_stride, NR, D * NR, hr, false);
+  for (int r = 0; r < m; ++r) k.ops->bias_act(hr[r], f.B1 + e * S, S, f.act);
+}
+
+void packed_fc2_cols(const Ffn& f, const Kernel& k, Slot* slot, float* Y, int64_t e, const int64_t* tk, int m,
+                     const float* H, int64_t c0, int64_t nc) {
+  const int64_t D = f.D, S = f.S, NR = k.ops->nr;
+  const int64_t Spad = (S + NR - 1) / NR * NR;
+  const float** hr = slot->arows.data();
+  float** cr = slot->crows.data();
+  for (int r = 0; r < m; ++r) {
+    hr[r] = H + r * Spad;
+    cr[r] = Y + tk[r] * D + c0;
+  }
+  if (k.w2p.empty())
+    k.ops->gemm_rows(m, S, nc, hr, f.W2 + e * S * D + c0, D, NR, cr, true);
+  else
+    k.ops->gemm_rows(m, S, nc, hr, k.w2p.data() + e * k.w2p_stride + (c0 / NR) * S * NR, NR, S * NR, cr, true);
+}
+
 }  // namespace moefy

@@ -15,4 +15,11 @@ void packed_reserve(Slot* slot, size_t rows, const Ffn& f, const Kernel& k);
 
 void packed_expert_chunk(const Ffn& f, const Kernel& k, Slot* slot, float* acc, int64_t e, const int64_t* tk, int m);
 
+// The two halves of packed_expert_chunk for the column-split schedule (moe_cpu.cc). FC1: the m hidden rows of expert e
+// for tokens tk into H (rows of ceil(S / nr) · nr floats), bias and activation applied. FC2: Y[tk][c0, c0 + nc) +=
+// H rows · W2_e[:, c0, c0 + nc), c0 a multiple of nr.
+void packed_fc1_chunk(const Ffn& f, const Kernel& k, Slot* slot, int64_t e, const int64_t* tk, int m, float* H);
+void packed_fc2_cols(const Ffn& f, const Kernel& k, Slot* slot, float* Y, int64_t e, const int64_t* tk, int m,
+                     const float* H, int64_t c0, int64_t nc);
+
 }  // namespace moefy
