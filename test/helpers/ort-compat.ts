@@ -62,7 +62,7 @@ export function registerHost(dir: string): (version: string) => string {
     path.join(repoRoot, 'kernels', 'test', 'register_host.cc'), '-ldl', '-o', host], { encoding: 'utf8' });
   if (b.status !== 0) throw new Error(`g++ failed: ${b.stderr}`);
   return (version: string) => {
-    const r = spawnSync(host, [fetchOrt.ortLibrary(version), libPath()], { encoding: 'utf8' });
+    const r = spawnSync(host, [fetchOrt.ortLibrary(version), libPath()], { encoding: 'utf8', env: { ...process.env, ORT_DISABLE_TELEMETRY: '1' } });
     if (r.status !== 0) return `host exit ${r.status} ${r.signal ?? ''} ${r.stderr.trim()}`;
     return r.stdout.split('\n').find((l) => l === 'registered' || l.startsWith('error: ')) ?? r.stdout.trim();
   };
@@ -157,7 +157,7 @@ export function checkVersion(version: string, models: { name: string; file: stri
   }
   const r = spawnSync(process.execPath, [__filename, '--child', JSON.stringify(models)], {
     encoding: 'utf8',
-    env: { ...process.env, MOEFY_ORT_LIBRARY: lib, MOEFY_KERNEL_TRACE: '1' },
+    env: { ...process.env, MOEFY_ORT_LIBRARY: lib, MOEFY_KERNEL_TRACE: '1', ORT_DISABLE_TELEMETRY: '1' },  // no mat-debug-*.log in the temp dir
     timeout: 300_000,
   });
   const line = (r.stdout || '').split('\n').find((l) => l.startsWith('{'));
@@ -201,6 +201,8 @@ async function main(): Promise<void> {
 }
 
 if (require.main === module) {
+  // As bin/moefy.js and npm test: ONNX Runtime's telemetry off (no mat-debug-*.log left in the temp dir).
+  process.env.ORT_DISABLE_TELEMETRY ??= '1';
   main().catch((e) => {
     process.stderr.write(`${(e as Error).message}\n`);
     process.exit(1);
