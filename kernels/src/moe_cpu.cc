@@ -304,11 +304,12 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
   f.ops = k->ops;
   float* Y = f.Y;
 
-  // Y starts as B2 (or 0).
-  auto init_y = [&]() {
+  // Y (columns [c0, c1) of every token) starts as B2 (or 0).
+  auto init_y = [&](int64_t c0 = 0, int64_t c1 = -1) {
+    if (c1 < 0) c1 = D;
     for (int64_t t = 0; t < N; ++t) {
-      if (f.B2) std::memcpy(Y + t * D, f.B2, sizeof(float) * D);
-      else std::memset(Y + t * D, 0, sizeof(float) * D);
+      if (f.B2) std::memcpy(Y + t * D + c0, f.B2 + c0, sizeof(float) * (c1 - c0));
+      else std::memset(Y + t * D + c0, 0, sizeof(float) * (c1 - c0));
     }
   };
 
@@ -327,6 +328,16 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
     while (ws.slots.size() < static_cast<size_t>(G)) ws.slots.emplace_back(new Slot());
     for (int64_t g = 0; g < G; ++g) reserve(ws.slots[g].get(), static_cast<size_t>(TM));
     const int64_t* tokens = ws.tokens.data();
+    const int64_t* off = ws.offsets.data();
+    // Group g's share: the (expert, token) pairs [g P / G, (g + 1) P / G) of the expert-major list (an expert at a
+    // boundary is shared), in chunks of at most TM rows: fn(expert, first pair, rows).
+    auto for_group_pairs = [&](int64_t g, auto&& fn) {
+      const int64_t p0 = g * total_pairs / G, p1 = (g + 1) * total_pairs / G;
+      for (int64_t e = std::upper_bound(off, off + E + 1, p0) - off - 1; e >= 0 && e < E && off[e] < p1; ++e) {
+        const int64_t a = std::max(off[e], p0), b = std::min(off[e + 1], p1);
+        for (int64_t c = a; c < b; c += TM) fn(e, c, static_cast<int>(std::min<int64_t>(TM, b - c)));
+      }
+    };
     auto run_chunk = [&](Slot* slot, float* acc, int64_t e, int64_t begin, int m) {
       if (fused) packed_expert_chunk(f, *k, slot, acc, e, tokens + begin, m);
       else blas_expert_chunk(f, slot, acc, e, tokens + begin, m);
@@ -363,38 +374,31 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
         run_chunk(ws.slots[i].get(), acc, c.expert, c.begin, static_cast<int>(c.count));
       });
     } else if (column_split) {
-      // Two phases, no accumulators: task g computes the hidden rows of the (expert, token) pairs [g P / G,
-      // (g + 1) P / G) into one pair-indexed buffer; then task g owns output columns [c0, c1) of every token and
-      // adds all experts into them in ascending order. Each Y element is B2 + e0 + e1 + … whatever G or the threads.
+      // Two phases, no accumulators: task g computes the hidden rows of its pairs into one pair-indexed buffer; then
+      // task g owns output columns [c0, c1) of every token and adds all experts into them in ascending order. Each
+      // Y element is B2 + e0 + e1 + … whatever G or the threads.
       const int64_t NR = k->ops->nr, Spad = (S + NR - 1) / NR * NR, npan = (D + NR - 1) / NR;
       grow(ws.hidden, static_cast<size_t>(total_pairs * Spad));
       float* Hp = ws.hidden.data();
-      const int64_t* off = ws.offsets.data();
       parallel_for(pc, static_cast<size_t>(G), [&](size_t gi) {
-        const int64_t g = static_cast<int64_t>(gi);
-        const int64_t p0 = g * total_pairs / G, p1 = (g + 1) * total_pairs / G;
-        for (int64_t e = std::upper_bound(off, off + E + 1, p0) - off - 1; e >= 0 && e < E && off[e] < p1; ++e) {
-          const int64_t a = std::max(off[e], p0), b = std::min(off[e + 1], p1);
-          for (int64_t c = a; c < b; c += TM)
-            packed_fc1_chunk(f, *k, ws.slots[g].get(), e, tokens + c, static_cast<int>(std::min<int64_t>(TM, b - c)), Hp + c * Spad);
-        }
+        Slot* slot = ws.slots[gi].get();
+        for_group_pairs(static_cast<int64_t>(gi),
+                        [&](int64_t e, int64_t c, int m) { packed_fc1_chunk(f, *k, slot, e, tokens + c, m, Hp + c * Spad); });
       });
       parallel_for(pc, static_cast<size_t>(G), [&](size_t gi) {
         const int64_t g = static_cast<int64_t>(gi);
         const int64_t c0 = std::min(D, g * npan / G * NR), c1 = std::min(D, (g + 1) * npan / G * NR);
         if (c1 <= c0) return;
-        for (int64_t t = 0; t < N; ++t) {
-          if (f.B2) std::memcpy(Y + t * D + c0, f.B2 + c0, sizeof(float) * (c1 - c0));
-          else std::memset(Y + t * D + c0, 0, sizeof(float) * (c1 - c0));
-        }
+        init_y(c0, c1);
+        Slot* slot = ws.slots[g].get();
         for (int64_t e = 0; e < E; ++e)
-          for (int64_t c = off[e]; c < off[e + 1]; c += TM)
-            packed_fc2_cols(f, *k, ws.slots[g].get(), Y, e, tokens + c, static_cast<int>(std::min<int64_t>(TM, off[e + 1] - c)), Hp + c * Spad, c0, c1 - c0);
+          for (int64_t c = off[e]; c < off[e + 1]; c += TM) {
+            const int m = static_cast<int>(std::min<int64_t>(TM, off[e + 1] - c));
+            packed_fc2_cols(f, *k, slot, Y, e, tokens + c, m, Hp + c * Spad, c0, c1 - c0);
+          }
       });
     } else {
-      // Group g runs the (expert, token) pairs [g P / G, (g + 1) P / G) of the expert-major list: equal work per
-      // group (an expert at a boundary is shared), fixed by the routing alone.
-      const int64_t* off = ws.offsets.data();
+      // Each group adds its pairs (equal work per group, fixed by the routing alone) into its own accumulator.
       for (int64_t g = 1; g < G; ++g) grow(ws.slots[g]->acc, static_cast<size_t>(N * D));
       parallel_for(pc, static_cast<size_t>(G), [&](size_t gi) {
         const int64_t g = static_cast<int64_t>(gi);
@@ -406,12 +410,7 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
         } else {
           init_y();
         }
-        const int64_t p0 = g * total_pairs / G, p1 = (g + 1) * total_pairs / G;
-        for (int64_t e = std::upper_bound(off, off + E + 1, p0) - off - 1; e >= 0 && e < E && off[e] < p1; ++e) {
-          const int64_t a = std::max(off[e], p0), b = std::min(off[e + 1], p1);
-          for (int64_t c0 = a; c0 < b; c0 += TM)
-            run_chunk(slot, acc, e, c0, static_cast<int>(std::min<int64_t>(TM, b - c0)));
-        }
+        for_group_pairs(g, [&](int64_t e, int64_t c, int m) { run_chunk(slot, acc, e, c, m); });
       });
     }
 

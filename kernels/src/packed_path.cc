@@ -25,27 +25,6 @@ void packed_reserve(Slot* slot, size_t rows, const Ffn& f, const Kernel& k) {
   grow(slot->crows, rows);
 }
 
-void packed_expert_chunk(const Ffn& f, const Kernel& k, Slot* slot, float* acc, int64_t e, const int64_t* tk, int m) {
-  const int64_t D = f.D, S = f.S, NR = k.ops->nr;
-  const int64_t Spad = (S + NR - 1) / NR * NR;
-  float* H = slot->h.data();
-  const float** ar = slot->arows.data();
-  float** hr = slot->hrows.data();
-  float** cr = slot->crows.data();
-  for (int r = 0; r < m; ++r) {
-    ar[r] = f.X + tk[r] * D;
-    hr[r] = H + r * Spad;
-    cr[r] = acc + tk[r] * D;
-  }
-  k.ops->gemm_rows(m, D, S, ar, k.w1p.data() + e * k.w1p_stride, NR, D * NR, hr, false);
-  for (int r = 0; r < m; ++r) k.ops->bias_act(hr[r], f.B1 + e * S, S, f.act);
-  const float* const* hc = hr;
-  if (k.w2p.empty())  // W2's expert rows are contiguous: read them in place
-    k.ops->gemm_rows(m, S, D, hc, f.W2 + e * S * D, D, NR, cr, true);
-  else
-    k.ops->gemm_rows(m, S, D, hc, k.w2p.data() + e * k.w2p_stride, NR, S * NR, cr, true);
-}
-
 void packed_fc1_chunk(const Ffn& f, const Kernel& k, Slot* slot, int64_t e, const int64_t* tk, int m, float* H) {
   const int64_t D = f.D, S = f.S, NR = k.ops->nr;
   const int64_t Spad = (S + NR - 1) / NR * NR;
@@ -73,6 +52,11 @@ void packed_fc2_cols(const Ffn& f, const Kernel& k, Slot* slot, float* Y, int64_
     k.ops->gemm_rows(m, S, nc, hr, f.W2 + e * S * D + c0, D, NR, cr, true);
   else
     k.ops->gemm_rows(m, S, nc, hr, k.w2p.data() + e * k.w2p_stride + (c0 / NR) * S * NR, NR, S * NR, cr, true);
+}
+
+void packed_expert_chunk(const Ffn& f, const Kernel& k, Slot* slot, float* acc, int64_t e, const int64_t* tk, int m) {
+  packed_fc1_chunk(f, k, slot, e, tk, m, slot->h.data());
+  packed_fc2_cols(f, k, slot, acc, e, tk, m, slot->h.data(), 0, f.D);
 }
 
 }  // namespace moefy

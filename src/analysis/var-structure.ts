@@ -230,22 +230,24 @@ function findUpstreamLinear(v: Value, out: number, inn: number, depth = 16): Nod
   return null;
 }
 
-/** The nodes of converted models' routers: everything between a DynamicMoE node's X and its `norms` input. */
-function routerNodes(g: Graph): Set<Node> {
-  const out = new Set<Node>();
-  for (const n of g.nodes) {
-    if (!isDynamicMoe(n)) continue;
-    const x = n.inputs[0];
-    const stack = [n.inputs[MOE_INPUT.norms]];
-    while (stack.length) {
-      const v = stack.pop();
-      const p = v?.producer;
-      if (!p || v === x || out.has(p)) continue;
-      out.add(p);
-      for (const i of p.inputs) if (i && !i.tensor && i !== x) stack.push(i);
-    }
+/** A DynamicMoE node's router: the nodes between its X and its `norms` input, walked up from `norms`. */
+function routerSubgraph(n: Node): Set<Node> {
+  const x = n.inputs[0];
+  const seen = new Set<Node>();
+  const stack = [n.inputs[MOE_INPUT.norms]];
+  while (stack.length) {
+    const v = stack.pop();
+    const p = v?.producer;
+    if (!p || seen.has(p) || v === x) continue;
+    seen.add(p);
+    for (const i of p.inputs) if (i && !i.tensor && i !== x) stack.push(i);
   }
-  return out;
+  return seen;
+}
+
+/** The nodes of converted models' routers. */
+function routerNodes(g: Graph): Set<Node> {
+  return new Set(g.nodes.filter(isDynamicMoe).flatMap((n) => [...routerSubgraph(n)]));
 }
 
 export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandidateFailure[] } {
@@ -346,21 +348,13 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   // The router: the weights reached upstream of `norms` before reaching X.
   let routerParams = 0;
   let routerWidth: number | null = null;
-  const seen = new Set<Node>();
-  const stack = [n.inputs[1]];
-  while (stack.length) {
-    const v = stack.pop();
-    const p = v?.producer;
-    if (!p || seen.has(p) || v === x) continue;
-    seen.add(p);
+  const seen = routerSubgraph(n);
+  for (const p of seen)
     for (const i of p.inputs) {
-      if (!i || i === x) continue;
-      if (i.tensor) {
-        if (i.tensor.dims.length >= 2) routerParams += i.tensor.size; // weights, not the GELU's scalar constants
-        if (p.opType === 'MatMul' && i.tensor.dims.length === 2 && i.tensor.dims[0] === D) routerWidth = i.tensor.dims[1];
-      } else stack.push(i);
+      if (!i?.tensor) continue;
+      if (i.tensor.dims.length >= 2) routerParams += i.tensor.size; // weights, not the GELU's scalar constants
+      if (p.opType === 'MatMul' && i.tensor.dims.length === 2 && i.tensor.dims[0] === D) routerWidth = i.tensor.dims[1];
     }
-  }
   let thresholds = (n.attr('threshold')?.floats ?? []).map(Number);
   const tIn = n.inputs[MOE_INPUT.threshold];
   const tt = tIn?.tensor ?? tIn?.constantTensor();
