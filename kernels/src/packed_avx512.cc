@@ -120,6 +120,9 @@ inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const floa
 void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb,
                int64_t panel_stride, float* const* c, bool accumulate) {
   constexpr int64_t MC = 256;
+  // 256 rows of a 32-column panel: a 32 KB chunk (Zen 5's L1D is 48 KB). In the few-rows order, measured against
+  // 128 (twice the C round trips through the accumulators): 0.01–0.03 × dense better at 256 tokens; 512 no better.
+  constexpr int64_t KC = 256;
   const int64_t np = (ncols + NR - 1) / NR;
   const int64_t nb = (M + MR - 1) / MR;
   const float* ab[MR];
@@ -133,7 +136,6 @@ void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const
     return static_cast<int>(s1 - s0);
   };
   if (M <= MC) {
-    constexpr int64_t KC = 128;
     for (int64_t p = 0; p < np; ++p) {
       const int n = static_cast<int>(min64(NR, ncols - p * NR));
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -149,7 +151,6 @@ void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const
     }
     return;
   }
-  constexpr int64_t KC = 256;
   for (int64_t blk = 0; blk < nb; ++blk)
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
       const int64_t kc = min64(KC, K - k0);
