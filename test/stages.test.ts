@@ -17,7 +17,10 @@ import { permute } from '../src/stages/permute';
 import { trainRouters } from '../src/stages/routers';
 import { chooseThresholds } from '../src/stages/thresholds';
 import { FfnInputSample, RouterSet } from '../src/stages/types';
-import { fixture, repoRoot } from './helpers/fixtures';
+import { sliceFeeds } from '../src/calib/inputs';
+import { generate } from '../src/eval/generate';
+import { readTensorSet } from '../src/io';
+import { fixture, GELU_STEPS, repoRoot, rmDir, tmpDir } from './helpers/fixtures';
 
 const SMALL = path.join(repoRoot, 'fixtures', 'small-var.onnx');
 const SMALL_CALIB = path.join(repoRoot, 'fixtures', 'small-var-calib');
@@ -109,6 +112,33 @@ test('capture: a token cap keeps a seeded, ordered subsample shared by all layer
     assert.deepEqual(full.layers[1].X.subarray(j * D, (j + 1) * D), row);
     assert.equal(a.layers[1].scaleOfToken[i], full.layers[1].scaleOfToken[j]);
     from = j + 1;
+  }
+});
+
+test('capture batches slice a CFG-doubled KV cache by blocks (B conditional rows, then B unconditional)', async () => {
+  // Rows labelled by their index: samples 1…2 of 3 are rows 1, 2 (conditional) and 4, 5 (unconditional).
+  const kv = new ort.Tensor('float32', Float32Array.from({ length: 6 * 2 }, (_, i) => Math.floor(i / 2)), [6, 2]);
+  const label = new ort.Tensor('int64', BigInt64Array.of(7n, 8n, 9n), [3]);
+  const part = sliceFeeds({ past_key_0: kv, label_B: label }, 1, 3, 2);
+  assert.deepEqual(Array.from(part.past_key_0.data as Float32Array), [1, 1, 2, 2, 4, 4, 5, 5]);
+  assert.deepEqual(Array.from(part.label_B.data as BigInt64Array), [8n, 9n]);
+  // A real step graph run on a slice of its generated inputs gives those samples' logits.
+  const dir = tmpDir('kv-slice');
+  try {
+    await generate({ steps: GELU_STEPS, vq: GELU_STEPS, samples: 3, cfg: 2, topK: 50, topP: 0.96, seed: 0, dumpCalib: dir });
+    const feeds = (await readTensorSet(path.join(dir, 's8'))) as unknown as Record<string, ort.Tensor>;
+    const sess = await ort.InferenceSession.create(path.join(GELU_STEPS, 'var_step_s8.onnx'));
+    const full = (await sess.run(feeds)).logits_BlV;
+    const sliced = (await sess.run(sliceFeeds(feeds, 1, 3, 2))).logits_BlV;
+    await sess.release();
+    const per = full.data.length / 3;
+    const want = (full.data as Float32Array).subarray(per, 3 * per), got = sliced.data as Float32Array;
+    assert.equal(got.length, want.length);
+    let worst = 0;
+    for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want[i]));
+    assert.ok(worst <= 1e-4, `logits of samples 1…2 differ by ${worst} when run on a slice`);
+  } finally {
+    rmDir(dir);
   }
 });
 

@@ -101,7 +101,7 @@ export function checkCalib(model: Model, set: Feeds, file: string): Feeds {
   return feeds;
 }
 
-/** Slices samples [a, b) of every feed along axis 0 (KV-cache inputs hold rowsPerSample rows per sample). */
+/** Slices samples [a, b) of every feed along axis 0 (KV-cache inputs hold rowsPerSample rows per sample, in blocks). */
 export function sliceFeeds(feeds: Feeds, a: number, b: number, rowsPerSample: number): Feeds {
   const out: Feeds = {};
   for (const [name, t] of Object.entries(feeds)) {
@@ -109,9 +109,18 @@ export function sliceFeeds(feeds: Feeds, a: number, b: number, rowsPerSample: nu
       out[name] = t;
       continue;
     }
-    const k = isKvInputName(name) ? rowsPerSample : 1;
     const per = t.dims.slice(1).reduce((x, y) => x * y, 1);
-    const data = (t.data as Float32Array).subarray(a * k * per, b * k * per);
+    const k = isKvInputName(name) ? rowsPerSample : 1;
+    if (k === 1) {
+      out[name] = new ort.Tensor(t.type, (t.data as Float32Array).subarray(a * per, b * per) as never, [b - a, ...t.dims.slice(1)]);
+      continue;
+    }
+    // A CFG-doubled KV cache holds k blocks of B rows (VAR: the B conditional rows, then the B unconditional ones):
+    // samples a…b−1 are rows a…b−1 of every block.
+    const B = t.dims[0] / k;
+    const src = t.data as Float32Array;
+    const data = new (src.constructor as Float32ArrayConstructor)(k * (b - a) * per);
+    for (let j = 0; j < k; j++) data.set(src.subarray((j * B + a) * per, (j * B + b) * per), j * (b - a) * per);
     out[name] = new ort.Tensor(t.type, data as never, [(b - a) * k, ...t.dims.slice(1)]);
   }
   return out;
