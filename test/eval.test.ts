@@ -120,6 +120,25 @@ test('eval: top-k/top-p sampling by inverse CDF', () => {
   assert.equal(sampleTopKTopP(l, 0, V, 900, 0.5, 0.999, order, probs), 1);
 });
 
+test('eval generate in batches: the report and the dumped calibration data do not depend on --batch', async () => {
+  const dir = tmpDir('eval-gen-batch');
+  try {
+    const run = (batch: number) => generate({ steps: GELU_STEPS, vq: GELU_STEPS, samples: 3, cfg: 2, topK: 50, topP: 0.96, seed: 1, dumpCalib: path.join(dir, `b${batch}`), batch });
+    const one = await run(3), two = await run(2);
+    assert.deepStrictEqual(two, one);
+    for (const sub of ['full', 's1', 's9']) {
+      const a = path.join(dir, 'b3', sub), b = path.join(dir, 'b2', sub);
+      assert.deepStrictEqual(fs.readdirSync(b).sort(), fs.readdirSync(a).sort());
+      for (const f of fs.readdirSync(a)) assert.ok(fs.readFileSync(path.join(a, f)).equals(fs.readFileSync(path.join(b, f))), `${sub}/${f} differs`);
+    }
+    // The last step's KV cache: 2 rows per sample (CFG), the conditional rows of all samples first.
+    const s9 = await readTensorSet(path.join(dir, 'b2', 's9'));
+    assert.deepStrictEqual([...s9.past_key_0.dims], [6, 4, 424, 32]);
+  } finally {
+    rmDir(dir);
+  }
+});
+
 test('eval --generate: a threshold-0 MoE step graph samples the dense tokens with identical seeds; images decode', async () => {
   const dir = tmpDir('eval-gen');
   try {

@@ -4,7 +4,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
-import { readTensorSet, writeTensorSet, encodeNpy, decodeNpy } from '../src/io';
+import { readTensorSet, writeTensorSet, encodeNpy, decodeNpy, TensorSetWriter } from '../src/io';
+import { liveTemps } from '../src/files/temp';
 import { MoefyError } from '../src/errors';
 import { FIXTURES } from './helpers/fixtures';
 
@@ -114,4 +115,33 @@ test('io: errors are MoefyError', async () => {
   await assert.rejects(readTensorSet(path.join(d, 'bad')), (e: Error) => e instanceof MoefyError && /needs 16/.test(e.message));
   fs.writeFileSync(path.join(d, 'junk.npz'), 'PK garbage');
   await assert.rejects(readTensorSet(path.join(d, 'junk.npz')), MoefyError);
+});
+
+test('TensorSetWriter: pieces appended by rows (in blocks for a CFG-doubled cache) read back as the joined set', async () => {
+  const dir = tmpdir();
+  const target = path.join(dir, 'set');
+  const w = new TensorSetWriter(target);
+  // Two pieces of 2 and 1 samples; the cache has 2 rows per sample: conditional rows first, then unconditional.
+  w.append('x', new Tensor('float32', Float32Array.from([1, 2, 3, 4]), [2, 2]));
+  w.append('kv', new Tensor('float32', Float32Array.from([10, 11, 20, 21]), [4, 1]), 2);
+  w.append('cfg', new Tensor('float32', Float32Array.of(2), []));
+  w.append('x', new Tensor('float32', Float32Array.from([5, 6]), [1, 2]));
+  w.append('kv', new Tensor('float32', Float32Array.from([12, 22]), [2, 1]), 2);
+  w.append('cfg', new Tensor('float32', Float32Array.of(2), []));
+  assert.ok(!fs.existsSync(target), 'nothing at the target before commit');
+  await w.commit();
+  const r = await readTensorSet(target);
+  assert.deepStrictEqual([...r.x.dims], [3, 2]);
+  assert.deepStrictEqual(Array.from(r.x.data as Float32Array), [1, 2, 3, 4, 5, 6]);
+  assert.deepStrictEqual([...r.kv.dims], [6, 1]);
+  assert.deepStrictEqual(Array.from(r.kv.data as Float32Array), [10, 11, 12, 20, 21, 22]);
+  assert.deepStrictEqual([...r.cfg.dims], []);
+  assert.deepStrictEqual(fs.readdirSync(target).sort(), ['cfg.bin', 'kv.bin', 'manifest.json', 'x.bin']);
+  assert.ok(!liveTemps().some((p) => p.startsWith(dir)), `temporaries left: ${liveTemps().join(', ')}`);
+  // A discarded writer leaves nothing; a shape change between pieces is one clear error.
+  const w2 = new TensorSetWriter(path.join(dir, 'other'));
+  w2.append('x', new Tensor('float32', Float32Array.from([1, 2]), [1, 2]));
+  assert.throws(() => w2.append('x', new Tensor('float32', Float32Array.from([1, 2, 3]), [1, 3])), (e: Error) => e instanceof MoefyError && /changed type or shape/.test(e.message));
+  w2.discard();
+  assert.deepStrictEqual(fs.readdirSync(dir), ['set']);
 });

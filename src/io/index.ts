@@ -6,6 +6,7 @@
  *  - a NumPy `.npz` archive (zip of `.npy` files, stored or deflated)
  * A single `.npy` file is also readable (one tensor named after the file).
  */
+import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
@@ -219,24 +220,131 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
       manifest[name] = { file, dtype: t.type, shape: [...t.dims] };
     }
     await fsp.writeFile(path.join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 1) + '\n');
-    if (existing) {
-      const old = tmpName(p + '.old');
-      await fsp.rename(p, old);
-      try {
-        await fsp.rename(tmp, p);
-      } catch (e) {
-        await fsp.rename(old, p).catch(() => undefined);
-        throw e;
-      }
-      removeTemp(old);
-    } else {
-      await fsp.rename(tmp, p);
-    }
-    removeTemp(tmp);
+    await placeFolder(tmp, p, !!existing);
   } catch (e) {
     removeTemp(tmp);
     if (e instanceof MoefyError) throw e;
     throw envError(e, p);
+  }
+}
+
+/** Puts a finished temporary folder at p, replacing what was there (already checked replaceable). */
+async function placeFolder(tmp: string, p: string, existing: boolean): Promise<void> {
+  if (existing) {
+    const old = tmpName(p + '.old');
+    await fsp.rename(p, old);
+    try {
+      await fsp.rename(tmp, p);
+    } catch (e) {
+      await fsp.rename(old, p).catch(() => undefined);
+      throw e;
+    }
+    removeTemp(old);
+  } else {
+    await fsp.rename(tmp, p);
+  }
+  removeTemp(tmp);
+}
+
+interface WriterEntry {
+  file: string;
+  type: IoDType;
+  /** Shape after axis 0 ([] for a scalar). */
+  inner: number[];
+  scalar: boolean;
+  rows: number;
+  blocks: number;
+}
+
+/**
+ * A folder tensor set written in pieces, rows appended along axis 0 as they are computed (samples in batches), so
+ * that the whole set never sits in memory. A tensor appended with `blocks` k holds k equal blocks of rows (a
+ * CFG-doubled KV cache: the conditional rows, then the unconditional ones); block j of each piece goes after block
+ * j of the pieces before. Scalars are written once. Everything goes into a temporary sibling of the target:
+ * `commit` puts it in place as writeTensorSet does, `discard` (or an error, the exit or a signal) removes it.
+ */
+export class TensorSetWriter {
+  private readonly tmp: string;
+  private readonly entries = new Map<string, WriterEntry>();
+  private readonly used = new Set<string>(['manifest.json']);
+
+  constructor(private readonly target: string) {
+    try {
+      fs.mkdirSync(path.dirname(path.resolve(target)), { recursive: true });
+    } catch (e) {
+      throw envError(e, path.dirname(path.resolve(target)), 'cannot create the folder');
+    }
+    this.tmp = tmpName(target);
+    fs.mkdirSync(this.tmp);
+  }
+
+  private part(e: WriterEntry, j: number): string {
+    return path.join(this.tmp, e.blocks > 1 ? `${e.file}.block${j}` : e.file);
+  }
+
+  append(name: string, t: Tensor, blocks = 1): void {
+    if (!isIoDType(t.type)) throw new MoefyError(`TensorSetWriter: "${name}" has unsupported type ${t.type}`);
+    const scalar = t.dims.length === 0;
+    let e = this.entries.get(name);
+    if (!e) {
+      e = { file: safeFileName(name, this.used), type: t.type, inner: scalar ? [] : [...t.dims.slice(1)], scalar, rows: 0, blocks: scalar ? 1 : blocks };
+      this.entries.set(name, e);
+      if (!scalar) for (let j = 0; j < e.blocks; j++) fs.writeFileSync(this.part(e, j), new Uint8Array(0));
+    } else if (e.type !== t.type || e.scalar !== scalar || e.blocks !== (scalar ? 1 : blocks) || e.inner.join() !== (scalar ? '' : t.dims.slice(1).join())) {
+      throw new MoefyError(`TensorSetWriter: "${name}" changed type or shape between pieces ([${t.dims.join(', ')}] ${t.type})`);
+    }
+    const bytes = tensorBytes(t, `TensorSetWriter [${name}]`);
+    if (scalar) {
+      if (e.rows === 0) fs.writeFileSync(this.part(e, 0), bytes);
+      e.rows = 1;
+      return;
+    }
+    const rows = t.dims[0];
+    if (rows % e.blocks !== 0) throw new MoefyError(`TensorSetWriter: "${name}" has ${rows} rows, not ${e.blocks} equal blocks`);
+    const per = bytes.byteLength / Math.max(rows, 1), inBlock = (rows / e.blocks) * per;
+    for (let j = 0; j < e.blocks; j++) fs.appendFileSync(this.part(e, j), bytes.subarray(j * inBlock, (j + 1) * inBlock));
+    e.rows += rows;
+  }
+
+  async commit(): Promise<void> {
+    const p = this.target;
+    try {
+      const existing = await statOrNull(p);
+      if (existing && !existing.isDirectory()) throw new MoefyError(`${p} exists and is not a folder`);
+      if (existing) await assertReplaceable(p);
+      const manifest: Manifest = {};
+      for (const [name, e] of this.entries) {
+        if (e.blocks > 1) {
+          // The blocks one after the other, copied in pieces (a block can be gigabytes).
+          const out = fs.openSync(path.join(this.tmp, e.file), 'w');
+          try {
+            const buf = Buffer.allocUnsafe(16 << 20);
+            for (let j = 0; j < e.blocks; j++) {
+              const src = fs.openSync(this.part(e, j), 'r');
+              try {
+                for (let n; (n = fs.readSync(src, buf, 0, buf.length, null)) > 0; ) fs.writeSync(out, buf, 0, n);
+              } finally {
+                fs.closeSync(src);
+              }
+              fs.rmSync(this.part(e, j));
+            }
+          } finally {
+            fs.closeSync(out);
+          }
+        }
+        manifest[name] = { file: e.file, dtype: e.type, shape: e.scalar ? [] : [e.rows, ...e.inner] };
+      }
+      fs.writeFileSync(path.join(this.tmp, 'manifest.json'), JSON.stringify(manifest, null, 1) + '\n');
+      await placeFolder(this.tmp, p, !!existing);
+    } catch (e) {
+      this.discard();
+      if (e instanceof MoefyError) throw e;
+      throw envError(e, p);
+    }
+  }
+
+  discard(): void {
+    removeTemp(this.tmp);
   }
 }
 

@@ -5,7 +5,7 @@ import { MoefyError } from '../../errors';
 import { checkOutputs, inputFiles } from '../../io/output-paths';
 import { checkEmbeddingInputs, checkFinite } from '../../calib/check-inputs';
 import { printEval } from '../../eval/format';
-import { generate, printGenerate } from '../../eval/generate';
+import { GENERATE_BATCH, generate, printGenerate } from '../../eval/generate';
 import { writeRouterMaps } from '../../eval/router-maps';
 import { closeSide, openSide } from '../../eval/side';
 import { printSweep, sweep } from '../../eval/sweep';
@@ -118,7 +118,7 @@ async function runGenerate(a: Args): Promise<void> {
   for (const [flag, p] of [['--vq', a.vq], ['--decoder', a.decoder]] as const) if (p) existing(flag, p);
   const r = await generate({
     steps, moeSteps: a['moe-steps'], vq, decoder: a.decoder, images: a.images, samples: a.samples,
-    labels: parseNumberList('labels', a.labels), thresholds: parseNumberList('threshold', a.threshold), dumpCalib: a['dump-calib'], cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums: parsePatchNums(a['patch-nums']),
+    labels: parseNumberList('labels', a.labels), thresholds: parseNumberList('threshold', a.threshold), dumpCalib: a['dump-calib'], cfg: a.cfg, topK: a['top-k'], topP: a['top-p'], seed: a.seed, patchNums: parsePatchNums(a['patch-nums']), batch: a.batch,
   });
   process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printGenerate(r)) + '\n');
 }
@@ -202,7 +202,11 @@ const command: CommandModule = {
       .command({
         command: 'generate',
         describe: 'Sample images with the step graphs, dense and MoE with identical seeds',
-        builder: (z) => generateOptions(common(z)).demandOption('steps').demandOption('vq'),
+        builder: (z) =>
+          generateOptions(common(z))
+            .option('batch', { type: 'number', describe: `samples per run of the step graphs (default ${GENERATE_BATCH}; bounds memory, the results do not depend on it)` })
+            .demandOption('steps')
+            .demandOption('vq'),
         handler: (a) => runGenerate(a as unknown as Args),
       })
       .command({
