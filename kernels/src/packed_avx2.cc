@@ -38,7 +38,7 @@ inline __m256i lane_mask(int n) {
 
 template <int M>
 inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c, int ncols,
-                    bool accumulate) {
+                    bool accumulate, const float* pf) {
   __m256 acc0[M], acc1[M];
   for (int r = 0; r < M; ++r) {
     acc0[r] = _mm256_setzero_ps();
@@ -50,6 +50,7 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
     for (int64_t k = 0; k < K; ++k) {
       const __m256 b0 = _mm256_loadu_ps(bp + k * ldb);
       const __m256 b1 = _mm256_loadu_ps(bp + k * ldb + 8);
+      if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf + k * ldb), _MM_HINT_T0);  // the next chunk, one line per row
       for (int r = 0; r < M; ++r) {
         const __m256 av = _mm256_broadcast_ss(ar[r] + k);
         acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
@@ -90,24 +91,48 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
 }
 
 inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c,
-                             int ncols, bool accumulate) {
+                             int ncols, bool accumulate, const float* pf) {
   switch (M) {
-    case 6: ukernel<6>(K, a, bp, ldb, c, ncols, accumulate); break;
-    case 5: ukernel<5>(K, a, bp, ldb, c, ncols, accumulate); break;
-    case 4: ukernel<4>(K, a, bp, ldb, c, ncols, accumulate); break;
-    case 3: ukernel<3>(K, a, bp, ldb, c, ncols, accumulate); break;
-    case 2: ukernel<2>(K, a, bp, ldb, c, ncols, accumulate); break;
-    case 1: ukernel<1>(K, a, bp, ldb, c, ncols, accumulate); break;
+    case 6: ukernel<6>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 5: ukernel<5>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 4: ukernel<4>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 3: ukernel<3>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 2: ukernel<2>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 1: ukernel<1>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
     default: break;
   }
 }
 
+// Few rows (an expert's tokens, M <= MC): B streamed once, panel by panel in KC-row chunks, each chunk reused from
+// L1 by every balanced block of rows while the next one is prefetched (as at AVX-512). More rows: block by block
+// over all of B, which stays in L2.
 void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb,
                int64_t panel_stride, float* const* c, bool accumulate) {
   constexpr int64_t KC = 256;
+  constexpr int64_t MC = 256;
   const int64_t np = (ncols + NR - 1) / NR;
   const float* ab[MR];
   float* cb[MR];
+  if (M <= MC) {
+    const int64_t nb = (M + MR - 1) / MR;
+    for (int64_t p = 0; p < np; ++p) {
+      const int n = static_cast<int>(min64(NR, ncols - p * NR));
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int64_t kc = min64(KC, K - k0);
+        const float* bc = b + p * panel_stride + k0 * ldb;
+        const float* next = k0 + KC < K ? bc + KC * ldb : p + 1 < np ? b + (p + 1) * panel_stride : nullptr;
+        for (int64_t blk = 0; blk < nb; ++blk) {
+          const int64_t s0 = blk * M / nb, s1 = (blk + 1) * M / nb;
+          for (int64_t r = 0; r < s1 - s0; ++r) {
+            ab[r] = a[s0 + r] + k0;
+            cb[r] = c[s0 + r] + p * NR;
+          }
+          ukernel_dispatch(static_cast<int>(s1 - s0), kc, ab, bc, ldb, cb, n, accumulate || k0 > 0, blk == 0 && n == NR ? next : nullptr);
+        }
+      }
+    }
+    return;
+  }
   for (int64_t r0 = 0; r0 < M; r0 += MR) {
     const int m = static_cast<int>(min64(MR, M - r0));
     for (int64_t k0 = 0; k0 < K; k0 += KC) {
@@ -116,7 +141,7 @@ void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const
       for (int64_t p = 0; p < np; ++p) {
         const int n = static_cast<int>(min64(NR, ncols - p * NR));
         for (int r = 0; r < m; ++r) cb[r] = c[r0 + r] + p * NR;
-        ukernel_dispatch(m, kc, ab, b + p * panel_stride + k0 * ldb, ldb, cb, n, accumulate || k0 > 0);
+        ukernel_dispatch(m, kc, ab, b + p * panel_stride + k0 * ldb, ldb, cb, n, accumulate || k0 > 0, nullptr);
       }
     }
   }
