@@ -8,6 +8,7 @@ import { trainExperts } from '../src/calib/expert-train';
 import { rng } from '../src/calib/random';
 import { quadForm, solveSpd } from '../src/calib/linalg';
 import { ffnOutputs, repairExperts, routingMask } from '../src/calib/repair';
+import { RepairJob, runRepairJobs } from '../src/calib/layer-pool';
 
 function rand(r: () => number, n: number, scale = 1): Float32Array {
   const a = new Float32Array(n);
@@ -122,4 +123,36 @@ test('trainExperts lowers the held-out error of a perturbed FFN, and is byte-rep
   // Starting at the answer, nothing gets worse (early stopping keeps the start).
   const exact = await trainExperts({ ...inp, weights: { W1, B1, W2, B2 } }, { epochs: 3, seed: 5 });
   assert.ok(exact.heldOutAfter <= exact.heldOutBefore && exact.heldOutBefore < 1e-5, `${exact.heldOutBefore} → ${exact.heldOutAfter}`);
+});
+
+test('repair jobs on worker threads: the same bytes as in one thread, captures given back, the fit lowers the error', async () => {
+  const N = 1500, D = 6, H = 16, E = 4;
+  const jobs = (): RepairJob[] => [1, 2, 3].map((seed) => {
+    const r = rng(seed);
+    const mask = new Uint8Array(N * E).fill(1);
+    for (let n = 0; n < N; n++) mask[n * E + Math.floor(r() * E)] = 0;
+    return { X: rand(r, N * D), N, D, W1: rand(r, D * H, 0.8), B1: rand(r, H, 0.3), W2: rand(r, H * D, 0.5), B2: rand(r, D, 0.2), activation: 'relu', original: 'gelu_tanh', mask, E, epochs: 4, seed };
+  });
+  const a = jobs(), b = jobs();
+  const keep = b.map((j) => Float32Array.from(j.X));
+  const serial = await runRepairJobs(a, { workers: 1 });
+  const done: number[] = [];
+  const pooled = await runRepairJobs(b, { workers: 2, onDone: (d) => done.push(d) });
+  assert.deepStrictEqual(done, [1, 2, 3]);
+  for (let k = 0; k < 3; k++) {
+    assert.ok(Buffer.from(b[k].X.buffer).equals(Buffer.from(keep[k].buffer)), `job ${k}: X given back`);
+    for (const p of ['W1', 'B1', 'W2', 'B2'] as const) assert.ok(Buffer.from(pooled[k][p].buffer).equals(Buffer.from(serial[k][p].buffer)), `job ${k} ${p}`);
+    assert.ok(pooled[k].heldOutRelErrAfter < pooled[k].heldOutRelErrBefore, `job ${k}: ${pooled[k].heldOutRelErrBefore} → ${pooled[k].heldOutRelErrAfter}`);
+    // The error it reports is the plain reference's: the masked ReLU FFN of the returned weights against the dense GELU one.
+    const w = pooled[k];
+    const dense = maskedFfn(keep[k], N, D, b[k].W1, b[k].B1, b[k].W2, b[k].B2!, null, E, 'gelu_tanh');
+    const moe = maskedFfn(keep[k], N, D, w.W1, w.B1, w.W2, w.B2, b[k].mask, E, 'relu');
+    const held = Math.max(1, Math.floor(N * 0.125));
+    let num = 0, den = 0;
+    for (let i = (N - held) * D; i < N * D; i++) {
+      num += (moe[i] - dense[i]) ** 2;
+      den += dense[i] ** 2;
+    }
+    assert.ok(Math.abs(Math.sqrt(num / den) - w.heldOutRelErrAfter) < 1e-4, `job ${k}: reported ${w.heldOutRelErrAfter}, reference ${Math.sqrt(num / den)}`);
+  }
 });

@@ -20,6 +20,10 @@ export interface TrainExpertsOptions {
   heldOutFraction?: number;
   /** Stop after this many epochs without a better held-out error (default 3). */
   patience?: number;
+  /** ORT intra-op threads (default: ORT's). */
+  threads?: number;
+  /** Called after every epoch (e.g. to stop: it may throw). */
+  onEpoch?: () => void;
   seed: number;
 }
 
@@ -128,8 +132,9 @@ export async function trainExperts(inp: RepairInputs, opts: TrainExpertsOptions)
     for (let i = 0; i < n * E; i++) buf[i] = routing.mask[a * E + i];
     return f32(buf.subarray(0, n * E), [n, E]);
   };
-  const trainSess = await buildStep(D, H, E, inp.activation, true).session();
-  const evalSess = await buildStep(D, H, E, inp.activation, false).session();
+  const sessOpts = opts.threads ? { intraOpNumThreads: opts.threads } : {};
+  const trainSess = await buildStep(D, H, E, inp.activation, true).session(sessOpts);
+  const evalSess = await buildStep(D, H, E, inp.activation, false).session(sessOpts);
   const evalChunk = 4096;
   const mbuf = new Float32Array(Math.max(evalChunk, batchSize) * E);
   const heldErr = async (params: Record<string, ort.Tensor>) => {
@@ -169,6 +174,7 @@ export async function trainExperts(inp: RepairInputs, opts: TrainExpertsOptions)
         moments = Object.fromEntries(PARAMS.flatMap((p) => [[`M${p}`, r[`M${p}_out`]], [`V${p}`, r[`V${p}_out`]]]));
       }
       ran = ep;
+      opts.onEpoch?.();
       const err = await heldErr(cur);
       if (!Number.isFinite(err)) throw new MoefyError(`expert training: the error became ${err} at epoch ${ep}`);
       if (err < bestErr) {

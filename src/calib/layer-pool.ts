@@ -1,4 +1,4 @@
-// Per-layer calibration work (neuron clustering; router norms, training and predictions) run for several layers at
+// Per-layer calibration work (neuron clustering; router norms, training and predictions; expert repair) run for several layers at
 // once: one worker thread per core, each running its layer in single-threaded ORT sessions. Measured at d16 size: a
 // 2-thread ORT session spends 40% more CPU on the same router training steps than a 1-thread one (its small ops wait
 // on each other), so two layers side by side in 1-thread sessions finish sooner than one layer after another in
@@ -14,6 +14,8 @@ import { onInterrupt } from '../files/temp';
 import { computeExpertNorms, computeHiddenActivations } from './expert-norms';
 import { clusterNeurons, ExpertLayout } from './kmeans';
 import { predictNorms, trainRouter, TrainRouterOptions, TrainRouterResult } from './router-train';
+import { ffnOutputs, repairExperts } from './repair';
+import { trainExperts } from './expert-train';
 
 export interface RouterJob {
   /** Captured FFN inputs [N, D]. Lent to a worker while it trains (its buffer is moved, then moved back). */
@@ -60,6 +62,39 @@ export interface ClusterJobResult {
   concentration: number | null;
 }
 
+export interface RepairJob {
+  /** Captured FFN inputs [N, D] (of the dense model). Lent to a worker while it runs. */
+  X: Float32Array;
+  N: number;
+  D: number;
+  /** The experts' weights before the repair (expert-contiguous), the experts' activation and the dense FFN's own. */
+  W1: Float32Array;
+  B1: Float32Array;
+  W2: Float32Array;
+  B2: Float32Array | null;
+  activation: ActivationKind;
+  original: ActivationKind;
+  /** [N, E] 1 where the routing runs the expert on the token. */
+  mask: Uint8Array;
+  E: number;
+  /** Gradient epochs after the closed form (0: closed form only). */
+  epochs: number;
+  seed: number;
+}
+
+export interface RepairJobResult {
+  W1: Float32Array;
+  B1: Float32Array;
+  W2: Float32Array;
+  B2: Float32Array;
+  ridge: number;
+  heldOutRelErrBefore: number;
+  heldOutRelErrClosedForm: number;
+  heldOutRelErrAfter: number;
+  /** Best epoch of the gradient fit (0: closed form only). */
+  epochs: number;
+}
+
 /**
  * Set by stopLayerJobs(): workers end their current job at the next epoch (its error says so), the pool starts none.
  * Shared with every worker, so a signal handler can stop them before the process exits (process.exit while a worker
@@ -98,11 +133,51 @@ export async function runClusterJob(j: ClusterJob, threads?: number): Promise<Cl
   return { layout: { experts: r.experts, expertSize: r.expertSize, order: r.order, labels: r.labels }, concentration: r.concentration?.expertsFor90 ?? null };
 }
 
-export type LayerJob = { kind: 'router'; job: RouterJob } | { kind: 'cluster'; job: ClusterJob };
-
-export async function runLayerJob(j: LayerJob, threads?: number, flag: Int32Array = stopFlag): Promise<RouterJobResult | ClusterJobResult> {
+/** One layer's experts refitted to the dense FFN under the routing: the closed form, then the gradient epochs. */
+export async function runRepairJob(j: RepairJob, threads?: number, flag: Int32Array = stopFlag): Promise<RepairJobResult> {
+  const w = { W1: j.W1, B1: j.B1, W2: j.W2, B2: j.B2 };
+  const target = await ffnOutputs(j.X, j.N, j.D, w, j.original, 4096, threads);
   checkStop(flag);
-  return j.kind === 'router' ? runRouterJob(j.job, threads, flag) : runClusterJob(j.job, threads);
+  const routing = { mask: j.mask, E: j.E };
+  const fit = await repairExperts({ X: j.X, N: j.N, D: j.D, target, weights: w, activation: j.activation, routing }, { threads });
+  const out: RepairJobResult = {
+    W1: j.W1, B1: j.B1, W2: fit.W2, B2: fit.B2, ridge: fit.ridge,
+    heldOutRelErrBefore: fit.heldOut.before, heldOutRelErrClosedForm: fit.heldOut.after, heldOutRelErrAfter: fit.heldOut.after, epochs: 0,
+  };
+  if (j.epochs > 0) {
+    checkStop(flag);
+    const t = await trainExperts({ X: j.X, N: j.N, D: j.D, target, weights: { ...w, W2: fit.W2, B2: fit.B2 }, activation: j.activation, routing }, { epochs: j.epochs, seed: j.seed, threads, onEpoch: () => checkStop(flag) });
+    Object.assign(out, t.weights);
+    out.heldOutRelErrAfter = t.heldOutAfter;
+    out.epochs = t.bestEpoch;
+  }
+  return out;
+}
+
+export type LayerJob = { kind: 'router'; job: RouterJob } | { kind: 'cluster'; job: ClusterJob } | { kind: 'repair'; job: RepairJob };
+export type LayerJobResult = RouterJobResult | ClusterJobResult | RepairJobResult;
+
+export async function runLayerJob(j: LayerJob, threads?: number, flag: Int32Array = stopFlag): Promise<LayerJobResult> {
+  checkStop(flag);
+  if (j.kind === 'router') return runRouterJob(j.job, threads, flag);
+  if (j.kind === 'repair') return runRepairJob(j.job, threads, flag);
+  return runClusterJob(j.job, threads);
+}
+
+/** The buffers a result hands back to the main thread (moved, not copied). */
+export function resultBuffers(j: LayerJob, result: LayerJobResult): ArrayBuffer[] {
+  const bufs: ArrayBufferLike[] = [];
+  if (j.kind === 'router') {
+    const r = result as RouterJobResult;
+    bufs.push(j.job.X.buffer, r.trueNorms.buffer, r.predicted.buffer, r.router.W1.buffer, r.router.W2.buffer);
+  } else if (j.kind === 'repair') {
+    const r = result as RepairJobResult;
+    bufs.push(j.job.X.buffer, r.W1.buffer, r.B1.buffer, r.W2.buffer, r.B2.buffer);
+  } else {
+    const r = result as ClusterJobResult;
+    bufs.push(r.layout.order.buffer, r.layout.labels.buffer);
+  }
+  return [...new Set(bufs)].filter((b): b is ArrayBuffer => b instanceof ArrayBuffer && b.byteLength > 0);
 }
 
 /** Whether a typed array owns its whole buffer (then the buffer can be moved to a worker instead of copied). */
@@ -157,16 +232,17 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
         }
         current = next++;
         const j = jobs[current];
-        // A router job's captured inputs are moved to the worker and back rather than copied (178 MB a layer at d16).
-        if (j.kind === 'router') {
+        // A router or repair job's captured inputs are moved to the worker and back rather than copied (178 MB a
+        // layer at d16).
+        if (j.kind === 'router' || j.kind === 'repair') {
           lent = ownsBuffer(j.job.X);
           const X = lent ? j.job.X : j.job.X.slice();
-          w.postMessage({ job: { kind: 'router', job: { ...j.job, X } } }, [X.buffer as ArrayBuffer]);
+          w.postMessage({ job: { kind: j.kind, job: { ...j.job, X } } }, [X.buffer as ArrayBuffer]);
         } else w.postMessage({ job: j });
       };
       w.on('message', (m: { result?: R; X?: Float32Array; error?: { message: string; moefy: boolean } }) => {
         const j = jobs[current];
-        if (j.kind === 'router' && lent && m.X) j.job.X = m.X;
+        if ((j.kind === 'router' || j.kind === 'repair') && lent && m.X) j.job.X = m.X;
         if (m.error) {
           stop(m.error.moefy ? new MoefyError(m.error.message) : new Error(m.error.message));
           return;
@@ -198,6 +274,14 @@ export async function runRouterJobs(jobs: RouterJob[], opts: PoolOptions = {}): 
   const wrapped: LayerJob[] = jobs.map((job) => ({ kind: 'router', job }));
   const r = await runLayerJobs<RouterJobResult>(wrapped, opts);
   wrapped.forEach((w, k) => (jobs[k].X = (w.job as RouterJob).X));
+  return r;
+}
+
+/** Expert repairs of several layers, results in job order; X is lent as in runRouterJobs. */
+export async function runRepairJobs(jobs: RepairJob[], opts: PoolOptions = {}): Promise<RepairJobResult[]> {
+  const wrapped: LayerJob[] = jobs.map((job) => ({ kind: 'repair', job }));
+  const r = await runLayerJobs<RepairJobResult>(wrapped, opts);
+  wrapped.forEach((w, k) => (jobs[k].X = (w.job as RepairJob).X));
   return r;
 }
 

@@ -49,6 +49,8 @@ export interface RepairOptions {
   heldOutFraction?: number;
   /** Tokens per ORT run; default about 64 MiB of intermediates. */
   chunk?: number;
+  /** ORT intra-op threads (default: ORT's). */
+  threads?: number;
 }
 
 export interface RepairResult {
@@ -155,14 +157,14 @@ export function routingMask(norms: Float32Array, N: number, E: number, threshold
 }
 
 /** The dense FFN's outputs act(x·W1 + b1)·W2 + b2 [N, D], in onnxruntime-node. */
-export async function ffnOutputs(X: Float32Array, N: number, D: number, w: FfnWeights, activation: FfnActivation, chunk = 4096): Promise<Float32Array> {
+export async function ffnOutputs(X: Float32Array, N: number, D: number, w: FfnWeights, activation: FfnActivation, chunk = 4096, threads?: number): Promise<Float32Array> {
   const H = w.B1.length;
   if (X.length !== N * D || w.W1.length !== D * H || w.W2.length !== H * D) throw new MoefyError(`ffnOutputs: sizes do not match N=${N} D=${D} H=${H}`);
   const b = new GraphBuilder('ffn');
   const x = b.input('X', ['n', D]);
   const h = activationOp(b, b.op('Add', [b.op('MatMul', [x, b.constF(w.W1, [D, H], 'W1')]), b.constF(w.B1, [H], 'B1')]), activation);
   b.output(b.op('Add', [b.op('MatMul', [h, b.constF(w.W2, [H, D], 'W2')]), b.constF(w.B2 ?? new Float32Array(D), [D], 'B2')]), 'Y');
-  const sess = await b.session();
+  const sess = await b.session(threads ? { intraOpNumThreads: threads } : {});
   const out = new Float32Array(N * D);
   try {
     for (let s = 0; s < N; s += chunk) {
@@ -192,7 +194,7 @@ export async function repairExperts(inp: RepairInputs, opts: RepairOptions = {})
   const nHeld = Math.max(1, Math.floor(N * hf));
   const nFit = N - nHeld;
 
-  const sess = await buildMoments(D, H, E, w.W1, w.B1, inp.activation).session();
+  const sess = await buildMoments(D, H, E, w.W1, w.B1, inp.activation).session(opts.threads ? { intraOpNumThreads: opts.threads } : {});
   const chunk = Math.max(1, opts.chunk ?? Math.min(4096, Math.floor((64 << 20) / 4 / (3 * H + 2 * D))));
   const fit = emptyMoments(H, D), held = emptyMoments(H, D);
   const mf = new Float32Array(chunk * E);
