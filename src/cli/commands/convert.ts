@@ -102,7 +102,7 @@ async function handler(a: Args): Promise<void> {
     process.stdout.write(table(['scale', 'patch', 'tokens', 'threshold', 'active', 'FFN dense', 'FFN MoE+routers', 'MoE/dense'], rows) + '\n');
     const t = r.totals;
     process.stdout.write(`FFN FLOPs per sample (MoE: experts + routers): dense ${human(t.ffnFlopsDense)}, MoE ${human(t.ffnFlopsMoe)} (${pct(t.ffnFlopsMoe / t.ffnFlopsDense)})` +
-      `${t.moeScalesBudgetSpent !== null ? `; MoE scales ${r.options.fromScale}…${r.scales.length}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
+      `${t.moeScalesBudgetSpent !== null ? `; MoE ${scaleRange(r.scales.filter((s) => s.moe).map((s) => s.scale))}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
     process.stdout.write(`whole model FLOPs per sample: dense ${human(t.flopsDense)}, MoE ${human(t.flopsMoe)} (${pct(t.flopsMoe / t.flopsDense)})\n`);
     process.stdout.write(`router held-out R²: ${r.layers.map((l) => l.routerR2?.toFixed(3)).join(', ')}\n`);
     process.stdout.write(`wrote ${wrote.join(', ')}\n`);
@@ -113,3 +113,8 @@ const describe = 'Convert a dense VAR into a dynamic-MoE VAR (DMoE-VAR)';
 export const convertCommand: CommandModule<object, Args> = { command: 'convert <model>', describe, builder: builder as never, handler };
 const command: CommandModule<object, Args> = { command: '$0 <model>', describe: false as never, builder: builder as never, handler };
 export default command;
+
+/** "scale 9" or "scales 8…10" (a step graph holds one scale). */
+function scaleRange(scales: number[]): string {
+  return scales.length === 1 ? `scale ${scales[0]}` : `scales ${scales[0]}…${scales[scales.length - 1]}`;
+}
