@@ -398,3 +398,41 @@ test('SIGINT while the routers train in worker threads: exit 130, one line, no a
   assert.deepEqual(fs.readdirSync(tmp), []);
   assert.deepEqual(fs.readdirSync(out), []);
 });
+
+/** Starts `args`, waits until `ready` matches its output (if given), then `settle` ms, sends SIGINT; the exit code and what is left. */
+async function interruptWhen(args: string[], ready: RegExp | null, settle: number, out: string): Promise<{ code: number | null; stdout: string; stderr: string; tmpLeft: string[]; outLeft: string[] }> {
+  const tmp = freshTmp();
+  const child = spawn(process.execPath, [BIN, ...args], { cwd: W, env: { ...process.env, TMPDIR: tmp } });
+  let stderr = '', stdout = '';
+  child.stderr.on('data', (d) => (stderr += d));
+  child.stdout.on('data', (d) => (stdout += d));
+  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
+  for (let i = 0; ready && i < 1200 && !ready.test(stdout + stderr); i++) await new Promise((r) => setTimeout(r, 50));
+  await new Promise((r) => setTimeout(r, settle));
+  const seen = stdout;
+  child.kill('SIGINT');
+  const code = await exited;
+  return { code, stdout: seen, stderr, tmpLeft: fs.readdirSync(tmp), outLeft: fs.readdirSync(out) };
+}
+
+test('SIGINT while the experts are repaired in worker threads: exit 130, one line, no abort, nothing left behind', async () => {
+  const out = freshTmp();
+  const r = await interruptWhen([IN, '--experts', '4', '--from-scale', '8', '--repair', '--repair-epochs', '100000', '-o', path.join(out, 'm.onnx')], /^thresholds /m, 500, out);
+  assert.doesNotMatch(r.stdout, /^repair /m, 'the signal came while the repair ran');
+  assert.doesNotMatch(r.stderr, /terminate called/);
+  const err = r.stderr.split('\n').filter((l) => l && !l.startsWith('moefy: warning: '));
+  oneLine('SIGINT in repair', { status: r.code, stderr: err.join('\n') + '\n' }, /^moefy: interrupted \(SIGINT\); removed temporary files$/, 130);
+  assert.deepEqual(r.tmpLeft, []);
+  assert.deepEqual(r.outLeft, []);
+});
+
+test('SIGINT during eval generate --dump-calib: exit 130, no dump folder, no temporary left', async () => {
+  const out = freshTmp();
+  const steps = fixture('trained', 'gelu_steps');
+  // 512 samples in batches of 8 run for a while; the signal comes once the sessions are open.
+  const r = await interruptWhen(['eval', 'generate', '--steps', steps, '--vq', steps, '--samples', '512', '--dump-calib', path.join(out, 'cal')], null, 4000, out);
+  const err = r.stderr.split('\n').filter((l) => l);
+  oneLine('SIGINT in generate', { status: r.code, stderr: err.join('\n') + '\n' }, /^moefy: interrupted \(SIGINT\); removed temporary files$/, 130);
+  assert.deepEqual(r.tmpLeft, []);
+  assert.deepEqual(r.outLeft, [], 'no partial dump');
+});

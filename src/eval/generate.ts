@@ -18,7 +18,7 @@ import { loadModel } from '../onnx/io';
 import { TensorSetWriter } from '../io';
 import { analyseVar, isKvInputName, isKvOutputName, kvInputFor } from '../analysis/var-structure';
 import { closeSide, EvalSide, openSide } from './side';
-import { writeFileAtomic } from '../files/temp';
+import { commitTemp, removeTemp, tempSibling, writeFileAtomic } from '../files/temp';
 
 export interface GenerateOptions {
   steps: string;
@@ -216,7 +216,8 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
   let decoder: ort.InferenceSession | null = null;
   // The dump is written batch by batch into temporary folders, put in place only when every sample is done.
   let dumps: { steps: TensorSetWriter[]; full: TensorSetWriter } | null = null;
-  const madeDumpDir = !!o.dumpCalib && !fs.existsSync(o.dumpCalib);
+  // A dump folder that does not exist yet is made as a temporary sibling and renamed into place at the end.
+  const newDumpDir = o.dumpCalib && !fs.existsSync(o.dumpCalib) ? tempSibling(o.dumpCalib) : null;
   let done = false;
   try {
     for (let k = 0; k < S; k++) {
@@ -236,7 +237,11 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
     const bad = labels.find((l) => !(Number.isInteger(l) && l >= 0 && l < classes));
     if (bad !== undefined) throw new MoefyError(`--labels: ${bad} is not a class of the model (0…${classes - 1})`);
     const layout = sides.dense[0].structure.layout;
-    if (o.dumpCalib) dumps = { steps: Array.from({ length: S }, (_, k) => new TensorSetWriter(path.join(o.dumpCalib!, `s${k}`))), full: new TensorSetWriter(path.join(o.dumpCalib, 'full')) };
+    if (o.dumpCalib) {
+      const root = newDumpDir ?? o.dumpCalib;
+      if (newDumpDir) fs.mkdirSync(newDumpDir, { recursive: true });
+      dumps = { steps: Array.from({ length: S }, (_, k) => new TensorSetWriter(path.join(root, `s${k}`))), full: new TensorSetWriter(path.join(root, 'full')) };
+    }
     const sums: ScaleSums[] = Array.from({ length: S }, () => ({ tokens: 0, agree: 0, agreeC: 0, kl: 0, coll: 0, active: 0, activeCount: 0, n: 0, moe: false, experts: null }));
     const images: ort.Tensor[][] = [[], []];
     for (let a = 0; a < B; a += batch) {
@@ -368,6 +373,7 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
     if (dumps) {
       for (const w of dumps.steps) await w.commit();
       await dumps.full.commit();
+      if (newDumpDir) commitTemp(newDumpDir, o.dumpCalib!);
     }
     let imageFile: string | null = null;
     if (decoder && o.images) {
@@ -388,7 +394,7 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
     };
   } finally {
     if (dumps && !done) for (const w of [...dumps.steps, dumps.full]) w.discard();
-    if (!done && madeDumpDir) fs.rmSync(o.dumpCalib!, { recursive: true, force: true });
+    if (!done && newDumpDir) removeTemp(newDumpDir);
     for (const s of [...sides.dense, ...sides.moe]) if (s) await closeSide(s);
     for (const s of vqSess) await s.release();
     if (decoder) await decoder.release();
