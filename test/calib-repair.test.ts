@@ -6,7 +6,7 @@ import assert from 'node:assert';
 import { activate as act, ActivationKind as FfnActivation } from '../src/op';
 import { trainExperts } from '../src/calib/expert-train';
 import { rng } from '../src/calib/random';
-import { quadForm, solveSpd } from '../src/calib/linalg';
+import { gramAdd, quadForm, solveSpd } from '../src/calib/linalg';
 import { ffnOutputs, repairExperts, routingMask } from '../src/calib/repair';
 import { RepairJob, runRepairJobs } from '../src/calib/layer-pool';
 
@@ -55,6 +55,23 @@ test('solveSpd solves a symmetric positive definite system with many right-hand 
   for (let i = 0; i < n * k; i++) assert.ok(Math.abs(B[i] - Xtrue[i]) < 1e-8, `${i}: ${B[i]} vs ${Xtrue[i]}`);
   assert.throws(() => solveSpd(Float64Array.from([1, 2, 2, 1]), new Float64Array(2), 2, 1, 'test'), /test: the least-squares system is not positive definite/);
   assert.throws(() => solveSpd(new Float64Array(3), new Float64Array(2), 2, 1, 'test'), /A has 3 values, expected 4/);
+});
+
+test('gramAdd adds the upper triangle of AᵀA into a wider float64 matrix and leaves the rest alone', () => {
+  const r = rng(2);
+  const n = 37, h = 11, ld = 12;
+  const A = rand(r, n * h);
+  const G = Float64Array.from({ length: ld * ld }, (_, i) => i * 0.25);
+  const before = Float64Array.from(G);
+  gramAdd(G, A, n, h, ld);
+  gramAdd(G, A, n, h, ld);
+  for (let i = 0; i < ld; i++)
+    for (let j = 0; j < ld; j++) {
+      let want = before[i * ld + j];
+      if (i < h && j < h && i <= j) for (let t = 0; t < n; t++) want += 2 * A[t * h + i] * A[t * h + j];
+      assert.ok(Math.abs(G[i * ld + j] - want) < 1e-4 * (1 + Math.abs(want)), `(${i}, ${j}): ${G[i * ld + j]} vs ${want}`);
+    }
+  assert.throws(() => gramAdd(G, new Float32Array(5), n, h, ld), /A has 5 values/);
 });
 
 test('routingMask: expert e runs iff norm ≥ t·max (the argmax always runs)', () => {

@@ -7,6 +7,7 @@ import { MoefyError } from '../errors';
 import { packageRoot } from '../files/package-root';
 
 interface LinalgAddon {
+  gramAdd(G: Float64Array, A: Float32Array, n: number, h: number, ld: number): void;
   solveSpd(A: Float64Array, B: Float64Array, n: number, k: number): number;
   quadForm(G: Float64Array, W: Float64Array, n: number, k: number): number;
 }
@@ -34,4 +35,12 @@ export function solveSpd(A: Float64Array, B: Float64Array, n: number, k: number,
 /** tr(Wᵀ·G·W) for symmetric G [n, n] and W [n, k] row-major. */
 export function quadForm(G: Float64Array, W: Float64Array, n: number, k: number): number {
   return load().quadForm(G, W, n, k);
+}
+
+/**
+ * G[i·ld + j] += (AᵀA)[i, j] for i ≤ j < h: the upper triangle of a row-major float64 Gram matrix (what solveSpd and
+ * quadForm read), from A [n, h] row-major float32 (computed in float32, as one chunk, then added in float64).
+ */
+export function gramAdd(G: Float64Array, A: Float32Array, n: number, h: number, ld: number): void {
+  load().gramAdd(G, A, n, h, ld);
 }

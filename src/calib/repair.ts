@@ -10,7 +10,7 @@
 // last `heldOutFraction` of them: tokens are ordered by sample, so this holds out whole sequences), then the
 // weights are refitted on every token with that λ.
 import { MoefyError } from '../errors';
-import { quadForm, solveSpd } from './linalg';
+import { gramAdd, quadForm, solveSpd } from './linalg';
 import { GraphBuilder, activationOp, f32 } from './ort-graph';
 import type { ActivationKind as FfnActivation } from '../op';
 
@@ -66,7 +66,7 @@ export interface RepairResult {
 
 /** Sufficient statistics of the least squares: over the masked activations h̃ (augmented by a 1 for the bias). */
 interface Moments {
-  /** [(H+1)², ] Σ h̃ᵀh̃ with the bias row/column last. */
+  /** [(H+1)², ] Σ h̃ᵀh̃ with the bias row/column last; its upper triangle (i ≤ j) is what the solves read. */
   G: Float64Array;
   /** [(H+1), D] Σ h̃ᵀy. */
   C: Float64Array;
@@ -85,7 +85,7 @@ function buildMoments(D: number, H: number, E: number, W1: Float32Array, B1: Flo
   // The expert mask [n, E] widened to the neurons [n, H] (expert-contiguous).
   const m = b.op('Reshape', [b.op('Expand', [b.op('Unsqueeze', [M, b.constI64([2], [1], 'axes')]), b.constI64([1, 1, S])]), b.constI64([0, H])]);
   const hm = b.op('Mul', [h, m]);
-  b.output(b.op('Gemm', [hm, hm], { transA: 1 }), 'G');
+  b.output(hm, 'hm'); // its Gram matrix is added in the solver addon (one ssyrk: half the products of a Gemm)
   b.output(b.op('ReduceSum', [hm, b.constI64([0])], { keepdims: 0 }), 's');
   b.output(b.op('Gemm', [hm, Y], { transA: 1 }), 'C');
   b.output(b.op('ReduceSum', [Y, b.constI64([0])], { keepdims: 0 }), 'ys');
@@ -97,12 +97,15 @@ function emptyMoments(H: number, D: number): Moments {
   return { G: new Float64Array((H + 1) * (H + 1)), C: new Float64Array((H + 1) * D), yy: 0, n: 0 };
 }
 
-/** Adds one chunk's ORT outputs into the float64 moments. */
+/**
+ * Adds one chunk's ORT outputs into the float64 moments. G holds its upper triangle only (i ≤ j, what the solver
+ * addon reads; the bias row is filled too).
+ */
 function accumulate(m: Moments, r: Record<string, { data: unknown }>, H: number, D: number, n: number): void {
-  const G = r.G.data as Float32Array, s = r.s.data as Float32Array, C = r.C.data as Float32Array, ys = r.ys.data as Float32Array;
+  const s = r.s.data as Float32Array, C = r.C.data as Float32Array, ys = r.ys.data as Float32Array;
   const H1 = H + 1;
+  gramAdd(m.G, r.hm.data as Float32Array, n, H, H1);
   for (let i = 0; i < H; i++) {
-    for (let j = 0; j < H; j++) m.G[i * H1 + j] += G[i * H + j];
     m.G[i * H1 + H] += s[i];
     m.G[H * H1 + i] += s[i];
     for (let d = 0; d < D; d++) m.C[i * D + d] += C[i * D + d];

@@ -1,5 +1,5 @@
-// moefy linear algebra addon: the float64 solves of calibration (expert repair's ridge least squares) through
-// OpenBLAS/LAPACK, linked statically, on one thread so that the result does not depend on the core count.
+// moefy linear algebra addon: the float64 solves of calibration (expert repair's ridge least squares) and the Gram
+// matrices they are built from, through OpenBLAS/LAPACK, linked statically, on one thread so that the result does not depend on the core count.
 // JavaScript passes Float64Arrays; they are read and written in place.
 #include <napi.h>
 
@@ -11,6 +11,8 @@ void dposv_(const char* uplo, const int* n, const int* nrhs, double* a, const in
             int* info);
 void dsymm_(const char* side, const char* uplo, const int* m, const int* n, const double* alpha, const double* a,
             const int* lda, const double* b, const int* ldb, const double* beta, double* c, const int* ldc);
+void ssyrk_(const char* uplo, const char* trans, const int* n, const int* k, const float* alpha, const float* a,
+            const int* lda, const float* beta, float* c, const int* ldc);
 void openblas_set_num_threads(int);
 }
 
@@ -70,7 +72,34 @@ Napi::Value QuadForm(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), s);
 }
 
+// gramAdd(G, A, n, h, ld): G[i·ld + j] += Σ_t A[t, i]·A[t, j] for i ≤ j < h (the upper triangle of the row-major
+// float64 G, which is what dposv/dsymm with "L" read), A [n, h] row-major float32: one ssyrk (half the products of a
+// full AᵀA) in float32, summed into float64 as the chunks of the moments are.
+Napi::Value GramAdd(const Napi::CallbackInfo& info) {
+  const int n = Dim(info[2], "n"), h = Dim(info[3], "h"), ld = Dim(info[4], "ld");
+  if (ld < h) throw Napi::RangeError::New(info.Env(), "ld must be at least h");
+  double* G = F64(info[0], static_cast<size_t>(ld) * ld, "G");
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw Napi::TypeError::New(info.Env(), "A must be a Float32Array");
+  auto a = info[1].As<Napi::Float32Array>();
+  if (a.ElementLength() != static_cast<size_t>(n) * h)
+    throw Napi::RangeError::New(info.Env(), "A has " + std::to_string(a.ElementLength()) + " values, expected n·h");
+  openblas_set_num_threads(1);
+  // Row-major A [n, h] is column-major Aᵀ [h, n]: Aᵀ·(Aᵀ)ᵀ = AᵀA with trans "N"; its column-major lower triangle
+  // (r ≥ c at c·h + r) is the row-major upper one.
+  std::vector<float> c(static_cast<size_t>(h) * h);
+  const float one = 1, zero = 0;
+  ssyrk_("L", "N", &h, &n, &one, a.Data(), &h, &zero, c.data(), &h);
+  for (int col = 0; col < h; ++col) {
+    const float* src = c.data() + static_cast<size_t>(col) * h;
+    double* dst = G + static_cast<size_t>(col) * ld;
+    for (int r = col; r < h; ++r) dst[r] += src[r];
+  }
+  return info.Env().Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("gramAdd", Napi::Function::New(env, GramAdd));
   exports.Set("solveSpd", Napi::Function::New(env, SolveSpd));
   exports.Set("quadForm", Napi::Function::New(env, QuadForm));
   return exports;
