@@ -17,17 +17,21 @@ import { predictNorms, trainRouter, TrainRouterOptions, TrainRouterResult } from
 import { ffnOutputs, repairExperts } from './repair';
 import { trainExperts } from './expert-train';
 
-export interface RouterJob {
-  /** Captured FFN inputs [N, D]. Lent to a worker while it trains (its buffer is moved, then moved back). */
+/** A layer's captured FFN inputs and its expert-contiguous FFN: what router and repair jobs start from. */
+export interface LayerFfn {
+  /** Captured FFN inputs [N, D]. Lent to a worker while its job runs (the buffer is moved, then moved back). */
   X: Float32Array;
   N: number;
   D: number;
-  /** The FFN's expert-contiguous weights. */
   W1: Float32Array;
   B1: Float32Array;
   W2: Float32Array;
   E: number;
+  /** The experts' activation. */
   activation: ActivationKind;
+}
+
+export interface RouterJob extends LayerFfn {
   /** Regress √norm (squared back for `predicted`). */
   sqrt: boolean;
   train: Omit<TrainRouterOptions, 'onProgress' | 'threads'>;
@@ -62,17 +66,10 @@ export interface ClusterJobResult {
   concentration: number | null;
 }
 
-export interface RepairJob {
-  /** Captured FFN inputs [N, D] (of the dense model). Lent to a worker while it runs. */
-  X: Float32Array;
-  N: number;
-  D: number;
-  /** The experts' weights before the repair (expert-contiguous), the experts' activation and the dense FFN's own. */
-  W1: Float32Array;
-  B1: Float32Array;
-  W2: Float32Array;
+/** The FFN's weights before the repair; X holds the dense model's FFN inputs. */
+export interface RepairJob extends LayerFfn {
   B2: Float32Array | null;
-  activation: ActivationKind;
+  /** The dense FFN's own activation (the fit's target is that FFN). */
   original: ActivationKind;
   /** [N, E] 1 where the routing runs the expert on the token. */
   mask: Uint8Array;
@@ -164,6 +161,11 @@ export async function runLayerJob(j: LayerJob, threads?: number, flag: Int32Arra
   return runClusterJob(j.job, threads);
 }
 
+/** Router and repair jobs borrow the layer's captured inputs (moved to the worker and back). */
+export function lendsInputs(j: LayerJob): j is { kind: 'router'; job: RouterJob } | { kind: 'repair'; job: RepairJob } {
+  return j.kind === 'router' || j.kind === 'repair';
+}
+
 /** The buffers a result hands back to the main thread (moved, not copied). */
 export function resultBuffers(j: LayerJob, result: LayerJobResult): ArrayBuffer[] {
   const bufs: ArrayBufferLike[] = [];
@@ -234,7 +236,7 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
         const j = jobs[current];
         // A router or repair job's captured inputs are moved to the worker and back rather than copied (178 MB a
         // layer at d16).
-        if (j.kind === 'router' || j.kind === 'repair') {
+        if (lendsInputs(j)) {
           lent = ownsBuffer(j.job.X);
           const X = lent ? j.job.X : j.job.X.slice();
           w.postMessage({ job: { kind: j.kind, job: { ...j.job, X } } }, [X.buffer as ArrayBuffer]);
@@ -242,7 +244,7 @@ async function runLayerJobs<R>(jobs: LayerJob[], opts: PoolOptions): Promise<R[]
       };
       w.on('message', (m: { result?: R; X?: Float32Array; error?: { message: string; moefy: boolean } }) => {
         const j = jobs[current];
-        if ((j.kind === 'router' || j.kind === 'repair') && lent && m.X) j.job.X = m.X;
+        if (lendsInputs(j) && lent && m.X) j.job.X = m.X;
         if (m.error) {
           stop(m.error.moefy ? new MoefyError(m.error.message) : new Error(m.error.message));
           return;
