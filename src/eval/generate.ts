@@ -9,16 +9,17 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { PNG } from 'pngjs';
 import { deriveSeed, rng } from '../calib/random';
 import { MoefyError } from '../errors';
 import { pct, table } from '../format';
 import { THRESHOLD_INPUT } from '../op';
-import { loadModel } from '../onnx/io';
 import { TensorSetWriter } from '../io';
-import { analyseVar, isKvInputName, isKvOutputName, kvInputFor } from '../analysis/var-structure';
+import { isKvInputName, isKvOutputName, kvInputFor } from '../analysis/var-structure';
 import { closeSide, EvalSide, openSide } from './side';
-import { commitTemp, removeTemp, tempSibling, writeFileAtomic } from '../files/temp';
+import { commitTemp, removeTemp, tempSibling } from '../files/temp';
+import { writeImageGrid } from './image-grid';
+import { sampleTopKTopP } from './sampling';
+import { stepGraphs, vqGraphs } from './step-graphs';
 
 export interface GenerateOptions {
   steps: string;
@@ -81,77 +82,6 @@ export interface GenerateReport {
   agreement: number;
   agreementGivenContext: number;
   images: string | null;
-}
-
-/** Files of a folder or a comma-separated list. */
-function listFiles(spec: string): string[] {
-  if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) return fs.readdirSync(spec).filter((f) => f.endsWith('.onnx')).sort().map((f) => path.join(spec, f));
-  const files = spec.split(',').map((s) => s.trim()).filter(Boolean);
-  for (const f of files) if (!fs.existsSync(f)) throw new MoefyError(`${f}: no such file`);
-  return files;
-}
-
-/** Step graphs by 0-based scale, from each graph's static step scale. Files that are not VAR step graphs are skipped in folders. */
-export function stepGraphs(spec: string, patchNums?: number[]): Map<number, string> {
-  const isDir = fs.existsSync(spec) && fs.statSync(spec).isDirectory();
-  const out = new Map<number, string>();
-  for (const f of listFiles(spec)) {
-    if (isDir && !/step/i.test(path.basename(f))) continue;
-    let scale: number | null;
-    try {
-      const s = analyseVar(loadModel(f), { patchNums });
-      scale = s.kind === 'step' ? s.stepScale : null;
-    } catch (e) {
-      if (isDir) continue;
-      throw e;
-    }
-    if (scale === null) throw new MoefyError(`${f} is not a step graph with a static scale`);
-    if (out.has(scale - 1)) throw new MoefyError(`${f} and ${out.get(scale - 1)} are both step graphs of scale ${scale}`);
-    out.set(scale - 1, f);
-  }
-  return out;
-}
-
-/** vq_nextscale_s{k}.onnx by 0-based scale. */
-export function vqGraphs(spec: string): Map<number, string> {
-  const out = new Map<number, string>();
-  for (const f of listFiles(spec)) {
-    const m = /nextscale_s(\d+)\.onnx$/.exec(path.basename(f));
-    if (m) out.set(Number(m[1]), f);
-  }
-  return out;
-}
-
-/** VAR's top-k then top-p filter, then a draw by inverse CDF with uniform u over the tokens in descending order. */
-export function sampleTopKTopP(logits: Float32Array, off: number, V: number, topK: number, topP: number, u: number, order: Int32Array, probs: Float64Array): number {
-  for (let v = 0; v < V; v++) order[v] = v;
-  const sorted = Array.from(order).sort((a, b) => logits[off + b] - logits[off + a] || a - b);
-  const k = topK > 0 ? Math.min(V, topK) : V;
-  const m = logits[off + sorted[0]];
-  let z = 0;
-  for (let i = 0; i < k; i++) {
-    probs[i] = Math.exp(logits[off + sorted[i]] - m);
-    z += probs[i];
-  }
-  for (let i = 0; i < k; i++) probs[i] /= z;
-  // top-p: drop the tail (from the least likely) while its cumulative mass stays <= 1 − top_p; keep the top token.
-  let keep = k;
-  if (topP > 0 && topP < 1) {
-    let tail = 0;
-    while (keep > 1 && tail + probs[keep - 1] <= 1 - topP) {
-      tail += probs[keep - 1];
-      keep--;
-    }
-  }
-  let mass = 0;
-  for (let i = 0; i < keep; i++) mass += probs[i];
-  let c = 0;
-  const target = u * mass;
-  for (let i = 0; i < keep; i++) {
-    c += probs[i];
-    if (target < c) return sorted[i];
-  }
-  return sorted[keep - 1];
 }
 
 interface Chain {
@@ -411,30 +341,6 @@ function concatBatch(ts: ort.Tensor[]): ort.Tensor {
     at += t.data.length;
   }
   return new ort.Tensor('float32', data, [ts.reduce((a, t) => a + t.dims[0], 0), ...per]);
-}
-
-/** Rows of images [B, 3, H, W] in [-1, 1] (one row per tensor: dense above MoE), 2 px white gaps. */
-export function writeImageGrid(file: string, rows: ort.Tensor[]): void {
-  const [B, C, H, W] = rows[0].dims;
-  const gap = 2;
-  const width = B * W + (B + 1) * gap, height = rows.length * H + (rows.length + 1) * gap;
-  const png = new PNG({ width, height });
-  png.data.fill(255);
-  rows.forEach((t, r) => {
-    const d = t.data as Float32Array;
-    for (let b = 0; b < B; b++)
-      for (let y = 0; y < H; y++)
-        for (let x = 0; x < W; x++) {
-          const o = ((gap + r * (H + gap) + y) * width + gap + b * (W + gap) + x) * 4;
-          for (let c = 0; c < 3; c++) {
-            const v = d[((b * C + Math.min(c, C - 1)) * H + y) * W + x];
-            png.data[o + c] = Math.max(0, Math.min(255, Math.round((v + 1) * 127.5)));
-          }
-          png.data[o + 3] = 255;
-        }
-  });
-  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-  writeFileAtomic(file, PNG.sync.write(png));
 }
 
 export function printGenerate(r: GenerateReport): string {

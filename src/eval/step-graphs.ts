@@ -1,0 +1,46 @@
+// The graphs of VAR's sampling loop found by the user's paths: the per-scale step graphs (by their static scale) and
+// the tokenizer's next-scale graphs (vq_nextscale_s{k}.onnx).
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { analyseVar } from '../analysis/var-structure';
+import { MoefyError } from '../errors';
+import { loadModel } from '../onnx/io';
+
+/** Files of a folder or a comma-separated list. */
+function listFiles(spec: string): string[] {
+  if (fs.existsSync(spec) && fs.statSync(spec).isDirectory()) return fs.readdirSync(spec).filter((f) => f.endsWith('.onnx')).sort().map((f) => path.join(spec, f));
+  const files = spec.split(',').map((s) => s.trim()).filter(Boolean);
+  for (const f of files) if (!fs.existsSync(f)) throw new MoefyError(`${f}: no such file`);
+  return files;
+}
+
+/** Step graphs by 0-based scale, from each graph's static step scale. Files that are not VAR step graphs are skipped in folders. */
+export function stepGraphs(spec: string, patchNums?: number[]): Map<number, string> {
+  const isDir = fs.existsSync(spec) && fs.statSync(spec).isDirectory();
+  const out = new Map<number, string>();
+  for (const f of listFiles(spec)) {
+    if (isDir && !/step/i.test(path.basename(f))) continue;
+    let scale: number | null;
+    try {
+      const s = analyseVar(loadModel(f), { patchNums });
+      scale = s.kind === 'step' ? s.stepScale : null;
+    } catch (e) {
+      if (isDir) continue;
+      throw e;
+    }
+    if (scale === null) throw new MoefyError(`${f} is not a step graph with a static scale`);
+    if (out.has(scale - 1)) throw new MoefyError(`${f} and ${out.get(scale - 1)} are both step graphs of scale ${scale}`);
+    out.set(scale - 1, f);
+  }
+  return out;
+}
+
+/** vq_nextscale_s{k}.onnx by 0-based scale. */
+export function vqGraphs(spec: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const f of listFiles(spec)) {
+    const m = /nextscale_s(\d+)\.onnx$/.exec(path.basename(f));
+    if (m) out.set(Number(m[1]), f);
+  }
+  return out;
+}
