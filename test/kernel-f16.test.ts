@@ -9,6 +9,9 @@ import type { Activation } from '../src/runtime';
 import { buildDynamicMoeModel, randomArray, rng } from './helpers/test-models';
 import { cpuLevels } from './helpers/cpu';
 import { fromHalfBits, toHalfBits } from './helpers/half';
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+import { repoRoot } from './helpers/fixtures';
 
 interface Case {
   name: string;
@@ -101,4 +104,56 @@ test('float16 kernel: a float32 weight beside float16 X is refused with one line
     /W1|type|float/,
   );
   s.release();
+});
+
+// With MOEFY_LOW_MEMORY=1 a float16 model's constant weights are packed as float16 panels and converted exactly in
+// the micro-kernel: its output is the float32 model's (the same float16-valued weights and inputs in float32) rounded
+// to float16, bit for bit, as it is with the default float32 panels.
+test('float16 panels (MOEFY_LOW_MEMORY=1) and float32 ones: the float32 model\'s output rounded to float16, at every level', async () => {
+  const r = rng(77);
+  const B = 2, L = 100, D = 70, E = 3, S = 45;
+  const h = (n: number, scale: number) => toHalfBits(randomArray(r, n, scale));
+  const w16 = { W1: h(D * E * S, 1 / Math.sqrt(D)), B1: h(E * S, 0.1), W2: h(E * S * D, 1 / Math.sqrt(E * S)), B2: h(D, 0.1) };
+  const w32 = { W1: fromHalfBits(w16.W1), B1: fromHalfBits(w16.B1), W2: fromHalfBits(w16.W2), B2: fromHalfBits(w16.B2) };
+  const X = h(B * L * D, 1), Nm = toHalfBits(Array.from(randomArray(r, B * L * E), Math.abs));
+  const spec = { D, E, S, activation: 'gelu_tanh' as const, patchNums: [1, 3, 10], threshold: [0, 0.3, 0.45], withB2: true };
+  for (const [level, low] of cpuLevels().flatMap((l) => [[l, '1'], [l, '0']])) {
+    process.env.MOEFY_CPU_LEVEL = level;
+    try {
+      process.env.MOEFY_LOW_MEMORY = low;
+      const s16 = await createSession(buildDynamicMoeModel({ ...spec, dtype: 'float16', weights: w16 }), { intraOpNumThreads: 2 });
+      delete process.env.MOEFY_LOW_MEMORY;
+      const s32 = await createSession(buildDynamicMoeModel({ ...spec, weights: w32 }), { intraOpNumThreads: 2 });
+      const y16 = (await s16.run({ X: new Tensor('float16', X, [B, L, D]), norms: new Tensor('float16', Nm, [B, L, E]) })).Y.data as Uint16Array;
+      const y32 = (await s32.run({ X: new Tensor('float32', fromHalfBits(X), [B, L, D]), norms: new Tensor('float32', fromHalfBits(Nm), [B, L, E]) })).Y.data as Float32Array;
+      s16.release();
+      s32.release();
+      const rounded = toHalfBits(y32);
+      let diff = 0;
+      for (let i = 0; i < rounded.length; i++) if (rounded[i] !== y16[i]) diff++;
+      assert.equal(diff, 0, `${level}, MOEFY_LOW_MEMORY=${low}: ${diff} of ${rounded.length} values differ from the float32 model's rounded output`);
+    } finally {
+      delete process.env.MOEFY_CPU_LEVEL;
+      delete process.env.MOEFY_LOW_MEMORY;
+    }
+  }
+});
+
+test('MOEFY_LOW_MEMORY=1 packs float16 constant weights as float16 panels at the AVX levels (kernel trace); by default, and for float32 weights, float32 panels', () => {
+  const script = (dtype: string) => `
+    const { createSession } = require(${JSON.stringify(path.join(repoRoot, 'dist', 'src', 'runtime'))});
+    const { buildDynamicMoeModel, randomArray, rng } = require(${JSON.stringify(path.join(repoRoot, 'dist', 'test', 'helpers', 'test-models'))});
+    const { toHalfBits } = require(${JSON.stringify(path.join(repoRoot, 'dist', 'test', 'helpers', 'half'))});
+    const r = rng(3), w = (n) => '${dtype}' === 'float16' ? toHalfBits(randomArray(r, n)) : randomArray(r, n);
+    createSession(buildDynamicMoeModel({ D: 8, E: 2, S: 4, patchNums: [1, 2], dtype: '${dtype}', weights: { W1: w(64), B1: w(8), W2: w(64) } }))
+      .then(() => console.log('created'), (e) => console.log('error: ' + e.message));`;
+  for (const level of cpuLevels()) {
+    for (const [dtype, low] of [['float16', '1'], ['float16', '0'], ['float32', '1']]) {
+      const r = spawnSync(process.execPath, ['-e', script(dtype)], { encoding: 'utf8', env: { ...process.env, MOEFY_CPU_LEVEL: level, MOEFY_KERNEL_TRACE: '1', MOEFY_LOW_MEMORY: low } });
+      assert.match(r.stdout, /created/, r.stdout + r.stderr);
+      const half = level !== 'plain' && dtype === 'float16' && low === '1';
+      assert.match(r.stderr, level === 'plain' ? /read per call/ : /pre-packed/, `${level} ${dtype} ${low}: ${r.stderr}`);
+      (half ? assert.match : assert.doesNotMatch)(r.stderr, /float16 panels/, `${level} ${dtype} MOEFY_LOW_MEMORY=${low}: ${r.stderr}`);
+    }
+  }
 });

@@ -75,7 +75,8 @@ struct Kernel {
   bool packed = false;
   int64_t pD = 0, pES = 0;
   WeightBuffer w1p, w2p;
-  int64_t w1p_stride = 0, w2p_stride = 0;  // floats per expert
+  int64_t w1p_stride = 0, w2p_stride = 0;  // elements per expert
+  bool half_panels = false;  // w1p, w2p hold float16 panels (a float16 model's weights, half the bytes of float32)
   // float32 copies of constant float16 inputs (W1, B1, W2, B2 by input index; empty when not kept).
   std::vector<float> const_f32[6];
   std::mutex pool_mu;

@@ -92,9 +92,9 @@ void expect_shape(const TensorIn& t, int index, const std::vector<int64_t>& want
                 ", expected " + dims_str(want)};
 }
 
-// Constant W1, B1, W2, B2 (initializers): float16 ones are converted to float32 once; W1 and W2 are packed for the
-// packed path when the level has one. Anything unexpected leaves the weights to be read per call (compute reports
-// shape errors).
+// Constant W1, B1, W2, B2 (initializers): W1 and W2 are packed for the packed path when the level has one (float16
+// ones into float16 panels), the other float16 ones converted to float32 once. Anything unexpected leaves the
+// weights to be read per call (compute reports shape errors).
 void prepare_constants(Kernel* k, const OrtKernelInfo* info) {
   const OrtApi* api = k->api;
   size_t nin = 0;
@@ -113,9 +113,21 @@ void prepare_constants(Kernel* k, const OrtKernelInfo* info) {
     if (c[i].type != (k->f16 ? kF16 : kF32)) continue;
     is_const[i] = true;
   }
+  // W1 and W2 packed for the packed path when the level has one and the shapes are what compute expects.
+  const char* mode = std::getenv("MOEFY_CPU_GEMM");
+  const bool shapes_ok = is_const[2] && is_const[4] && c[2].dims.size() == 2 && c[4].dims.size() == 2 && c[2].dims[0] > 0 &&
+                         c[2].dims[1] > 0 && c[2].dims[1] % k->attr.num_experts == 0 && c[4].dims[0] == c[2].dims[1] &&
+                         c[4].dims[1] == c[2].dims[0];
+  const bool pack = k->ops->nr != 0 && shapes_ok && !(mode && std::string(mode) == "blas");
+  // MOEFY_LOW_MEMORY=1: float16 weights go into float16 panels (half the bytes of the float32 copy, converted exactly
+  // in the micro-kernel, so the same results): no float32 copy of W1, W2 is made. Not the default: the conversions
+  // take FMA slots, measured up to 8% slower where every expert runs and no faster at few tokens (Zen 5).
+  const char* low = std::getenv("MOEFY_LOW_MEMORY");
+  const bool low_memory = low && low[0] == '1';
+  const bool half_panels = pack && k->f16 && k->ops->pack_b_h && low_memory;
   const float* f32[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
   for (int i = 2; i < 6; ++i) {
-    if (!is_const[i]) continue;
+    if (!is_const[i] || (half_panels && (i == 2 || i == 4))) continue;
     if (k->f16) {
       k->const_f32[i].resize(static_cast<size_t>(c[i].size()));
       k->ops->half_to_float(static_cast<const uint16_t*>(c[i].data), k->const_f32[i].data(), c[i].size());
@@ -124,17 +136,15 @@ void prepare_constants(Kernel* k, const OrtKernelInfo* info) {
       f32[i] = static_cast<const float*>(c[i].data);
     }
   }
-  if (k->ops->nr == 0 || !is_const[2] || !is_const[4]) return;
-  const char* mode = std::getenv("MOEFY_CPU_GEMM");
-  if (mode && std::string(mode) == "blas") return;
-  if (c[2].dims.size() != 2 || c[4].dims.size() != 2) return;
-  const int64_t D = c[2].dims[0], ES = c[2].dims[1], E = k->attr.num_experts;
-  if (D <= 0 || ES <= 0 || ES % E != 0 || c[4].dims[0] != ES || c[4].dims[1] != D) return;
+  if (!pack) return;
+  const int64_t D = c[2].dims[0], ES = c[2].dims[1];
+  if (half_panels) {
+    pack_weights_half(k, static_cast<const uint16_t*>(c[2].data), static_cast<const uint16_t*>(c[4].data), D, ES);
+    return;
+  }
   // W2's expert blocks are contiguous and usable in place; packing them too is 10-30% faster but doubles the
-  // memory of the pre-packed copy. MOEFY_LOW_MEMORY=1 packs W1 only (float16 weights are always packed: the
-  // packed copy is their float32 copy).
-  const char* low = std::getenv("MOEFY_LOW_MEMORY");
-  const bool pack_w2 = k->f16 || !(low && low[0] == '1');
+  // memory of the pre-packed copy. MOEFY_LOW_MEMORY=1 packs W1 only (float16 weights are always packed).
+  const bool pack_w2 = k->f16 || !low_memory;
   pack_weights(k, f32[2], f32[4], D, ES, pack_w2);
   std::vector<float>().swap(k->const_f32[2]);
   if (pack_w2) std::vector<float>().swap(k->const_f32[4]);
@@ -167,6 +177,7 @@ Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16) {
     prepare_constants(k.get(), info);
   } catch (const std::bad_alloc&) {  // no memory for the packed copy: read the weights per call
     k->packed = false;
+    k->half_panels = false;
     k->w1p.reset();
     k->w2p.reset();
   }
@@ -176,7 +187,7 @@ Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16) {
     if (!note.empty()) std::fprintf(stderr, "moefy: %s\n", note.c_str());
     std::fprintf(stderr, "moefy: DynamicMoE CPU kernel created (T %s, level %s, num_experts %lld, %zu scales, weights %s)\n",
                  f16 ? "float16" : "float32", level_name(k->level), static_cast<long long>(k->attr.num_experts),
-                 k->attr.patch_nums.size(), k->packed ? "pre-packed" : "read per call");
+                 k->attr.patch_nums.size(), k->packed ? (k->half_panels ? "pre-packed (float16 panels)" : "pre-packed") : "read per call");
   }
   return k.release();
 }

@@ -21,6 +21,11 @@ struct PackedOps {
   // matrix (ldb its row length, panel_stride nr). accumulate false: C is overwritten.
   void (*gemm_rows)(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb,
                     int64_t panel_stride, float* const* c, bool accumulate);
+  // The same for float16 B (IEEE binary16 bits): packed panels only (zero past the matrix edge), converted to float32
+  // in the micro-kernel, so the products and sums are those of the float32 path. Null where the level has none.
+  void (*pack_b_h)(const uint16_t* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, uint16_t* dst);
+  void (*gemm_rows_h)(int64_t M, int64_t K, int64_t ncols, const float* const* a, const uint16_t* b, int64_t ldb,
+                      int64_t panel_stride, float* const* c, bool accumulate);
   // h[i] = act(h[i] + b[i]) for i < n.
   void (*bias_act)(float* h, const float* b, int64_t n, Activation act);
   // float16 (IEEE binary16 bits) <-> float32, n values.

@@ -17,15 +17,16 @@ constexpr int MR = 6;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-void pack_b(const float* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, float* dst) {
+template <typename TB>
+void pack_b_t(const TB* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, TB* dst) {
   const int64_t np = (ncols + NR - 1) / NR;
   for (int64_t p = 0; p < np; ++p) {
     const int64_t n = min64(NR, ncols - p * NR);
-    float* out = dst + p * K * NR;
+    TB* out = dst + p * K * NR;
     for (int64_t k = 0; k < K; ++k) {
-      const float* row = src + k * ld + c0 + p * NR;
-      std::memcpy(out + k * NR, row, sizeof(float) * n);
-      if (n < NR) std::memset(out + k * NR + n, 0, sizeof(float) * (NR - n));
+      const TB* row = src + k * ld + c0 + p * NR;
+      std::memcpy(out + k * NR, row, sizeof(TB) * n);
+      if (n < NR) std::memset(out + k * NR + n, 0, sizeof(TB) * (NR - n));
     }
   }
 }
@@ -36,9 +37,16 @@ inline __m256i lane_mask(int n) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), idx);
 }
 
-template <int M>
-inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c, int ncols,
-                    bool accumulate, const float* pf) {
+// 8 B values as float32: plain loads, or float16 panels converted (exactly, F16C) on the way in. Float16 B is always
+// packed (zero past the matrix edge), so its edge loads need no mask.
+inline __m256 load_b(const float* p) { return _mm256_loadu_ps(p); }
+inline __m256 load_b(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+inline __m256 load_b_edge(const float* p, __m256i m) { return _mm256_maskload_ps(p, m); }
+inline __m256 load_b_edge(const uint16_t* p, __m256i) { return load_b(p); }
+
+template <int M, typename TB>
+inline void ukernel(int64_t K, const float* const* a, const TB* bp, int64_t ldb, float* const* c, int ncols,
+                    bool accumulate, const TB* pf) {
   __m256 acc0[M], acc1[M];
   for (int r = 0; r < M; ++r) {
     acc0[r] = _mm256_setzero_ps();
@@ -48,8 +56,8 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
   for (int r = 0; r < M; ++r) ar[r] = a[r];
   if (ncols == NR) {
     for (int64_t k = 0; k < K; ++k) {
-      const __m256 b0 = _mm256_loadu_ps(bp + k * ldb);
-      const __m256 b1 = _mm256_loadu_ps(bp + k * ldb + 8);
+      const __m256 b0 = load_b(bp + k * ldb);
+      const __m256 b1 = load_b(bp + k * ldb + 8);
       if (pf) _mm_prefetch(reinterpret_cast<const char*>(pf + k * ldb), _MM_HINT_T0);  // the next chunk, one line per row
       for (int r = 0; r < M; ++r) {
         const __m256 av = _mm256_broadcast_ss(ar[r] + k);
@@ -71,8 +79,8 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
   // Ragged edge: B may be a plain matrix (W2 read in place), so loads past ncols are masked.
   const __m256i m0 = lane_mask(ncols), m1 = lane_mask(ncols - 8);
   for (int64_t k = 0; k < K; ++k) {
-    const __m256 b0 = _mm256_maskload_ps(bp + k * ldb, m0);
-    const __m256 b1 = _mm256_maskload_ps(bp + k * ldb + 8, m1);
+    const __m256 b0 = load_b_edge(bp + k * ldb, m0);
+    const __m256 b1 = load_b_edge(bp + k * ldb + 8, m1);
     for (int r = 0; r < M; ++r) {
       const __m256 av = _mm256_broadcast_ss(ar[r] + k);
       acc0[r] = _mm256_fmadd_ps(av, b0, acc0[r]);
@@ -90,15 +98,16 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
   }
 }
 
-inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c,
-                             int ncols, bool accumulate, const float* pf) {
+template <typename TB>
+inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const TB* bp, int64_t ldb, float* const* c,
+                             int ncols, bool accumulate, const TB* pf) {
   switch (M) {
-    case 6: ukernel<6>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 5: ukernel<5>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 4: ukernel<4>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 3: ukernel<3>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 2: ukernel<2>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 1: ukernel<1>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 6: ukernel<6, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 5: ukernel<5, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 4: ukernel<4, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 3: ukernel<3, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 2: ukernel<2, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 1: ukernel<1, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
     default: break;
   }
 }
@@ -106,8 +115,9 @@ inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const floa
 // Few rows (an expert's tokens, M <= MC): B streamed once, panel by panel in KC-row chunks, each chunk reused from
 // L1 by every balanced block of rows while the next one is prefetched (as at AVX-512). More rows: block by block
 // over all of B, which stays in L2.
-void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb,
-               int64_t panel_stride, float* const* c, bool accumulate) {
+template <typename TB>
+void gemm_rows_t(int64_t M, int64_t K, int64_t ncols, const float* const* a, const TB* b, int64_t ldb,
+                 int64_t panel_stride, float* const* c, bool accumulate) {
   constexpr int64_t KC = 256;
   constexpr int64_t MC = 256;
   const int64_t np = (ncols + NR - 1) / NR;
@@ -119,15 +129,15 @@ void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const
       const int n = static_cast<int>(min64(NR, ncols - p * NR));
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = min64(KC, K - k0);
-        const float* bc = b + p * panel_stride + k0 * ldb;
-        const float* next = k0 + KC < K ? bc + KC * ldb : p + 1 < np ? b + (p + 1) * panel_stride : nullptr;
+        const TB* bc = b + p * panel_stride + k0 * ldb;
+        const TB* next = k0 + KC < K ? bc + KC * ldb : p + 1 < np ? b + (p + 1) * panel_stride : nullptr;
         for (int64_t blk = 0; blk < nb; ++blk) {
           const int64_t s0 = blk * M / nb, s1 = (blk + 1) * M / nb;
           for (int64_t r = 0; r < s1 - s0; ++r) {
             ab[r] = a[s0 + r] + k0;
             cb[r] = c[s0 + r] + p * NR;
           }
-          ukernel_dispatch(static_cast<int>(s1 - s0), kc, ab, bc, ldb, cb, n, accumulate || k0 > 0, blk == 0 && n == NR ? next : nullptr);
+          ukernel_dispatch<TB>(static_cast<int>(s1 - s0), kc, ab, bc, ldb, cb, n, accumulate || k0 > 0, blk == 0 && n == NR ? next : nullptr);
         }
       }
     }
@@ -141,7 +151,7 @@ void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const
       for (int64_t p = 0; p < np; ++p) {
         const int n = static_cast<int>(min64(NR, ncols - p * NR));
         for (int r = 0; r < m; ++r) cb[r] = c[r0 + r] + p * NR;
-        ukernel_dispatch(m, kc, ab, b + p * panel_stride + k0 * ldb, ldb, cb, n, accumulate || k0 > 0, nullptr);
+        ukernel_dispatch<TB>(m, kc, ab, b + p * panel_stride + k0 * ldb, ldb, cb, n, accumulate || k0 > 0, nullptr);
       }
     }
   }
@@ -230,7 +240,18 @@ void float_to_half(const float* src, uint16_t* dst, int64_t n) {
   }
 }
 
-const PackedOps kOps = {"avx2", NR, pack_b, gemm_rows, bias_act, half_to_float, float_to_half};
+void pack_b(const float* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, float* dst) { pack_b_t(src, ld, K, c0, ncols, dst); }
+void pack_b_h(const uint16_t* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, uint16_t* dst) { pack_b_t(src, ld, K, c0, ncols, dst); }
+void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb, int64_t panel_stride,
+               float* const* c, bool accumulate) {
+  gemm_rows_t(M, K, ncols, a, b, ldb, panel_stride, c, accumulate);
+}
+void gemm_rows_h(int64_t M, int64_t K, int64_t ncols, const float* const* a, const uint16_t* b, int64_t ldb,
+                 int64_t panel_stride, float* const* c, bool accumulate) {
+  gemm_rows_t(M, K, ncols, a, b, ldb, panel_stride, c, accumulate);
+}
+
+const PackedOps kOps = {"avx2", NR, pack_b, gemm_rows, pack_b_h, gemm_rows_h, bias_act, half_to_float, float_to_half};
 
 }  // namespace
 

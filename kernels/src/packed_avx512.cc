@@ -17,23 +17,31 @@ constexpr int MR = 12;
 
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-void pack_b(const float* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, float* dst) {
+template <typename TB>
+void pack_b_t(const TB* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, TB* dst) {
   const int64_t np = (ncols + NR - 1) / NR;
   for (int64_t p = 0; p < np; ++p) {
     const int64_t n = min64(NR, ncols - p * NR);
-    float* out = dst + p * K * NR;
+    TB* out = dst + p * K * NR;
     for (int64_t k = 0; k < K; ++k) {
-      const float* row = src + k * ld + c0 + p * NR;
-      std::memcpy(out + k * NR, row, sizeof(float) * n);
-      if (n < NR) std::memset(out + k * NR + n, 0, sizeof(float) * (NR - n));
+      const TB* row = src + k * ld + c0 + p * NR;
+      std::memcpy(out + k * NR, row, sizeof(TB) * n);
+      if (n < NR) std::memset(out + k * NR + n, 0, sizeof(TB) * (NR - n));
     }
   }
 }
 
+// 16 B values as float32: plain loads, or float16 panels converted (exactly) on the way in. Float16 B is always
+// packed (zero past the matrix edge), so its edge loads need no mask.
+inline __m512 load_b(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load_b(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+inline __m512 load_b_edge(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load_b_edge(const uint16_t* p, __mmask16) { return load_b(p); }
+
 // C[r][0..ncols) (+)= sum_k A[r][k] * Bp[k][0..ncols) for r < M (M <= MR); A rows at a[r] + k, C rows at c[r].
-template <int M>
-inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c, int ncols,
-                    bool accumulate, const float* pf) {
+template <int M, typename TB>
+inline void ukernel(int64_t K, const float* const* a, const TB* bp, int64_t ldb, float* const* c, int ncols,
+                    bool accumulate, const TB* pf) {
   const __mmask16 m0 = static_cast<__mmask16>(ncols >= 16 ? 0xFFFF : ((1u << ncols) - 1));
   const __mmask16 m1 = static_cast<__mmask16>(ncols >= 32 ? 0xFFFF : ncols <= 16 ? 0 : ((1u << (ncols - 16)) - 1));
   __m512 acc0[M], acc1[M];
@@ -46,8 +54,8 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
   if (ncols == NR) {
     // Full panels: plain loads (with AVX-512F alone, masks in the loop spill k registers to the stack).
     for (int64_t k = 0; k < K; ++k) {
-      const __m512 b0 = _mm512_loadu_ps(bp + k * ldb);
-      const __m512 b1 = _mm512_loadu_ps(bp + k * ldb + 16);
+      const __m512 b0 = load_b(bp + k * ldb);
+      const __m512 b1 = load_b(bp + k * ldb + 16);
       if (pf) {  // the next B chunk into L1 while this one is computed (measured 0.01–0.02 × dense better than to L2)
         _mm_prefetch(reinterpret_cast<const char*>(pf + k * ldb), _MM_HINT_T0);
         _mm_prefetch(reinterpret_cast<const char*>(pf + k * ldb + 16), _MM_HINT_T0);
@@ -61,8 +69,8 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
   } else {
     // Ragged edge: B may be a plain matrix (W2 read in place), so loads past ncols are masked.
     for (int64_t k = 0; k < K; ++k) {
-      const __m512 b0 = _mm512_maskz_loadu_ps(m0, bp + k * ldb);
-      const __m512 b1 = _mm512_maskz_loadu_ps(m1, bp + k * ldb + 16);
+      const __m512 b0 = load_b_edge(bp + k * ldb, m0);
+      const __m512 b1 = load_b_edge(bp + k * ldb + 16, m1);
       for (int r = 0; r < M; ++r) {
         const __m512 av = _mm512_set1_ps(ar[r][k]);
         acc0[r] = _mm512_fmadd_ps(av, b0, acc0[r]);
@@ -93,21 +101,22 @@ inline void ukernel(int64_t K, const float* const* a, const float* bp, int64_t l
   }
 }
 
-inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const float* bp, int64_t ldb, float* const* c,
-                             int ncols, bool accumulate, const float* pf) {
+template <typename TB>
+inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const TB* bp, int64_t ldb, float* const* c,
+                             int ncols, bool accumulate, const TB* pf) {
   switch (M) {
-    case 12: ukernel<12>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 11: ukernel<11>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 10: ukernel<10>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 9: ukernel<9>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 8: ukernel<8>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 7: ukernel<7>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 6: ukernel<6>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 5: ukernel<5>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 4: ukernel<4>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 3: ukernel<3>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 2: ukernel<2>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
-    case 1: ukernel<1>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 12: ukernel<12, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 11: ukernel<11, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 10: ukernel<10, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 9: ukernel<9, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 8: ukernel<8, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 7: ukernel<7, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 6: ukernel<6, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 5: ukernel<5, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 4: ukernel<4, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 3: ukernel<3, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 2: ukernel<2, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
+    case 1: ukernel<1, TB>(K, a, bp, ldb, c, ncols, accumulate, pf); break;
     default: break;
   }
 }
@@ -117,8 +126,9 @@ inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const floa
 // block by block over all of B (B stays in L2, the block's A rows in L1 across the panels), which measured faster
 // there. Rows are cut into balanced blocks (64 rows: 11 x 4 + 10 x 2, not 12 x 5 + 4). Measured on Zen 5 at D 1024,
 // S 128 (kernels/README.md); a 6 x 64 tile without the prefetch measured slower at 256 tokens.
-void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb,
-               int64_t panel_stride, float* const* c, bool accumulate) {
+template <typename TB>
+void gemm_rows_t(int64_t M, int64_t K, int64_t ncols, const float* const* a, const TB* b, int64_t ldb,
+                 int64_t panel_stride, float* const* c, bool accumulate) {
   constexpr int64_t MC = 256;
   // 256 rows of a 32-column panel: a 32 KB chunk (Zen 5's L1D is 48 KB). In the few-rows order, measured against
   // 128 (twice the C round trips through the accumulators): 0.01–0.03 × dense better at 256 tokens; 512 no better.
@@ -140,12 +150,12 @@ void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const
       const int n = static_cast<int>(min64(NR, ncols - p * NR));
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int64_t kc = min64(KC, K - k0);
-        const float* bc = b + p * panel_stride + k0 * ldb;
+        const TB* bc = b + p * panel_stride + k0 * ldb;
         // The chunk after this one (next KC rows of the panel, or the next panel's first) is prefetched meanwhile.
-        const float* next = k0 + KC < K ? bc + KC * ldb : p + 1 < np ? b + (p + 1) * panel_stride : nullptr;
+        const TB* next = k0 + KC < K ? bc + KC * ldb : p + 1 < np ? b + (p + 1) * panel_stride : nullptr;
         for (int64_t blk = 0; blk < nb; ++blk) {
           const int m = rows(blk, k0, p);
-          ukernel_dispatch(m, kc, ab, bc, ldb, cb, n, accumulate || k0 > 0, blk == 0 ? next : nullptr);
+          ukernel_dispatch<TB>(m, kc, ab, bc, ldb, cb, n, accumulate || k0 > 0, blk == 0 ? next : nullptr);
         }
       }
     }
@@ -157,7 +167,7 @@ void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const
       for (int64_t p = 0; p < np; ++p) {
         const int n = static_cast<int>(min64(NR, ncols - p * NR));
         const int m = rows(blk, k0, p);
-        ukernel_dispatch(m, kc, ab, b + p * panel_stride + k0 * ldb, ldb, cb, n, accumulate || k0 > 0, nullptr);
+        ukernel_dispatch<TB>(m, kc, ab, b + p * panel_stride + k0 * ldb, ldb, cb, n, accumulate || k0 > 0, nullptr);
       }
     }
 }
@@ -245,7 +255,18 @@ void float_to_half(const float* src, uint16_t* dst, int64_t n) {
   }
 }
 
-const PackedOps kOps = {"avx512", NR, pack_b, gemm_rows, bias_act, half_to_float, float_to_half};
+void pack_b(const float* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, float* dst) { pack_b_t(src, ld, K, c0, ncols, dst); }
+void pack_b_h(const uint16_t* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, uint16_t* dst) { pack_b_t(src, ld, K, c0, ncols, dst); }
+void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb, int64_t panel_stride,
+               float* const* c, bool accumulate) {
+  gemm_rows_t(M, K, ncols, a, b, ldb, panel_stride, c, accumulate);
+}
+void gemm_rows_h(int64_t M, int64_t K, int64_t ncols, const float* const* a, const uint16_t* b, int64_t ldb,
+                 int64_t panel_stride, float* const* c, bool accumulate) {
+  gemm_rows_t(M, K, ncols, a, b, ldb, panel_stride, c, accumulate);
+}
+
+const PackedOps kOps = {"avx512", NR, pack_b, gemm_rows, pack_b_h, gemm_rows_h, bias_act, half_to_float, float_to_half};
 
 }  // namespace
 

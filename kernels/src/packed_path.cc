@@ -14,6 +14,23 @@ void pack_weights(Kernel* k, const float* W1, const float* W2, int64_t D, int64_
   }
   k->pD = D;
   k->pES = ES;
+  k->half_panels = false;
+  k->packed = true;
+}
+
+void pack_weights_half(Kernel* k, const uint16_t* W1, const uint16_t* W2, int64_t D, int64_t ES) {
+  const int64_t E = k->attr.num_experts, S = ES / E, NR = k->ops->nr;
+  k->w1p_stride = (S + NR - 1) / NR * D * NR;
+  k->w2p_stride = (D + NR - 1) / NR * S * NR;
+  k->w1p.allocate(static_cast<size_t>(E * k->w1p_stride), sizeof(uint16_t));
+  k->w2p.allocate(static_cast<size_t>(E * k->w2p_stride), sizeof(uint16_t));
+  for (int64_t e = 0; e < E; ++e) {
+    k->ops->pack_b_h(W1, ES, D, e * S, S, k->w1p.half() + e * k->w1p_stride);
+    k->ops->pack_b_h(W2 + e * S * D, D, S, 0, D, k->w2p.half() + e * k->w2p_stride);
+  }
+  k->pD = D;
+  k->pES = ES;
+  k->half_panels = true;
   k->packed = true;
 }
 
@@ -34,7 +51,10 @@ void packed_fc1_chunk(const Ffn& f, const Kernel& k, Slot* slot, int64_t e, cons
     ar[r] = f.X + tk[r] * D;
     hr[r] = H + r * Spad;
   }
-  k.ops->gemm_rows(m, D, S, ar, k.w1p.data() + e * k.w1p_stride, NR, D * NR, hr, false);
+  if (k.half_panels)
+    k.ops->gemm_rows_h(m, D, S, ar, k.w1p.half() + e * k.w1p_stride, NR, D * NR, hr, false);
+  else
+    k.ops->gemm_rows(m, D, S, ar, k.w1p.data() + e * k.w1p_stride, NR, D * NR, hr, false);
   for (int r = 0; r < m; ++r) k.ops->bias_act(hr[r], f.B1 + e * S, S, f.act);
 }
 
@@ -48,7 +68,9 @@ void packed_fc2_cols(const Ffn& f, const Kernel& k, Slot* slot, float* Y, int64_
     hr[r] = H + r * Spad;
     cr[r] = Y + tk[r] * D + c0;
   }
-  if (k.w2p.empty())
+  if (k.half_panels)
+    k.ops->gemm_rows_h(m, S, nc, hr, k.w2p.half() + e * k.w2p_stride + (c0 / NR) * S * NR, NR, S * NR, cr, true);
+  else if (k.w2p.empty())
     k.ops->gemm_rows(m, S, nc, hr, f.W2 + e * S * D + c0, D, NR, cr, true);
   else
     k.ops->gemm_rows(m, S, nc, hr, k.w2p.data() + e * k.w2p_stride + (c0 / NR) * S * NR, NR, S * NR, cr, true);

@@ -10,6 +10,8 @@ namespace moefy {
 // Packs W1 [D, E*S] and W2 [E*S, D] (float32, row-major) for k->ops. W2 stays unpacked (read in place) when
 // pack_w2 is false.
 void pack_weights(Kernel* k, const float* W1, const float* W2, int64_t D, int64_t ES, bool pack_w2);
+// The same from float16 W1, W2 (IEEE binary16 bits) into float16 panels, both packed (k->half_panels).
+void pack_weights_half(Kernel* k, const uint16_t* W1, const uint16_t* W2, int64_t D, int64_t ES);
 
 void packed_reserve(Slot* slot, size_t rows, const Ffn& f, const Kernel& k);
 

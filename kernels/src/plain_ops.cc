@@ -116,7 +116,7 @@ void float_to_half(const float* src, uint16_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = float_to_half_bits(src[i]);
 }
 
-const PackedOps kOps = {"plain", 0, nullptr, nullptr, bias_act, half_to_float, float_to_half};
+const PackedOps kOps = {"plain", 0, nullptr, nullptr, nullptr, nullptr, bias_act, half_to_float, float_to_half};
 
 }  // namespace
 

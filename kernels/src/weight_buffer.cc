@@ -8,11 +8,11 @@
 
 namespace moefy {
 
-void WeightBuffer::allocate(size_t n) {
+void WeightBuffer::allocate(size_t n, size_t elem_size) {
   reset();
   if (n == 0) return;
   constexpr size_t kHuge = size_t(2) << 20;
-  const size_t bytes = n * sizeof(float);
+  const size_t bytes = n * elem_size;
   const size_t align = bytes >= kHuge ? kHuge : 64;
   void* p = nullptr;
   if (posix_memalign(&p, align, (bytes + align - 1) / align * align) != 0) throw std::bad_alloc();
@@ -20,7 +20,7 @@ void WeightBuffer::allocate(size_t n) {
   // Only a hint: where transparent huge pages are off the call fails and 4 KB pages are used.
   if (align == kHuge) madvise(p, (bytes + align - 1) / align * align, MADV_HUGEPAGE);
 #endif
-  p_ = static_cast<float*>(p);
+  p_ = p;
   n_ = n;
 }
 

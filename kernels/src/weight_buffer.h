@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace moefy {
 
@@ -14,16 +15,18 @@ class WeightBuffer {
   WeightBuffer& operator=(const WeightBuffer&) = delete;
   ~WeightBuffer() { reset(); }
 
-  // n floats, contents unspecified; throws std::bad_alloc.
-  void allocate(size_t n);
+  // n elements of elem_size bytes (float32 or float16 panels), contents unspecified; throws std::bad_alloc.
+  void allocate(size_t n, size_t elem_size = sizeof(float));
   void reset();
-  float* data() { return p_; }
-  const float* data() const { return p_; }
+  float* data() { return static_cast<float*>(p_); }
+  const float* data() const { return static_cast<const float*>(p_); }
+  uint16_t* half() { return static_cast<uint16_t*>(p_); }
+  const uint16_t* half() const { return static_cast<const uint16_t*>(p_); }
   size_t size() const { return n_; }
   bool empty() const { return n_ == 0; }
 
  private:
-  float* p_ = nullptr;
+  void* p_ = nullptr;
   size_t n_ = 0;
 };
 
