@@ -54,7 +54,7 @@ export interface ConvertOptions {
 /**
  * Largest FFN hidden size whose repair trains the experts by default (repairEpochs): an epoch costs about 8.5 s per
  * layer at VAR-d16's H 4096 on 2 cores, so 30 epochs would take over an hour there; the closed form alone takes
- * about 20 s per layer (README, expert repair).
+ * about 30 CPU-seconds per layer (README, expert repair).
  */
 export const REPAIR_EPOCHS_MAX_HIDDEN = 1024;
 
@@ -84,8 +84,10 @@ export function defaultRouterWidth(D: number): number {
   return Math.min(ROUTER_WIDTH.max, Math.max(ROUTER_WIDTH.min, Math.round(D * ROUTER_WIDTH.perD)));
 }
 
-/** Options with every default filled in; `budget` stays as given (undefined unless the caller chose one). */
-/** `repairEpochs` stays as given (its default depends on the FFN size, pipeline.ts). */
+/**
+ * Options with every default filled in; `budget` stays as given (undefined unless the caller chose one), and so does
+ * `repairEpochs` (its default depends on the FFN size, pipeline.ts).
+ */
 export type ResolvedOptions = ConvertOptions & Required<Pick<ConvertOptions, 'activation' | 'clusterBy' | 'seed' | 'routerEpochs' | 'routerTarget' | 'synthSamples' | 'maxTokens'>>;
 
 export function resolveOptions(o: ConvertOptions): ResolvedOptions {

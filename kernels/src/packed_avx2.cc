@@ -18,7 +18,7 @@ constexpr int MR = 6;
 inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 template <typename TB>
-void pack_b_t(const TB* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, TB* dst) {
+void pack_b(const TB* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, TB* dst) {
   const int64_t np = (ncols + NR - 1) / NR;
   for (int64_t p = 0; p < np; ++p) {
     const int64_t n = min64(NR, ncols - p * NR);
@@ -116,8 +116,8 @@ inline void ukernel_dispatch(int M, int64_t K, const float* const* a, const TB* 
 // L1 by every balanced block of rows while the next one is prefetched (as at AVX-512). More rows: block by block
 // over all of B, which stays in L2.
 template <typename TB>
-void gemm_rows_t(int64_t M, int64_t K, int64_t ncols, const float* const* a, const TB* b, int64_t ldb,
-                 int64_t panel_stride, float* const* c, bool accumulate) {
+void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const TB* b, int64_t ldb,
+               int64_t panel_stride, float* const* c, bool accumulate) {
   constexpr int64_t KC = 256;
   constexpr int64_t MC = 256;
   const int64_t np = (ncols + NR - 1) / NR;
@@ -240,18 +240,9 @@ void float_to_half(const float* src, uint16_t* dst, int64_t n) {
   }
 }
 
-void pack_b(const float* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, float* dst) { pack_b_t(src, ld, K, c0, ncols, dst); }
-void pack_b_h(const uint16_t* src, int64_t ld, int64_t K, int64_t c0, int64_t ncols, uint16_t* dst) { pack_b_t(src, ld, K, c0, ncols, dst); }
-void gemm_rows(int64_t M, int64_t K, int64_t ncols, const float* const* a, const float* b, int64_t ldb, int64_t panel_stride,
-               float* const* c, bool accumulate) {
-  gemm_rows_t(M, K, ncols, a, b, ldb, panel_stride, c, accumulate);
-}
-void gemm_rows_h(int64_t M, int64_t K, int64_t ncols, const float* const* a, const uint16_t* b, int64_t ldb,
-                 int64_t panel_stride, float* const* c, bool accumulate) {
-  gemm_rows_t(M, K, ncols, a, b, ldb, panel_stride, c, accumulate);
-}
-
-const PackedOps kOps = {"avx2", NR, pack_b, gemm_rows, pack_b_h, gemm_rows_h, bias_act, half_to_float, float_to_half};
+// float32 and float16 B through the same templates.
+const PackedOps kOps = {"avx2", NR, pack_b<float>, gemm_rows<float>, pack_b<uint16_t>,
+                         gemm_rows<uint16_t>, bias_act, half_to_float, float_to_half};
 
 }  // namespace
 

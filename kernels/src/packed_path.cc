@@ -2,36 +2,37 @@
 
 namespace moefy {
 
-void pack_weights(Kernel* k, const float* W1, const float* W2, int64_t D, int64_t ES, bool pack_w2) {
+namespace {
+
+// W1 [D, E*S] and W2 [E*S, D] (row-major, element type T) into per-expert panels of k->ops's width; W2 only with
+// pack_w2 (else read in place).
+template <typename T>
+void pack_panels(Kernel* k, const T* W1, const T* W2, int64_t D, int64_t ES, bool pack_w2,
+                 void (*pack)(const T*, int64_t, int64_t, int64_t, int64_t, T*), T* (*at)(WeightBuffer&)) {
   const int64_t E = k->attr.num_experts, S = ES / E, NR = k->ops->nr;
   k->w1p_stride = (S + NR - 1) / NR * D * NR;
   k->w2p_stride = (D + NR - 1) / NR * S * NR;
-  k->w1p.allocate(static_cast<size_t>(E * k->w1p_stride));
-  if (pack_w2) k->w2p.allocate(static_cast<size_t>(E * k->w2p_stride));
+  k->w1p.allocate(static_cast<size_t>(E * k->w1p_stride), sizeof(T));
+  if (pack_w2) k->w2p.allocate(static_cast<size_t>(E * k->w2p_stride), sizeof(T));
   for (int64_t e = 0; e < E; ++e) {
-    k->ops->pack_b(W1, ES, D, e * S, S, k->w1p.data() + e * k->w1p_stride);
-    if (pack_w2) k->ops->pack_b(W2 + e * S * D, D, S, 0, D, k->w2p.data() + e * k->w2p_stride);
+    pack(W1, ES, D, e * S, S, at(k->w1p) + e * k->w1p_stride);
+    if (pack_w2) pack(W2 + e * S * D, D, S, 0, D, at(k->w2p) + e * k->w2p_stride);
   }
   k->pD = D;
   k->pES = ES;
-  k->half_panels = false;
   k->packed = true;
 }
 
+}  // namespace
+
+void pack_weights(Kernel* k, const float* W1, const float* W2, int64_t D, int64_t ES, bool pack_w2) {
+  pack_panels<float>(k, W1, W2, D, ES, pack_w2, k->ops->pack_b, [](WeightBuffer& b) { return b.data(); });
+  k->half_panels = false;
+}
+
 void pack_weights_half(Kernel* k, const uint16_t* W1, const uint16_t* W2, int64_t D, int64_t ES) {
-  const int64_t E = k->attr.num_experts, S = ES / E, NR = k->ops->nr;
-  k->w1p_stride = (S + NR - 1) / NR * D * NR;
-  k->w2p_stride = (D + NR - 1) / NR * S * NR;
-  k->w1p.allocate(static_cast<size_t>(E * k->w1p_stride), sizeof(uint16_t));
-  k->w2p.allocate(static_cast<size_t>(E * k->w2p_stride), sizeof(uint16_t));
-  for (int64_t e = 0; e < E; ++e) {
-    k->ops->pack_b_h(W1, ES, D, e * S, S, k->w1p.half() + e * k->w1p_stride);
-    k->ops->pack_b_h(W2 + e * S * D, D, S, 0, D, k->w2p.half() + e * k->w2p_stride);
-  }
-  k->pD = D;
-  k->pES = ES;
+  pack_panels<uint16_t>(k, W1, W2, D, ES, true, k->ops->pack_b_h, [](WeightBuffer& b) { return b.half(); });
   k->half_panels = true;
-  k->packed = true;
 }
 
 void packed_reserve(Slot* slot, size_t rows, const Ffn& f, const Kernel& k) {

@@ -1,5 +1,5 @@
-// Per-layer calibration work (neuron clustering; router norms, training and predictions; expert repair) run for several layers at
-// once: one worker thread per core, each running its layer in single-threaded ORT sessions. Measured at d16 size: a
+// Per-layer calibration work (neuron clustering; router norms, training and predictions; expert repair) run for
+// several layers at once: one worker thread per core, each running its layer in single-threaded ORT sessions. Measured at d16 size: a
 // 2-thread ORT session spends 40% more CPU on the same router training steps than a 1-thread one (its small ops wait
 // on each other), so two layers side by side in 1-thread sessions finish sooner than one layer after another in
 // 2-thread sessions. Every layer runs single-threaded, also without workers: its result depends only on its inputs
@@ -73,7 +73,6 @@ export interface RepairJob extends LayerFfn {
   original: ActivationKind;
   /** [N, E] 1 where the routing runs the expert on the token. */
   mask: Uint8Array;
-  E: number;
   /** Gradient epochs after the closed form (0: closed form only). */
   epochs: number;
   seed: number;

@@ -5,9 +5,10 @@
 //   min Σ_n ‖(h_n ⊙ m_n)·W + b − y_n‖² + λ Σ_j G_jj ‖W_j − W2_j‖²
 // (y = the dense FFN output, G = the Gram matrix of the masked activations: the ridge pulls each neuron's row
 // toward the original in proportion to how much that neuron is used, so λ does not depend on the layer's scale).
-// The Gram matrix and the cross terms are accumulated in onnxruntime-node in chunks and summed in float64; the
-// normal equations are solved by a Cholesky factorisation (LAPACK, calib/linalg.ts). λ is chosen on a held-out split of the tokens (the
-// last `heldOutFraction` of them: tokens are ordered by sample, so this holds out whole sequences), then the
+// The masked activations and the cross terms come from onnxruntime-node in chunks, the Gram matrix is added by one
+// ssyrk per chunk in the solver addon, all summed in float64; the normal equations are solved by a Cholesky
+// factorisation (LAPACK, calib/linalg.ts). λ is chosen on a held-out split of the tokens (the last
+// `heldOutFraction` of them: tokens are ordered by sample, so this holds out whole sequences), then the
 // weights are refitted on every token with that λ.
 import { MoefyError } from '../errors';
 import { gramAdd, quadForm, solveSpd } from './linalg';

@@ -208,8 +208,7 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
     }
     return;
   }
-  if (existing && !existing.isDirectory()) throw new MoefyError(`${p} exists and is not a folder`);
-  if (existing) await assertReplaceable(p);
+  await checkFolderTarget(p, existing);
   const manifest: Manifest = {};
   const used = new Set<string>(['manifest.json']);
   try {
@@ -226,6 +225,12 @@ export async function writeTensorSet(p: string, tensors: TensorSet, options: Wri
     if (e instanceof MoefyError) throw e;
     throw envError(e, p);
   }
+}
+
+/** A tensor-set folder may go to p: nothing there, or a folder assertReplaceable accepts. */
+async function checkFolderTarget(p: string, existing: Awaited<ReturnType<typeof statOrNull>>): Promise<void> {
+  if (existing && !existing.isDirectory()) throw new MoefyError(`${p} exists and is not a folder`);
+  if (existing) await assertReplaceable(p);
 }
 
 /** Puts a finished temporary folder at p, replacing what was there (already checked replaceable). */
@@ -310,8 +315,7 @@ export class TensorSetWriter {
     const p = this.target;
     try {
       const existing = await statOrNull(p);
-      if (existing && !existing.isDirectory()) throw new MoefyError(`${p} exists and is not a folder`);
-      if (existing) await assertReplaceable(p);
+      await checkFolderTarget(p, existing);
       const manifest: Manifest = {};
       for (const [name, e] of this.entries) {
         if (e.blocks > 1) {

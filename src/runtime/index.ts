@@ -86,7 +86,6 @@ interface NativeAddon {
   createSession(model: string | Uint8Array, options: Record<string, unknown>): Promise<NativeSession>;
 }
 
-export { packageRoot };
 
 /** Absolute path of libmoefy_ops.so (env MOEFY_OPS_LIB overrides). Does not check that it exists. */
 export function libPath(): string {

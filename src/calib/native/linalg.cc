@@ -1,6 +1,6 @@
 // moefy linear algebra addon: the float64 solves of calibration (expert repair's ridge least squares) and the Gram
-// matrices they are built from, through OpenBLAS/LAPACK, linked statically, on one thread so that the result does not depend on the core count.
-// JavaScript passes Float64Arrays; they are read and written in place.
+// matrices they are built from, through OpenBLAS/LAPACK linked statically, on one thread so that the result does
+// not depend on the core count. JavaScript passes typed arrays; they are read and written in place.
 #include <napi.h>
 
 #include <string>
@@ -87,7 +87,9 @@ Napi::Value GramAdd(const Napi::CallbackInfo& info) {
   openblas_set_num_threads(1);
   // Row-major A [n, h] is column-major Aᵀ [h, n]: Aᵀ·(Aᵀ)ᵀ = AᵀA with trans "N"; its column-major lower triangle
   // (r ≥ c at c·h + r) is the row-major upper one.
-  std::vector<float> c(static_cast<size_t>(h) * h);
+  // One buffer per thread for its life, reused by every chunk (64 MB at VAR-d16's h 4096; beta 0 overwrites it).
+  thread_local std::vector<float> c;
+  if (c.size() < static_cast<size_t>(h) * h) c.resize(static_cast<size_t>(h) * h);
   const float one = 1, zero = 0;
   ssyrk_("L", "N", &h, &n, &one, a.Data(), &h, &zero, c.data(), &h);
   for (int col = 0; col < h; ++col) {
