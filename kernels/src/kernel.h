@@ -31,8 +31,25 @@ inline void check(const OrtApi* api, OrtStatus* st) {
   }
 }
 
+// Cache-line-aligned storage for the scratch matrices the micro-kernels load and store in 64-byte vectors (malloc's
+// 16-byte alignment splits every such access over two lines).
 template <class T>
-inline void grow(std::vector<T>& v, size_t n) {
+struct LineAligned {
+  using value_type = T;
+  LineAligned() = default;
+  template <class U>
+  LineAligned(const LineAligned<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(64))); }
+  void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(64)); }
+  template <class U>
+  bool operator==(const LineAligned<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const LineAligned<U>&) const { return false; }
+};
+using FloatBuffer = std::vector<float, LineAligned<float>>;
+
+template <class T, class A>
+inline void grow(std::vector<T, A>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
@@ -40,10 +57,10 @@ std::string dims_str(const std::vector<int64_t>& d);
 
 // Scratch of one expert group (or chunk task).
 struct Slot {
-  std::vector<float> acc;            // [N, D] accumulator (unused for the slot that writes Y)
-  std::vector<float> a;              // BLAS path: gathered X rows [TM, D]
-  std::vector<float> h;              // hidden [TM, S]
-  std::vector<float> z;              // BLAS path: expert output [TM, D]
+  FloatBuffer acc;                   // [N, D] accumulator (unused for the slot that writes Y)
+  FloatBuffer a;                     // BLAS path: gathered X rows [TM, D]
+  FloatBuffer h;                     // hidden [TM, S]
+  FloatBuffer z;                     // BLAS path: expert output [TM, D]
   std::vector<const float*> arows;   // packed path: A row pointers
   std::vector<float*> hrows, crows;  // packed path: H / C row pointers
 };
@@ -54,14 +71,14 @@ struct Workspace {
   std::vector<int64_t> counts;      // [E]
   std::vector<int64_t> offsets;     // [E + 1]
   std::vector<int64_t> tokens;      // CSR token lists
-  std::vector<float> hidden;        // dense path [rows, E*S]
+  FloatBuffer hidden;               // hidden rows: dense path [rows, E*S], column split [pairs, S]
   std::vector<std::unique_ptr<Slot>> slots;  // one per expert group
   struct Chunk {
     int64_t expert, begin, count;
   };
   std::vector<Chunk> chunks;  // few-experts path
   // float16 inputs converted to float32 for this call, and the float32 result before conversion to Y
-  std::vector<float> xf, nf, w1f, b1f, w2f, b2f, yf;
+  FloatBuffer xf, nf, w1f, b1f, w2f, b2f, yf;
 };
 
 struct Kernel {
@@ -78,7 +95,7 @@ struct Kernel {
   int64_t w1p_stride = 0, w2p_stride = 0;  // elements per expert
   bool half_panels = false;  // w1p, w2p hold float16 panels (a float16 model's weights, half the bytes of float32)
   // float32 copies of constant float16 inputs (W1, B1, W2, B2 by input index; empty when not kept).
-  std::vector<float> const_f32[6];
+  FloatBuffer const_f32[6];
   std::mutex pool_mu;
   std::vector<std::unique_ptr<Workspace>> pool;
 

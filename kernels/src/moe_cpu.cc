@@ -146,12 +146,12 @@ void prepare_constants(Kernel* k, const OrtKernelInfo* info) {
   // memory of the pre-packed copy. MOEFY_LOW_MEMORY=1 packs W1 only (float16 weights are always packed).
   const bool pack_w2 = k->f16 || !low_memory;
   pack_weights(k, f32[2], f32[4], D, ES, pack_w2);
-  std::vector<float>().swap(k->const_f32[2]);
-  if (pack_w2) std::vector<float>().swap(k->const_f32[4]);
+  FloatBuffer().swap(k->const_f32[2]);
+  if (pack_w2) FloatBuffer().swap(k->const_f32[4]);
 }
 
 // float16 -> float32 of n values, split over the pool in blocks.
-void to_float(const ParCtx& pc, const PackedOps* ops, const void* src, std::vector<float>& dst, int64_t n) {
+void to_float(const ParCtx& pc, const PackedOps* ops, const void* src, FloatBuffer& dst, int64_t n) {
   grow(dst, static_cast<size_t>(n));
   const int64_t blk = 1 << 16, nb = (n + blk - 1) / blk;
   const uint16_t* s = static_cast<const uint16_t*>(src);
@@ -294,7 +294,7 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
 
   const bool fused = k->packed && k->pD == D && k->pES == ES;
   // float32 operands: float16 inputs come from the kernel's constant copies or are converted for this call.
-  auto operand = [&](const TensorIn& t, int index, std::vector<float>& scratch, bool needed) -> const float* {
+  auto operand = [&](const TensorIn& t, int index, FloatBuffer& scratch, bool needed) -> const float* {
     if (!f16) return static_cast<const float*>(t.data);
     if (!needed) return nullptr;
     if (!k->const_f32[index].empty() && k->const_f32[index].size() == static_cast<size_t>(t.size()))
