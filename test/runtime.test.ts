@@ -53,6 +53,33 @@ test('runtime: all thresholds 0 equals the dense FFN of stock onnxruntime-node',
   await dense.release();
 });
 
+test('runtime: large outputs (recycled buffers) stay intact while held, across many runs, and equal stock ORT', async () => {
+  // Outputs of 64 KiB and more are copied into recycled blocks: a block must never be reused while an output
+  // still holds it. Keep every 7th output of 300 runs on changing inputs (collections happen meanwhile) and check
+  // each against stock onnxruntime-node at the end.
+  const r = rng(11);
+  const D = 256, H = 8, L = 96; // Y: 96 KiB, and 384 KiB at L 384
+  const w = { W1: randomArray(r, D * H), B1: randomArray(r, H), W2: randomArray(r, H * D), B2: randomArray(r, D) };
+  const model = buildDenseFfnModel(D, H, w);
+  const stock = await InferenceSession.create(model);
+  const s = await createSession(model);
+  const kept: { X: Float32Array; len: number; Y: Float32Array }[] = [];
+  for (let i = 0; i < 300; i++) {
+    const len = i % 2 ? L : 4 * L;
+    const X = randomArray(r, len * D);
+    const Y = (await s.run({ X: new Tensor('float32', X, [1, len, D]) })).Y.data as Float32Array;
+    assert.strictEqual(Y.length, len * D);
+    if (i % 7 === 0) kept.push({ X, len, Y });
+    if (i % 50 === 0) await new Promise((res) => setImmediate(res)); // let finalizers run
+  }
+  for (const k of kept) {
+    const ref = (await stock.run({ X: new Tensor('float32', k.X, [1, k.len, D]) })).Y.data as Float32Array;
+    assert.ok(relErr(k.Y, ref) <= 1e-6, `held output of length ${k.len} changed`);
+  }
+  s.release();
+  await stock.release();
+});
+
 test('runtime: without the library the function-body-free op fails cleanly', async () => {
   const model = buildDynamicMoeModel({ D: 8, E: 2, S: 4, patchNums: [1, 2], withB2: true });
   await assert.rejects(createSession(model, { registerMoefyOps: false }), (e: Error) => e instanceof MoefyError && /DynamicMoE|ai\.moefy/.test(e.message));

@@ -5,6 +5,7 @@
 #include <napi.h>
 #include "ort_api.h"  // kernels/src: the C API version the project requests, defined once
 
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -73,6 +74,98 @@ Napi::Value MakeTyped(Napi::Env env, const TypeName* t, Napi::ArrayBuffer ab, si
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64: return Napi::BigUint64Array::New(env, n, ab, 0);
     default: return env.Undefined();
   }
+}
+
+// Output buffers of 64 KiB and more come from a pool of recycled blocks (an ArrayBuffer over a block returns it
+// when collected): a fresh JavaScript buffer per run is fresh memory from the OS, whose page faults, zeroing and
+// unmapping dominated a small model's run (1 MiB output, 2 cores: mean 0.70 -> 0.27 ms per run, min 0.19 -> 0.14).
+// Blocks are 64-byte aligned; at most kPoolKeep bytes are kept free (with 64 MiB, blocks were freed and paged in
+// again: V8 collects the outputs of more than 64 MiB of runs at a time).
+class OutputPool {
+ public:
+  static constexpr size_t kMin = size_t(64) << 10;
+  static constexpr size_t kPoolKeep = size_t(256) << 20;
+
+  // An ArrayBuffer of `bytes` holding a copy of data; null on failure (the caller then copies the usual way).
+  static napi_value Copy(napi_env env, const void* data, size_t bytes) {
+    const size_t cap = Capacity(bytes);
+    void* p = Take(cap);
+    if (!p) return nullptr;
+    std::memcpy(p, data, bytes);
+    napi_value ab = nullptr;
+    if (napi_create_external_arraybuffer(env, p, bytes, Return, reinterpret_cast<void*>(cap), &ab) != napi_ok) {
+      Give(p, cap);
+      bool pending = false;  // e.g. a runtime that forbids external buffers: clear what the failed call left
+      if (napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+        napi_value ignored;
+        napi_get_and_clear_last_exception(env, &ignored);
+      }
+      return nullptr;
+    }
+    return ab;
+  }
+
+ private:
+  // Sizes rounded up to a power of two, so that a block serves every output of its class.
+  static size_t Capacity(size_t bytes) {
+    size_t c = kMin;
+    while (c < bytes) c <<= 1;
+    return c;
+  }
+  static void* Take(size_t cap) {
+    {
+      std::lock_guard<std::mutex> lk(mu());
+      auto& fl = free_list();
+      for (size_t i = 0; i < fl.size(); ++i)
+        if (fl[i].cap == cap) {
+          void* p = fl[i].p;
+          fl[i] = fl.back();
+          fl.pop_back();
+          kept() -= cap;
+          return p;
+        }
+    }
+    return std::aligned_alloc(64, cap);
+  }
+  static void Give(void* p, size_t cap) {
+    {
+      std::lock_guard<std::mutex> lk(mu());
+      if (kept() + cap <= kPoolKeep) {
+        free_list().push_back({p, cap});
+        kept() += cap;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  static void Return(napi_env, void* p, void* hint) { Give(p, reinterpret_cast<size_t>(hint)); }
+  struct Block {
+    void* p;
+    size_t cap;
+  };
+  // Function-local statics: never destroyed before a late finalizer at exit.
+  static std::mutex& mu() {
+    static auto* m = new std::mutex;
+    return *m;
+  }
+  static std::vector<Block>& free_list() {
+    static auto* v = new std::vector<Block>;
+    return *v;
+  }
+  static size_t& kept() {
+    static size_t k = 0;
+    return k;
+  }
+};
+
+// An output's data as a new ArrayBuffer (a pooled block for large outputs).
+Napi::ArrayBuffer OutputBuffer(Napi::Env env, const void* data, size_t bytes) {
+  if (bytes >= OutputPool::kMin) {
+    if (napi_value ab = OutputPool::Copy(env, data, bytes)) return Napi::ArrayBuffer(env, ab);
+  }
+  Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes);
+  if (bytes) std::memcpy(ab.Data(), data, bytes);
+  return ab;
 }
 
 // init(ortLibraryPath, logSeverity) -> version string. Idempotent.
@@ -411,8 +504,7 @@ class RunWorker : public Napi::AsyncWorker {
         if (!t) throw OrtError{"output " + out_names_[i] + " has an unsupported element type " + std::to_string(et)};
         void* data = nullptr;
         if (count) Check(g_api->GetTensorMutableData(v, &data));
-        Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, count * t->size);
-        if (count) std::memcpy(ab.Data(), data, count * t->size);
+        Napi::ArrayBuffer ab = OutputBuffer(env, data, count * t->size);
         Napi::Object o = Napi::Object::New(env);
         o.Set("type", t->name);
         Napi::Array d = Napi::Array::New(env, nd);
