@@ -57,6 +57,12 @@ async function main(): Promise<void> {
     console.log(`\nVAR-d16-sized last-scale step (2 rows × 256 tokens), ${threads} threads, best of ${reps}`);
     console.log(`dense ${d.ms.toFixed(0)} ms   MoE ${m.ms.toFixed(0)} ms   MoE/dense ${(m.ms / d.ms).toFixed(3)}`);
     console.log(`FFN FLOPs MoE/dense at this budget (calibration estimate): ${(last.ffnFlopsMoe / last.ffnFlopsDense).toFixed(3)}`);
+    // The time the MoE graph would take if time followed FLOPs (attention, projections and the head unchanged).
+    const flopRatio = r.totals.flopsMoe / r.totals.flopsDense;
+    console.log(
+      `whole-graph FLOPs MoE/dense: ${flopRatio.toFixed(3)}; FLOP-proportional time ${(d.ms * flopRatio).toFixed(0)} ms; ` +
+        `MoE / FLOP-proportional ${(m.ms / (d.ms * flopRatio)).toFixed(3)} (target issue 10: <= 1.05)`,
+    );
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
