@@ -117,6 +117,24 @@ for (const activation of ['relu', 'gelu_tanh'] as FfnActivation[]) {
   });
 }
 
+test('repairExperts with the dense target computed in its moments equals the fit to a given target array', async () => {
+  // The dense FFN (GELU) is the target; the experts are ReLU under a mask. The in-graph target (shared x·W1) must
+  // give the fit of the explicit one: the same ridge, W2 within float32 rounding. A plain TS FFN is the reference target.
+  const r = rng(4);
+  const N = 900, D = 6, H = 16, E = 4;
+  const X = rand(r, N * D), W1 = rand(r, D * H, 0.7), B1 = rand(r, H, 0.3), W2 = rand(r, H * D, 0.5), B2 = rand(r, D, 0.2);
+  const mask = new Uint8Array(N * E);
+  for (let n = 0; n < N; n++) for (let e = 0; e < E; e++) mask[n * E + e] = e === n % E || r() < 0.4 ? 1 : 0;
+  const target = maskedFfn(X, N, D, W1, B1, W2, B2, null, E, 'gelu_tanh');
+  const inp = { X, N, D, weights: { W1, B1, W2, B2 }, activation: 'relu' as FfnActivation, routing: { mask, E } };
+  const a = await repairExperts({ ...inp, target });
+  const b = await repairExperts({ ...inp, target: { denseActivation: 'gelu_tanh' } });
+  assert.strictEqual(b.ridge, a.ridge);
+  for (let i = 0; i < H * D; i++) assert.ok(Math.abs(a.W2[i] - b.W2[i]) < 1e-4 * (1 + Math.abs(a.W2[i])), `W2[${i}]: ${b.W2[i]} vs ${a.W2[i]}`);
+  assert.ok(Math.abs(a.heldOut.before - b.heldOut.before) < 1e-5 && Math.abs(a.heldOut.after - b.heldOut.after) < 1e-5);
+  assert.ok(b.heldOut.after < b.heldOut.before * 0.9, `the fit helps: ${b.heldOut.before} → ${b.heldOut.after}`);
+});
+
 test('repairExperts: bad sizes are one clear error', async () => {
   const w = { W1: new Float32Array(8), B1: new Float32Array(4), W2: new Float32Array(8), B2: null };
   await assert.rejects(repairExperts({ X: new Float32Array(6), N: 3, D: 2, target: new Float32Array(6), weights: w, activation: 'relu', routing: { mask: new Uint8Array(5), E: 2 } }), /routing mask/);

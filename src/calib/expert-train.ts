@@ -110,7 +110,10 @@ function rms(a: Float32Array): number {
 }
 
 /** Trains W1, B1, W2, B2 from `inp.weights` (e.g. the closed-form repair) under the routing mask. */
-export async function trainExperts(inp: RepairInputs, opts: TrainExpertsOptions): Promise<TrainExpertsResult> {
+/** The repair's inputs with the dense outputs as an array (the epochs read them per batch). */
+export type TrainExpertsInputs = RepairInputs & { target: Float32Array };
+
+export async function trainExperts(inp: TrainExpertsInputs, opts: TrainExpertsOptions): Promise<TrainExpertsResult> {
   const { X, N, D, target, routing } = inp;
   const H = inp.weights.B1.length, E = routing.E;
   const epochs = opts.epochs ?? 30, batchSize = opts.batchSize ?? 512, lr = opts.lr ?? 5e-3, wd = opts.weightDecay ?? 0.01;

@@ -132,17 +132,18 @@ export async function runClusterJob(j: ClusterJob, threads?: number): Promise<Cl
 /** One layer's experts refitted to the dense FFN under the routing: the closed form, then the gradient epochs. */
 export async function runRepairJob(j: RepairJob, threads?: number, flag: Int32Array = stopFlag): Promise<RepairJobResult> {
   const w = { W1: j.W1, B1: j.B1, W2: j.W2, B2: j.B2 };
-  const target = await ffnOutputs(j.X, j.N, j.D, w, j.original, 4096, threads);
+  // The gradient epochs need the dense outputs as an array; the closed form alone computes them in its moments.
+  const target = j.epochs > 0 ? await ffnOutputs(j.X, j.N, j.D, w, j.original, 4096, threads) : null;
   checkStop(flag);
   const routing = { mask: j.mask, E: j.E };
-  const fit = await repairExperts({ X: j.X, N: j.N, D: j.D, target, weights: w, activation: j.activation, routing }, { threads });
+  const fit = await repairExperts({ X: j.X, N: j.N, D: j.D, target: target ?? { denseActivation: j.original }, weights: w, activation: j.activation, routing }, { threads });
   const out: RepairJobResult = {
     W1: j.W1, B1: j.B1, W2: fit.W2, B2: fit.B2, ridge: fit.ridge,
     heldOutRelErrBefore: fit.heldOut.before, heldOutRelErrClosedForm: fit.heldOut.after, heldOutRelErrAfter: fit.heldOut.after, epochs: 0,
   };
   if (j.epochs > 0) {
     checkStop(flag);
-    const t = await trainExperts({ X: j.X, N: j.N, D: j.D, target, weights: { ...w, W2: fit.W2, B2: fit.B2 }, activation: j.activation, routing }, { epochs: j.epochs, seed: j.seed, threads, onEpoch: () => checkStop(flag) });
+    const t = await trainExperts({ X: j.X, N: j.N, D: j.D, target: target!, weights: { ...w, W2: fit.W2, B2: fit.B2 }, activation: j.activation, routing }, { epochs: j.epochs, seed: j.seed, threads, onEpoch: () => checkStop(flag) });
     Object.assign(out, t.weights);
     out.heldOutRelErrAfter = t.heldOutAfter;
     out.epochs = t.bestEpoch;

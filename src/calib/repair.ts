@@ -35,9 +35,12 @@ export interface RepairInputs {
   X: Float32Array;
   N: number;
   D: number;
-  /** The dense FFN's outputs on X [N, D] (the fit's target). */
-  target: Float32Array;
-  /** The experts' weights before the repair and the activation they use. */
+  /**
+   * The fit's target, the dense FFN's outputs on X: given [N, D], or computed chunk by chunk from `weights` with
+   * the dense FFN's own activation (`{ denseActivation }`: no N×D array, and x·W1 computed once for both).
+   */
+  target: Float32Array | { denseActivation: FfnActivation };
+  /** The experts' weights before the repair (the dense FFN's, permuted) and the activation they use. */
   weights: FfnWeights;
   activation: FfnActivation;
   routing: RoutingMask;
@@ -76,13 +79,17 @@ interface Moments {
   n: number;
 }
 
-function buildMoments(D: number, H: number, E: number, W1: Float32Array, B1: Float32Array, activation: FfnActivation): GraphBuilder {
+/** The moments graph; the target Y is an input, or with `dense` the dense FFN's output on X (sharing x·W1 + b1). */
+function buildMoments(D: number, H: number, E: number, w: FfnWeights, activation: FfnActivation, dense?: FfnActivation): GraphBuilder {
   const S = H / E;
   const b = new GraphBuilder('repair_moments');
   const X = b.input('X', ['n', D]);
   const M = b.input('M', ['n', E]);
-  const Y = b.input('Y', ['n', D]);
-  const h = activationOp(b, b.op('Add', [b.op('MatMul', [X, b.constF(W1, [D, H], 'W1')]), b.constF(B1, [H], 'B1')]), activation);
+  const z = b.op('Add', [b.op('MatMul', [X, b.constF(w.W1, [D, H], 'W1')]), b.constF(w.B1, [H], 'B1')]);
+  const h = activationOp(b, z, activation);
+  const Y = dense
+    ? b.op('Add', [b.op('MatMul', [activationOp(b, z, dense), b.constF(w.W2, [H, D], 'W2')]), b.constF(w.B2 ?? new Float32Array(D), [D], 'B2')])
+    : b.input('Y', ['n', D]);
   // The expert mask [n, E] widened to the neurons [n, H] (expert-contiguous).
   const m = b.op('Reshape', [b.op('Expand', [b.op('Unsqueeze', [M, b.constI64([2], [1], 'axes')]), b.constI64([1, 1, S])]), b.constI64([0, H])]);
   const hm = b.op('Mul', [h, m]);
@@ -188,7 +195,8 @@ export async function repairExperts(inp: RepairInputs, opts: RepairOptions = {})
   const H = w.B1.length, E = routing.E;
   if (!(N >= 2) || !Number.isInteger(N)) throw new MoefyError(`expert repair: needs at least 2 calibration tokens (got ${N})`);
   if (!(E >= 1) || H % E !== 0) throw new MoefyError(`expert repair: ${E} experts do not divide the hidden size ${H}`);
-  if (X.length !== N * D || target.length !== N * D) throw new MoefyError(`expert repair: X and the dense outputs must be [N, D] = [${N}, ${D}]`);
+  const given = target instanceof Float32Array ? target : null;
+  if (X.length !== N * D || (given && given.length !== N * D)) throw new MoefyError(`expert repair: X and the dense outputs must be [N, D] = [${N}, ${D}]`);
   if (w.W1.length !== D * H || w.W2.length !== H * D || (w.B2 && w.B2.length !== D)) throw new MoefyError(`expert repair: weights do not match D=${D}, H=${H}`);
   if (routing.mask.length !== N * E) throw new MoefyError(`expert repair: the routing mask has ${routing.mask.length} entries, expected N·E = ${N * E}`);
   const ridges = opts.ridge ?? [1e-3, 1e-2, 0.1, 1];
@@ -198,7 +206,8 @@ export async function repairExperts(inp: RepairInputs, opts: RepairOptions = {})
   const nHeld = Math.max(1, Math.floor(N * hf));
   const nFit = N - nHeld;
 
-  const sess = await buildMoments(D, H, E, w.W1, w.B1, inp.activation).session(opts.threads ? { intraOpNumThreads: opts.threads } : {});
+  const dense = given ? undefined : (target as { denseActivation: FfnActivation }).denseActivation;
+  const sess = await buildMoments(D, H, E, w, inp.activation, dense).session(opts.threads ? { intraOpNumThreads: opts.threads } : {});
   const chunk = Math.max(1, opts.chunk ?? Math.min(4096, Math.floor((64 << 20) / 4 / (3 * H + 2 * D))));
   const fit = emptyMoments(H, D), held = emptyMoments(H, D);
   const mf = new Float32Array(chunk * E);
@@ -208,7 +217,8 @@ export async function repairExperts(inp: RepairInputs, opts: RepairOptions = {})
       for (let s = a; s < b; s += chunk) {
         const n = Math.min(chunk, b - s);
         for (let i = 0; i < n * E; i++) mf[i] = routing.mask[s * E + i];
-        const r = await sess.run({ X: f32(X.subarray(s * D, (s + n) * D), [n, D]), M: f32(mf.subarray(0, n * E), [n, E]), Y: f32(target.subarray(s * D, (s + n) * D), [n, D]) });
+        const feeds = { X: f32(X.subarray(s * D, (s + n) * D), [n, D]), M: f32(mf.subarray(0, n * E), [n, E]) };
+        const r = await sess.run(given ? { ...feeds, Y: f32(given.subarray(s * D, (s + n) * D), [n, D]) } : feeds);
         accumulate(into, r as never, H, D, n);
       }
     };
