@@ -54,7 +54,7 @@ test('runtime: all thresholds 0 equals the dense FFN of stock onnxruntime-node',
 });
 
 test('runtime: large outputs (recycled buffers) stay intact while held, across many runs, and equal stock ORT', async () => {
-  // Outputs of 64 KiB and more are copied into recycled blocks: a block must never be reused while an output
+  // Outputs of 64 KiB to 64 MiB are copied into recycled blocks: a block must never be reused while an output
   // still holds it. Keep every 7th output of 300 runs on changing inputs (collections happen meanwhile) and check
   // each against stock onnxruntime-node at the end.
   const r = rng(11);

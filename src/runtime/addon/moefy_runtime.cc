@@ -10,6 +10,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -76,19 +77,21 @@ Napi::Value MakeTyped(Napi::Env env, const TypeName* t, Napi::ArrayBuffer ab, si
   }
 }
 
-// Output buffers of 64 KiB and more come from a pool of recycled blocks (an ArrayBuffer over a block returns it
+// Output buffers from 64 KiB to 64 MiB come from a pool of recycled blocks (an ArrayBuffer over a block returns it
 // when collected): a fresh JavaScript buffer per run is fresh memory from the OS, whose page faults, zeroing and
 // unmapping dominated a small model's run (1 MiB output, 2 cores: mean 0.70 -> 0.27 ms per run, min 0.19 -> 0.14).
-// Blocks are 64-byte aligned; at most kPoolKeep bytes are kept free (with 64 MiB, blocks were freed and paged in
-// again: V8 collects the outputs of more than 64 MiB of runs at a time).
+// Blocks are sized to the page and reused for outputs of the same size (a loop's outputs repeat their sizes), 64-byte
+// aligned; at most kPoolKeep bytes are kept free (with 64 MiB, blocks were freed and paged in again: V8 collects the
+// outputs of more than 64 MiB of runs at a time).
 class OutputPool {
  public:
   static constexpr size_t kMin = size_t(64) << 10;
+  static constexpr size_t kMax = size_t(64) << 20;
   static constexpr size_t kPoolKeep = size_t(256) << 20;
 
   // An ArrayBuffer of `bytes` holding a copy of data; null on failure (the caller then copies the usual way).
   static napi_value Copy(napi_env env, const void* data, size_t bytes) {
-    const size_t cap = Capacity(bytes);
+    const size_t cap = (bytes + 4095) / 4096 * 4096;
     void* p = Take(cap);
     if (!p) return nullptr;
     std::memcpy(p, data, bytes);
@@ -106,24 +109,16 @@ class OutputPool {
   }
 
  private:
-  // Sizes rounded up to a power of two, so that a block serves every output of its class.
-  static size_t Capacity(size_t bytes) {
-    size_t c = kMin;
-    while (c < bytes) c <<= 1;
-    return c;
-  }
   static void* Take(size_t cap) {
     {
       std::lock_guard<std::mutex> lk(mu());
-      auto& fl = free_list();
-      for (size_t i = 0; i < fl.size(); ++i)
-        if (fl[i].cap == cap) {
-          void* p = fl[i].p;
-          fl[i] = fl.back();
-          fl.pop_back();
-          kept() -= cap;
-          return p;
-        }
+      auto it = free_blocks().find(cap);
+      if (it != free_blocks().end()) {
+        void* p = it->second;
+        free_blocks().erase(it);
+        kept() -= cap;
+        return p;
+      }
     }
     return std::aligned_alloc(64, cap);
   }
@@ -131,25 +126,22 @@ class OutputPool {
     {
       std::lock_guard<std::mutex> lk(mu());
       if (kept() + cap <= kPoolKeep) {
-        free_list().push_back({p, cap});
+        free_blocks().emplace(cap, p);
         kept() += cap;
         return;
       }
     }
     std::free(p);
   }
+  // Finalizers may run on any thread that owns an environment (worker threads): hence the lock.
   static void Return(napi_env, void* p, void* hint) { Give(p, reinterpret_cast<size_t>(hint)); }
-  struct Block {
-    void* p;
-    size_t cap;
-  };
-  // Function-local statics: never destroyed before a late finalizer at exit.
+  // Function-local statics, never destroyed: a finalizer may still run at exit.
   static std::mutex& mu() {
     static auto* m = new std::mutex;
     return *m;
   }
-  static std::vector<Block>& free_list() {
-    static auto* v = new std::vector<Block>;
+  static std::unordered_multimap<size_t, void*>& free_blocks() {
+    static auto* v = new std::unordered_multimap<size_t, void*>;
     return *v;
   }
   static size_t& kept() {
@@ -160,7 +152,7 @@ class OutputPool {
 
 // An output's data as a new ArrayBuffer (a pooled block for large outputs).
 Napi::ArrayBuffer OutputBuffer(Napi::Env env, const void* data, size_t bytes) {
-  if (bytes >= OutputPool::kMin) {
+  if (bytes >= OutputPool::kMin && bytes <= OutputPool::kMax) {
     if (napi_value ab = OutputPool::Copy(env, data, bytes)) return Napi::ArrayBuffer(env, ab);
   }
   Napi::ArrayBuffer ab = Napi::ArrayBuffer::New(env, bytes);
