@@ -9,7 +9,7 @@ const path = require('node:path');
 const root = path.resolve(__dirname, '..');
 const only = process.argv[2];
 const extra = process.argv.slice(3);
-const benches = ['kernel-bench', 'model-bench', 'foundation-bench', 'calib-bench', 'pipeline-bench'];
+const benches = ['kernel-bench', 'ukernel-bench', 'model-bench', 'foundation-bench', 'calib-bench', 'pipeline-bench'];
 for (const b of benches) {
   if (only && !b.startsWith(only)) continue;
   const file = path.join(root, 'dist', 'bench', `${b}.js`);
