@@ -3,11 +3,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert';
 import * as path from 'node:path';
-import { loadModel } from '../src/onnx/io';
+import { loadModel, saveModel } from '../src/onnx/io';
 import { inspectModel, InspectReport } from '../src/inspect';
 import { MoefyError } from '../src/errors';
+import { generateInputs, generateVar, VarGenOptions } from '../fixtures/generate';
+import { writeTensorSet } from '../src/io';
+import { convert } from '../src/pipeline';
+import { FAST } from './helpers/fast';
 import {
-  allOnnxFiles, FixtureExpectation, nonVarFixtures, runCli, tinyMeta, TRAINED_ARCH, VAR_L_README, VAR_PATCH_NUMS_README, varFixtures,
+  allOnnxFiles, FixtureExpectation, nonVarFixtures, rmDir, runCli, tinyMeta, tmpDir, TRAINED_ARCH, VAR_L_README, VAR_PATCH_NUMS_README, varFixtures,
 } from './helpers/fixtures';
 
 function checkReport(r: InspectReport, e: FixtureExpectation): void {
@@ -102,4 +106,38 @@ test('inspect: --patch-nums that do not sum to the sequence length are refused; 
   const ok = runCli(['inspect', f, '--json', '--patch-nums', VAR_PATCH_NUMS_README.join(',')]);
   assert.strictEqual(ok.status, 0, ok.stderr);
   assert.strictEqual((JSON.parse(ok.stdout) as InspectReport).graph.layoutSource, 'override');
+});
+
+test('a model converted with its own --patch-nums is read with that layout (its DynamicMoE nodes carry it): inspect, bench and eval need no --patch-nums', async () => {
+  const dir = tmpDir('inspect-layout');
+  try {
+    const opts: VarGenOptions = { depth: 2, width: 64, ffnHidden: 256, vocab: 128, numClasses: 10, patchNums: [1, 2, 3, 4], seed: 5, activation: 'relu' };
+    const dense = path.join(dir, 'm.onnx');
+    saveModel(generateVar(opts), dense);
+    const moe = path.join(dir, 'm.moe.onnx');
+    await convert(dense, { ...FAST, experts: 8, fromScale: 3, patchNums: opts.patchNums, output: moe });
+    // The dense export has no layout of its own: the default (680 tokens) does not fit its 30.
+    assert.throws(() => inspectModel(loadModel(dense), dense), /30 tokens.*pass --patch-nums/);
+    const r = inspectModel(loadModel(moe), moe);
+    assert.deepStrictEqual(r.graph.patchNums, [1, 2, 3, 4]);
+    assert.strictEqual(r.graph.layoutSource, 'model');
+    assert.deepStrictEqual(r.scales.map((s) => s.tokens), [1, 4, 9, 16]);
+    const cli = runCli(['inspect', moe, '--json']);
+    assert.strictEqual(cli.status, 0, cli.stderr);
+    assert.strictEqual((JSON.parse(cli.stdout) as InspectReport).graph.layoutSource, 'model');
+    // bench and eval read the dense export with the converted model's layout.
+    const bench = runCli(['bench', dense, moe, '--reps', '1', '--json']);
+    assert.strictEqual(bench.status, 0, bench.stderr);
+    assert.ok((JSON.parse(bench.stdout) as { ratio: number }).ratio > 0);
+    const inputs = path.join(dir, 'inputs.npz');
+    await writeTensorSet(inputs, generateInputs(opts, 2, 9) as never);
+    const ev = runCli(['eval', dense, moe, '--inputs', inputs, '--threshold', '0', '--json']);
+    assert.strictEqual(ev.status, 0, ev.stderr);
+    const rep = JSON.parse(ev.stdout) as { scales: { tokens: number; kl: number }[] };
+    assert.deepStrictEqual(rep.scales.map((x) => x.tokens), [1, 4, 9, 16]);
+    // A ReLU export at threshold 0: the MoE model is the dense one on every scale.
+    assert.ok(rep.scales.every((x) => x.kl < 1e-6), `KL per scale ${rep.scales.map((x) => x.kl).join(', ')}`);
+  } finally {
+    rmDir(dir);
+  }
 });

@@ -103,7 +103,8 @@ export interface PatchLayout {
   offsets: number[];
   /** Σ pn². */
   L: number;
-  source: 'default' | 'override';
+  /** 'model': the converted model's DynamicMoE nodes (their patch_nums attribute). */
+  source: 'default' | 'override' | 'model';
 }
 
 export interface VarStructure {
@@ -362,6 +363,12 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds, router: routerOf(n) };
 }
 
+/** The patch layout a converted model's DynamicMoE nodes carry (their patch_nums attribute), or null. */
+export function ownPatchNums(nodes: readonly Node[]): number[] | null {
+  const pn = nodes.find(isDynamicMoe)?.attr('patch_nums')?.ints?.map(Number);
+  return pn?.length ? pn : null;
+}
+
 export interface AnalyseOptions {
   patchNums?: number[];
 }
@@ -397,8 +404,10 @@ export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructur
 
   const kv: KvCache = { inputs: g.inputs.filter((v) => isKvInputName(v.name)), outputs: g.outputs.filter((v) => isKvOutputName(v.name)) };
   const stepGraph = kv.inputs.length > 0 || kv.outputs.length > 0;
-  const layoutNums = opts.patchNums ?? [...VAR_PATCH_NUMS];
-  const layout = makeLayout(layoutNums, opts.patchNums ? 'override' : 'default');
+  // A converted model carries its layout in the DynamicMoE nodes (the op routes by it); --patch-nums still overrides.
+  const own = ownPatchNums(moeNodes);
+  const layoutNums = opts.patchNums ?? own ?? [...VAR_PATCH_NUMS];
+  const layout = makeLayout(layoutNums, opts.patchNums ? 'override' : own ? 'model' : 'default');
   if (layout.patchNums.some((p) => !Number.isInteger(p) || p <= 0)) throw new MoefyError(`--patch-nums must be positive integers, got ${layoutNums.join(',')}`);
   const logits = findLogits(g);
   const vocab = logitsWidth(logits);

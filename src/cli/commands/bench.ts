@@ -8,6 +8,7 @@ import { loadModel } from '../../onnx/io';
 import { synthesiseInputs } from '../../calib/inputs';
 import { createSession } from '../../runtime';
 import { table } from '../../format';
+import { parsePatchNums } from '../options';
 import { existing, integer, nonEmpty, once } from '../validate';
 
 interface Args {
@@ -18,6 +19,7 @@ interface Args {
   threads: number;
   reps: number;
   seed: number;
+  'patch-nums'?: string;
   json?: boolean;
   quiet?: boolean;
 }
@@ -56,11 +58,12 @@ const command: CommandModule<object, Args> = {
       .option('threads', { type: 'number', default: 0, describe: 'intra-op threads (0: ONNX Runtime default)' })
       .option('reps', { type: 'number', default: 5, describe: 'timed runs per model (best is reported)' })
       .option('seed', { type: 'number', default: 0, describe: 'seed of the synthesised inputs' })
+      .option('patch-nums', { type: 'string', describe: "patch side per scale (default: the converted model's own)" })
       .option('json', { type: 'boolean', describe: 'print the times and the ratio as JSON' })
       .option('quiet', { alias: 'q', type: 'boolean', describe: 'print only the ratio' }),
   handler: async (a) => {
-    once(a, ['dense', 'moe', 'inputs', 'samples', 'threads', 'reps', 'seed']);
-    nonEmpty(a, ['inputs']);
+    once(a, ['dense', 'moe', 'inputs', 'samples', 'threads', 'reps', 'seed', 'patch-nums']);
+    nonEmpty(a, ['inputs', 'patch-nums']);
     integer(a, 'samples', 1);
     integer(a, 'threads', 0);
     integer(a, 'reps', 1);
@@ -68,11 +71,13 @@ const command: CommandModule<object, Args> = {
     existing('dense model', a.dense, { file: true });
     existing('MoE model', a.moe, { file: true });
     if (a.inputs) existing('--inputs', a.inputs);
-    const dense = loadModel(a.dense);
-    const structure = analyseVar(dense);
-    const feeds = a.inputs ? await readTensorSet(a.inputs) : (synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>);
-    const md = analyseVar(loadModel(a.moe));
+    // The converted model first: its DynamicMoE nodes carry the patch layout that the dense export lacks.
+    const override = parsePatchNums(a['patch-nums']);
+    const md = analyseVar(loadModel(a.moe), { patchNums: override });
     if (!md.blocks.some((b) => b.moe)) throw new MoefyError(`${a.moe} holds no DynamicMoE node`);
+    const dense = loadModel(a.dense);
+    const structure = analyseVar(dense, { patchNums: override ?? md.layout.patchNums });
+    const feeds = a.inputs ? await readTensorSet(a.inputs) : (synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>);
     const d = await time(a.dense, feeds, a.threads, a.reps);
     const m = await time(a.moe, feeds, a.threads, a.reps);
     const kind = structure.kind === 'step' ? `step graph${structure.stepScale ? ` (scale ${structure.stepScale})` : ''}` : 'full sequence';

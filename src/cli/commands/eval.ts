@@ -7,7 +7,7 @@ import { checkEmbeddingInputs, checkFinite } from '../../calib/check-inputs';
 import { printEval } from '../../eval/format';
 import { GENERATE_BATCH, generate, printGenerate } from '../../eval/generate';
 import { writeRouterMaps } from '../../eval/router-maps';
-import { closeSide, openSide } from '../../eval/side';
+import { closeSide, EvalSide, openSide } from '../../eval/side';
 import { printSweep, sweep } from '../../eval/sweep';
 import { evaluate, loadInputs } from '../../eval/teacher';
 import { parseNumberList, parsePatchNums } from '../options';
@@ -136,8 +136,15 @@ async function withSides(a: Args, form: string, withFfnIn: boolean, f: (x: { den
   if (thrList && thrList.some((t) => !(t >= 0 && t <= 1))) throw new MoefyError(`--threshold values must lie in [0, 1]`);
   const inputs = await loadInputs(a.inputs);
   checkFinite(inputs as never, `--inputs ${a.inputs}`);
-  const dense = await openSide(a.dense, { patchNums, withFfnIn });
+  // The converted model first: its DynamicMoE nodes carry the patch layout that the dense export lacks.
   const moe = await openSide(a.moe, { patchNums });
+  let dense: EvalSide;
+  try {
+    dense = await openSide(a.dense, { patchNums: patchNums ?? moe.structure.layout.patchNums, withFfnIn });
+  } catch (e) {
+    await closeSide(moe); // its temporary copy goes too
+    throw e;
+  }
   try {
     checkEmbeddingInputs(dense.model, inputs as never, `--inputs ${a.inputs}`);
     const S = dense.structure.layout.patchNums.length;
