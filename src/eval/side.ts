@@ -66,7 +66,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
   const structure = analyseVar(model, { patchNums: opts.patchNums });
   const kind = opts.kind ?? 'full';
   if (structure.kind !== kind)
-    throw new MoefyError(`${file} is a ${structure.kind === 'step' ? 'KV-cached step' : 'full-sequence'} graph; ${kind === 'full' ? 'teacher-forced eval needs full-sequence graphs (use --generate with step graphs)' : '--generate needs step graphs'}`);
+    throw new MoefyError(`${file} is a ${structure.kind === 'step' ? 'KV-cached step' : 'full-sequence'} graph; ${kind === 'full' ? 'teacher-forced eval needs full-sequence graphs (step graphs: moefy eval generate --steps …)' : 'eval generate needs step graphs (--steps)'}`);
   const flops = countFlops(model, structure, 1);
   const g = model.graph;
   const logits = structure.logits;
