@@ -1,4 +1,5 @@
 // moefy's library entry: what the CLI does, as functions.
+import './files/ort-telemetry'; // before any ONNX Runtime session
 export { MoefyError } from './errors';
 export { loadModel, saveModel, decodeModel, encodeModel } from './onnx/io';
 export type { SaveOptions } from './onnx/io';

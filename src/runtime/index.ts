@@ -2,6 +2,7 @@
  * moefy runtime: ONNX Runtime sessions (on the libonnxruntime.so.1 that onnxruntime-node ships) with the moefy
  * custom-op library registered. Takes and returns onnxruntime-common Tensors.
  */
+import '../files/ort-telemetry'; // before any session
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
