@@ -141,9 +141,9 @@ export async function runRepairJob(j: RepairJob, threads?: number, flag: Int32Ar
     W1: j.W1, B1: j.B1, W2: fit.W2, B2: fit.B2, ridge: fit.ridge,
     heldOutRelErrBefore: fit.heldOut.before, heldOutRelErrClosedForm: fit.heldOut.after, heldOutRelErrAfter: fit.heldOut.after, epochs: 0,
   };
-  if (j.epochs > 0) {
+  if (target) {
     checkStop(flag);
-    const t = await trainExperts({ X: j.X, N: j.N, D: j.D, target: target!, weights: { ...w, W2: fit.W2, B2: fit.B2 }, activation: j.activation, routing }, { epochs: j.epochs, seed: j.seed, threads, onEpoch: () => checkStop(flag) });
+    const t = await trainExperts({ X: j.X, N: j.N, D: j.D, target, weights: { ...w, W2: fit.W2, B2: fit.B2 }, activation: j.activation, routing }, { epochs: j.epochs, seed: j.seed, threads, onEpoch: () => checkStop(flag) });
     Object.assign(out, t.weights);
     out.heldOutRelErrAfter = t.heldOutAfter;
     out.epochs = t.bestEpoch;

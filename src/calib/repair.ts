@@ -12,6 +12,7 @@
 // weights are refitted on every token with that λ.
 import { MoefyError } from '../errors';
 import { gramAdd, quadForm, solveSpd } from './linalg';
+import type { Value } from '../ir/graph';
 import { GraphBuilder, activationOp, f32 } from './ort-graph';
 import type { ActivationKind as FfnActivation } from '../op';
 
@@ -79,17 +80,19 @@ interface Moments {
   n: number;
 }
 
+/** The FFN's two linears in a graph: x·W1 + b1 (before the activation) and h·W2 + b2. */
+const fc1 = (b: GraphBuilder, x: Value, w: FfnWeights, D: number, H: number) => b.op('Add', [b.op('MatMul', [x, b.constF(w.W1, [D, H], 'W1')]), b.constF(w.B1, [H], 'B1')]);
+const fc2 = (b: GraphBuilder, h: Value, w: FfnWeights, D: number, H: number) => b.op('Add', [b.op('MatMul', [h, b.constF(w.W2, [H, D], 'W2')]), b.constF(w.B2 ?? new Float32Array(D), [D], 'B2')]);
+
 /** The moments graph; the target Y is an input, or with `dense` the dense FFN's output on X (sharing x·W1 + b1). */
 function buildMoments(D: number, H: number, E: number, w: FfnWeights, activation: FfnActivation, dense?: FfnActivation): GraphBuilder {
   const S = H / E;
   const b = new GraphBuilder('repair_moments');
   const X = b.input('X', ['n', D]);
   const M = b.input('M', ['n', E]);
-  const z = b.op('Add', [b.op('MatMul', [X, b.constF(w.W1, [D, H], 'W1')]), b.constF(w.B1, [H], 'B1')]);
+  const z = fc1(b, X, w, D, H);
   const h = activationOp(b, z, activation);
-  const Y = dense
-    ? b.op('Add', [b.op('MatMul', [activationOp(b, z, dense), b.constF(w.W2, [H, D], 'W2')]), b.constF(w.B2 ?? new Float32Array(D), [D], 'B2')])
-    : b.input('Y', ['n', D]);
+  const Y = dense ? fc2(b, activationOp(b, z, dense), w, D, H) : b.input('Y', ['n', D]);
   // The expert mask [n, E] widened to the neurons [n, H] (expert-contiguous).
   const m = b.op('Reshape', [b.op('Expand', [b.op('Unsqueeze', [M, b.constI64([2], [1], 'axes')]), b.constI64([1, 1, S])]), b.constI64([0, H])]);
   const hm = b.op('Mul', [h, m]);
@@ -173,8 +176,7 @@ export async function ffnOutputs(X: Float32Array, N: number, D: number, w: FfnWe
   if (X.length !== N * D || w.W1.length !== D * H || w.W2.length !== H * D) throw new MoefyError(`ffnOutputs: sizes do not match N=${N} D=${D} H=${H}`);
   const b = new GraphBuilder('ffn');
   const x = b.input('X', ['n', D]);
-  const h = activationOp(b, b.op('Add', [b.op('MatMul', [x, b.constF(w.W1, [D, H], 'W1')]), b.constF(w.B1, [H], 'B1')]), activation);
-  b.output(b.op('Add', [b.op('MatMul', [h, b.constF(w.W2, [H, D], 'W2')]), b.constF(w.B2 ?? new Float32Array(D), [D], 'B2')]), 'Y');
+  b.output(fc2(b, activationOp(b, fc1(b, x, w, D, H), activation), w, D, H), 'Y');
   const sess = await b.session(threads ? { intraOpNumThreads: threads } : {});
   const out = new Float32Array(N * D);
   try {
