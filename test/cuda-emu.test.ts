@@ -48,30 +48,26 @@ function buildAndRun(dir: string, name: string, defines: string[], args: string[
   return r.stdout;
 }
 
-test('CUDA DynamicMoE kernels match the reference on the CPU emulator (3 schedules, fp32 and fp16)', { timeout: 300_000 }, (t) => {
+/** Runs fn in a fresh temporary folder, removed afterwards; skips the test without g++. */
+function withGxx(t: { skip(msg: string): void }, fn: (dir: string) => void): void {
   if (!haveGxx()) {
     t.skip('g++ not found');
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'moefy-cuda-emu-'));
   try {
-    buildAndRun(dir, 'emu_check', [], []);
+    fn(dir);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+test('CUDA DynamicMoE kernels match the reference on the CPU emulator (3 schedules, fp32 and fp16)', { timeout: 300_000 }, (t) => {
+  withGxx(t, (dir) => buildAndRun(dir, 'emu_check', [], []));
 });
 
 test('CUDA DynamicMoE sm_90 float4-atomic epilogue matches the reference on the CPU emulator', { timeout: 300_000 }, (t) => {
-  if (!haveGxx()) {
-    t.skip('g++ not found');
-    return;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'moefy-cuda-emu-'));
-  try {
-    buildAndRun(dir, 'emu_check_v4', ['-DMOEFY_EMU_VECTOR_ATOMICS'], ['--quick']);
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  withGxx(t, (dir) => buildAndRun(dir, 'emu_check_v4', ['-DMOEFY_EMU_VECTOR_ATOMICS'], ['--quick']));
 });
 
 interface EmuCall {
@@ -116,12 +112,7 @@ function runEmulated(exe: string, dir: string, c: EmuCall): { Y: Float32Array; a
 // TypeScript reference: active counts exactly; Y within 1e-5 (float32) or 2e-3 (float16: the CUDA kernel rounds the
 // hidden layer to float16, as a dense float16 FFN does; the reference does not).
 test('CUDA DynamicMoE kernels on the CPU emulator: every routing rule and skip_bias like the TypeScript reference', { timeout: 300_000 }, (t) => {
-  if (!haveGxx()) {
-    t.skip('g++ not found');
-    return;
-  }
-  const dir = mkdtempSync(join(tmpdir(), 'moefy-cuda-emu-'));
-  try {
+  withGxx(t, (dir) => {
     const exe = build(dir, 'emu_check', []);
     // per rule: thresholds without skip_bias, then thresholds (NaN, negative) with it
     const thresholds: Record<RoutingRule, [number[], boolean][]> = {
@@ -166,7 +157,5 @@ test('CUDA DynamicMoE kernels on the CPU emulator: every routing rule and skip_b
         }
       }
     }
-  } finally {
-    rmSync(dir, { recursive: true, force: true });
-  }
+  });
 });
