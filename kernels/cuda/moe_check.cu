@@ -166,7 +166,7 @@ static void check_errors() {
   a.Y = (void*)16;
   char msg[512];
   const int rc = moefy_dynamic_moe_cuda_validate(&a, msg, sizeof(msg));
-  const bool ok = rc == MOEFY_CUDA_EINVAL && strstr(msg, "L=10") != nullptr;
+  const bool ok = rc == MOEFY_CUDA_EINVAL && strstr(msg, "L = 10") != nullptr;
   printf("  %-4s %-44s rc=%d \"%s\"  %s\n", "-", "L fitting no layout is rejected", rc, msg, ok ? "ok" : "FAIL");
   if (!ok) ++g_failures;
   // scale_index by value out of range: an error, as in the CPU op.
