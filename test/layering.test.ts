@@ -41,10 +41,14 @@ test('the layering check finds second definitions of the op contract outside src
     'eval/b.ts': "f.moe_threshold = t;\nconst re = /^past_/;\n",
     'runtime/c.ts': "export function scaleOfPosition(pos: number) { return pos; }\nconst n = 'DynamicMoE';\nconst scaleOf = scaleOfPositions(4, [1]);\n",
     'passes/d.ts': "const name = `moe_threshold`;\n",
+    'calib/e.ts': "const cut = Math.fround(Math.fround(t) * m);\nif (p >= cut) on++;\nif (q >= Math.fround(g[j] * m)) lo = j;\nconst sq = Math.fround(a * a);\nconst lim = Math.fround((t) * mx);\nif (v < lim) off++;\n",
   });
   const v = contractCopies(p, '/src').map((x) => `${x.file}: ${x.what}`);
   assert.deepEqual(v.sort(), [
     "analysis/a.ts:1: the op contract's 'ai.moefy' as a literal",
+    "calib/e.ts:2: a routing rule 'p >= cut' outside src/op (call src/op/routing.ts)",
+    "calib/e.ts:3: a routing rule 'q >= Math.fround(g[j] * m)' outside src/op (call src/op/routing.ts)",
+    "calib/e.ts:6: a routing rule 'v < lim' outside src/op (call src/op/routing.ts)",
     "eval/b.ts:1: the threshold input name 'moe_threshold' as an identifier",
     'eval/b.ts:2: the KV-cache names /^past_/ outside src/analysis',
     "passes/d.ts:1: the op contract's 'moe_threshold' as a literal",

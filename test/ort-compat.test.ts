@@ -1,13 +1,14 @@
 // libmoefy_ops.so in other ONNX Runtime versions (issue 10): the floor (1.17), Debian trixie's 1.21 and
 // onnxruntime-node's 1.30 load the library and run converted models (an empty optional input before the threshold
 // input, as every converted model) like the op's function body, with and without moe_threshold fed, and the
-// float16 kernel (a second op of the same name) like the reference.
+// float16 kernel (a second op of the same name) like the reference, and every routing rule with skip_bias (contract
+// version 2) in the kernel and the function body like the reference, a wrong skip_bias an error status.
 // `node dist/test/helpers/ort-compat.js --minors 1.17` covers every minor version (README table).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { checkVersion, convertCompatModels, ortLibrary, registerHost } from './helpers/ort-compat';
+import { checkVersion, contractV2Ok, convertCompatModels, ortLibrary, registerHost } from './helpers/ort-compat';
 import { repoRoot, rmDir, tmpDir } from './helpers/fixtures';
 import { libPath } from '../src/runtime';
 
@@ -24,6 +25,7 @@ test('ONNX Runtime 1.17 (the floor), 1.21 and 1.30 run converted models with the
       assert.ok(r.kernelRan, `${v}: moefy's kernel was not created`);
       assert.equal(r.models.length, 2, `${v}: models run`);
       assert.ok(r.f16Err !== undefined && r.f16Err < 1e-3, `${v}: float16 kernel vs reference ${r.f16Err}`);
+      assert.ok(r.v2 && contractV2Ok(r.v2), `${v}: routing rules and skip_bias ${JSON.stringify(r.v2)}`);
       for (const m of r.models) {
         assert.ok(m.errDefault < 1e-4, `${v} ${m.name}: kernel vs function body ${m.errDefault}`);
         assert.ok(m.errFed < 1e-4, `${v} ${m.name}: with moe_threshold fed, kernel vs function body ${m.errFed}`);

@@ -1,9 +1,10 @@
 // CUDA DynamicMoE: device-side routing + two grouped GEMMs. Design and expected performance: kernels/cuda/README.md.
 //
 // Pipeline (all on one stream, no host synchronisation; data-dependent sizes stay on the device):
-//   1. route_kernel     one thread per token: scale -> threshold -> max/argmax over E norms -> mask[T,E], active[T];
-//                       per 256-token chunk, a per-expert count (__syncthreads_count); for the atomic FC2,
-//                       initialises the fp32 accumulator rows of its tokens with B2 (or 0).
+//   1. route_kernel     one thread per token: scale -> threshold -> the routing rule (kernels/src/routing_rule.h,
+//                       shared with the CPU kernel) -> mask[T,E], active[T]; per 256-token chunk, a per-expert count
+//                       (__syncthreads_count); for the atomic FC2, initialises the fp32 accumulator rows of its
+//                       tokens with B2 (or 0) plus the skip_bias rows of the experts each token skips.
 //   2. scan_kernel      one block per expert: exclusive scan of the chunk counts -> chunk offsets, expert totals.
 //   3. scatter_kernel   one thread per token: writes each (token, expert) pair to its slot in an expert-major
 //                       list whose expert segments are padded to BM rows; tokens stay in ascending order inside an
@@ -16,7 +17,8 @@
 //   6. FC2, one of
 //      fc2_window_kernel (fp16 default for large batches) a CTA owns 256 tokens x 64 columns of Y in shared memory,
 //                       walks every expert's (contiguous, token-sorted) pair segment of those tokens in 64-row
-//                       items and writes Y once (+B2): a token tile's experts accumulated before one write.
+//                       items and writes Y once (+B2, +skipped experts' skip_bias): a token tile's experts
+//                       accumulated before one write.
 //      fc kernel (FC2)  persistent grouped GEMM: acc[token(pair), :] += H[pair, :] . W2_e, fp32 atomics (float4
 //                       atomics on sm_90).
 //   7. finalize_kernel  (fp16 with the atomic FC2) Y = half(acc). For fp32, acc is Y itself.
@@ -40,7 +42,18 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <exception>
+#include <string>
 #include <type_traits>
+
+// The scale-of-position and routing rules, one C++ statement shared with the CPU kernel (host and device code).
+#include "../src/routing_rule.h"
+#include "../src/scale_rule.h"
+
+static_assert(int(MOEFY_CUDA_ROUTING_RELATIVE) == moefy::kRoutingRelative &&
+                  int(MOEFY_CUDA_ROUTING_ABSOLUTE) == moefy::kRoutingAbsolute &&
+                  int(MOEFY_CUDA_ROUTING_TOPK) == moefy::kRoutingTopk,
+              "the launcher's routing values are the rule's");
 
 namespace moefy_cuda {
 
@@ -65,6 +78,7 @@ struct RouteParams {
   int T, L, E;
   int mode;        // ScaleMode
   int step_scale;  // kModeStep
+  int routing;     // MoeCudaRouting
   int nthr;        // number of thresholds (scales)
   int nfull;       // kModeFull: number of scales
   int scale_end[MOEFY_CUDA_MAX_SCALES];  // kModeFull: exclusive end position of each scale
@@ -99,7 +113,8 @@ template <typename T>
 __global__ void __launch_bounds__(kChunk) route_kernel(const T* __restrict__ norms, RouteParams p,
                                                        unsigned char* __restrict__ mask, int* __restrict__ chunk_count,
                                                        int n_chunks, int32_t* __restrict__ active,
-                                                       float* __restrict__ acc, const T* __restrict__ b2, int D) {
+                                                       float* __restrict__ acc, const T* __restrict__ b2,
+                                                       const T* __restrict__ skip, int D) {
   const int t = blockIdx.x * kChunk + threadIdx.x;
   const bool valid = t < p.T;
   const int E = p.E;
@@ -111,28 +126,17 @@ __global__ void __launch_bounds__(kChunk) route_kernel(const T* __restrict__ nor
       if (v > p.nthr - 1) v = p.nthr - 1;
       s = (int)v;
     } else if (p.mode == kModeFull) {
-      const int l = t % p.L;
-      s = 0;
-      while (s < p.nfull - 1 && l >= p.scale_end[s]) ++s;
+      s = moefy::scale_of_position(t % p.L, p.scale_end, p.nfull);
     } else {
       s = p.step_scale;
     }
     const float thr = p.thr_dev ? p.thr_dev[s] : p.thr[s];
     const T* nr = norms + (size_t)t * E;
-    float mx = to_f(nr[0]);
-    int am = 0;
-    for (int e = 1; e < E; ++e) {
-      const float v = to_f(nr[e]);
-      if (v > mx || (mx != mx && v == v)) {  // first maximum; a NaN maximum yields to any number (as the CPU op)
-        mx = v;
-        am = e;
-      }
-    }
-    const float cut = thr * mx;
+    const moefy::TokenCut c = moefy::token_cut(p.routing, thr, E, [nr](int64_t e) { return to_f(nr[e]); });
     int cnt = 0;
     unsigned char* mrow = mask + (size_t)t * E;
     for (int e = 0; e < E; ++e) {
-      const bool on = (e == am) || (to_f(nr[e]) >= cut);
+      const bool on = moefy::expert_runs(c, e, to_f(nr[e]));
       mrow[e] = on ? 1 : 0;
       cnt += on ? 1 : 0;
     }
@@ -143,14 +147,22 @@ __global__ void __launch_bounds__(kChunk) route_kernel(const T* __restrict__ nor
     const int c = __syncthreads_count(on);
     if (threadIdx.x == 0) chunk_count[(size_t)e * n_chunks + blockIdx.x] = c;
   }
-  // Initialise the fp32 accumulator rows of this chunk's tokens: B2 (added once per token) or 0.
-  // (No accumulator in the token-window FC2, which adds B2 itself.)
+  // Initialise the fp32 accumulator rows of this chunk's tokens: B2 (added once per token) or 0, plus the skip_bias
+  // rows of the experts the token skips, in ascending order (the masks are visible after the barriers above).
+  // (No accumulator in the token-window FC2, which adds B2 and skip_bias itself.)
   if (!acc) return;
   const int t0 = blockIdx.x * kChunk;
   const int nt = min(kChunk, p.T - t0);
   for (int r = 0; r < nt; ++r) {
     float* row = acc + (size_t)(t0 + r) * D;
-    for (int c = threadIdx.x; c < D; c += kChunk) row[c] = b2 ? to_f(b2[c]) : 0.f;
+    const unsigned char* mrow = mask + (size_t)(t0 + r) * E;
+    for (int c = threadIdx.x; c < D; c += kChunk) {
+      float v = b2 ? to_f(b2[c]) : 0.f;
+      if (skip)
+        for (int e = 0; e < E; ++e)
+          if (!mrow[e]) v += to_f(skip[(size_t)e * D + c]);
+      row[c] = v;
+    }
   }
 }
 
@@ -688,6 +700,8 @@ struct WinArgs {
   const __half* H;
   const __half* W2;
   const __half* B2;
+  const __half* skip;         // skip_bias [E, D] or null
+  const unsigned char* mask;  // [T, E]
   __half* Y;
   const int* pair_tok;
   const int* chunk_count;   // [E][n_chunks]
@@ -726,7 +740,13 @@ __global__ void __launch_bounds__(kThreads) fc2_window_kernel(WinArgs a) {
     }
     for (int i = tid; i < W * BNW; i += kThreads) {
       const int r = i / BNW, c = i - r * BNW;
-      acc[r * LDACC + c] = (a.B2 && n0 + c < D) ? __half2float(a.B2[n0 + c]) : 0.f;
+      float v = (a.B2 && n0 + c < D) ? __half2float(a.B2[n0 + c]) : 0.f;
+      if (a.skip && r < nt && n0 + c < D) {  // the skipped experts' skip_bias, in ascending order
+        const unsigned char* mrow = a.mask + (size_t)(t0 + r) * E;
+        for (int e = 0; e < E; ++e)
+          if (!mrow[e]) v += __half2float(a.skip[(size_t)e * D + n0 + c]);
+      }
+      acc[r * LDACC + c] = v;
     }
     __syncthreads();
 
@@ -850,11 +870,15 @@ int resolve(const MoeCudaArgs* a, RouteParams* rp, char* msg, size_t msg_len) {
   if (!a->X || !a->norms || !a->W1 || !a->B1 || !a->W2 || !a->Y)
     return fail("DynamicMoE(cuda): a required tensor pointer is NULL");
 
+  if (a->routing < MOEFY_CUDA_ROUTING_RELATIVE || a->routing > MOEFY_CUDA_ROUTING_TOPK)
+    return fail("DynamicMoE(cuda): unknown routing %d", a->routing);
+
   RouteParams p;
   memset(&p, 0, sizeof(p));
   p.T = (int)T;
   p.L = (int)a->L;
   p.E = (int)a->E;
+  p.routing = a->routing;
   p.nthr = a->num_thresholds;
   p.scale_index = a->scale_index;
   p.thr_dev = a->threshold_dev;
@@ -862,48 +886,29 @@ int resolve(const MoeCudaArgs* a, RouteParams* rp, char* msg, size_t msg_len) {
     for (int i = 0; i < a->num_thresholds; ++i) p.thr[i] = a->threshold_attr[i];
   if (a->scale_index) {
     p.mode = kModeIndex;
-  } else if (a->has_scale_index_host) {
-    if (a->scale_index_host < 0 || a->scale_index_host >= a->num_thresholds)
-      return fail("DynamicMoE(cuda): scale_index %lld out of range [0, %d)", (long long)a->scale_index_host,
-                  a->num_thresholds);
-    p.mode = kModeStep;
-    p.step_scale = (int)a->scale_index_host;
   } else {
+    // The scale-of-position rule (kernels/src/scale_rule.h): scale_index by value, the full sequence or one step.
+    const int64_t forced = a->has_scale_index_host ? a->scale_index_host : -1;
     const int np = a->num_patch_nums;
-    if (np < 1) return fail("DynamicMoE(cuda): no scale_index input and no patch_nums attribute: cannot tell the scale of L=%lld", (long long)a->L);
-    if (np != a->num_thresholds)
-      return fail("DynamicMoE(cuda): %d thresholds for %d scales (patch_nums)", a->num_thresholds, np);
-    long long sum = 0;
-    for (int i = 0; i < np; ++i) {
-      const long long pn = a->patch_nums[i];
-      if (pn < 1) return fail("DynamicMoE(cuda): patch_nums[%d]=%lld must be >= 1", i, pn);
-      sum += pn * pn;
-      p.scale_end[i] = (int)(sum < 0x7fffffffLL ? sum : 0x7fffffffLL);
-    }
-    if (a->L == sum) {
-      p.mode = kModeFull;
-      p.nfull = np;
-    } else {
-      int found = -1, matches = 0;
-      for (int i = 0; i < np; ++i)
-        if (a->patch_nums[i] * a->patch_nums[i] == a->L) {
-          found = i;
-          ++matches;
-        }
-      if (matches != 1) {
-        char list[256];
-        size_t o = 0;
-        list[0] = 0;
-        for (int i = 0; i < np && o + 24 < sizeof(list); ++i)
-          o += (size_t)snprintf(list + o, sizeof(list) - o, "%s%lld", i ? "," : "", (long long)a->patch_nums[i]);
-        return fail(
-            "DynamicMoE(cuda): L=%lld fits no scale layout of patch_nums [%s]: the full sequence has L=%lld and a "
-            "step has L=pn^2 of exactly one scale (%d scales match); pass scale_index otherwise",
-            (long long)a->L, list, sum, matches);
+    if (forced < 0) {
+      if (np < 1) return fail("DynamicMoE(cuda): no scale_index input and no patch_nums attribute: cannot tell the scale of L=%lld", (long long)a->L);
+      if (np != a->num_thresholds)
+        return fail("DynamicMoE(cuda): %d thresholds for %d scales (patch_nums)", a->num_thresholds, np);
+      long long sum = 0;
+      for (int i = 0; i < np; ++i) {
+        const long long pn = a->patch_nums[i];
+        if (pn < 1) return fail("DynamicMoE(cuda): patch_nums[%d]=%lld must be >= 1", i, pn);
+        sum += pn * pn;
+        p.scale_end[i] = (int)(sum < 0x7fffffffLL ? sum : 0x7fffffffLL);
       }
-      p.mode = kModeStep;
-      p.step_scale = found;
     }
+    moefy::ScaleLayout layout;
+    const std::string err =
+        moefy::scale_layout(a->patch_nums, forced >= 0 ? a->num_thresholds : np, a->L, forced, "DynamicMoE(cuda)", &layout);
+    if (!err.empty()) return fail("%s", err.c_str());
+    p.mode = layout.full ? kModeFull : kModeStep;
+    p.nfull = np;
+    p.step_scale = (int)layout.scale;
   }
   if (rp) *rp = p;
   if (msg && msg_len) msg[0] = 0;
@@ -1045,7 +1050,8 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
 
   mark(0, st);
   MOEFY_LAUNCH(route_kernel<T>, w.n_chunks, kChunk, 0, st)(static_cast<const T*>(a->norms), rp, mask, chunk_count, w.n_chunks,
-                                                 a->active, window ? nullptr : acc, static_cast<const T*>(a->B2), D);
+                                                 a->active, window ? nullptr : acc, static_cast<const T*>(a->B2),
+                                                 static_cast<const T*>(a->skip_bias), D);
   MOEFY_LAUNCH(scan_kernel, E, kThreads, 0, st)(chunk_count, chunk_offset, exp_count, w.n_chunks);
   MOEFY_LAUNCH(scatter_kernel, w.n_chunks, kChunk, sizeof(int) * E, st)(mask, chunk_offset, exp_count, w.n_chunks, T_, E,
                                                                pair_tok);
@@ -1078,6 +1084,8 @@ int run_typed(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w, un
     wa.H = static_cast<const __half*>(H);
     wa.W2 = static_cast<const __half*>(a->W2);
     wa.B2 = static_cast<const __half*>(a->B2);
+    wa.skip = static_cast<const __half*>(a->skip_bias);
+    wa.mask = mask;
     wa.Y = static_cast<__half*>(a->Y);
     wa.pair_tok = pair_tok;
     wa.chunk_count = chunk_count;
@@ -1134,8 +1142,27 @@ int run_on_device(const MoeCudaArgs* a, const RouteParams& rp, const WsLayout& w
 
 using namespace moefy_cuda;
 
+namespace {
+
+// The C ABI: no exception may leave it (the host may be C, or ONNX Runtime's frames).
+template <class F>
+int guarded(F&& f, char* msg, size_t msg_len) noexcept {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    if (msg && msg_len) snprintf(msg, msg_len, "DynamicMoE(cuda): out of memory");
+  } catch (const std::exception& e) {
+    if (msg && msg_len) snprintf(msg, msg_len, "DynamicMoE(cuda): %s", e.what());
+  } catch (...) {
+    if (msg && msg_len) snprintf(msg, msg_len, "DynamicMoE(cuda): unknown error");
+  }
+  return MOEFY_CUDA_EINVAL;
+}
+
+}  // namespace
+
 extern "C" int moefy_dynamic_moe_cuda_validate(const MoeCudaArgs* args, char* msg, size_t msg_len) {
-  return resolve(args, nullptr, msg, msg_len);
+  return guarded([&] { return resolve(args, nullptr, msg, msg_len); }, msg, msg_len);
 }
 
 extern "C" size_t moefy_dynamic_moe_cuda_workspace_size(const MoeCudaArgs* args) {
@@ -1145,7 +1172,9 @@ extern "C" size_t moefy_dynamic_moe_cuda_workspace_size(const MoeCudaArgs* args)
 
 extern "C" const char* moefy_dynamic_moe_cuda_last_error(void) { return g_last_error; }
 
-extern "C" int moefy_dynamic_moe_cuda(const MoeCudaArgs* a, void* workspace, size_t workspace_bytes, void* stream) {
+namespace {
+
+int validate_and_run(const MoeCudaArgs* a, void* workspace, size_t workspace_bytes, void* stream) {
   g_last_error[0] = 0;
   RouteParams rp;
   const int rc = resolve(a, &rp, g_last_error, sizeof(g_last_error));
@@ -1175,6 +1204,13 @@ extern "C" int moefy_dynamic_moe_cuda(const MoeCudaArgs* a, void* workspace, siz
   const int r = run_on_device(a, rp, w, workspace, st);
   if (prev_device >= 0) cudaSetDevice(prev_device);
   return r;
+}
+
+}  // namespace
+
+extern "C" int moefy_dynamic_moe_cuda(const MoeCudaArgs* a, void* workspace, size_t workspace_bytes, void* stream) {
+  return guarded([&] { return validate_and_run(a, workspace, workspace_bytes, stream); }, g_last_error,
+                 sizeof(g_last_error));
 }
 
 extern "C" int moefy_dynamic_moe_cuda_timed(const MoeCudaArgs* a, void* workspace, size_t workspace_bytes,

@@ -1,4 +1,4 @@
-// CUDA implementation of ai.moefy::DynamicMoE (DESIGN.md section 3): a pure-CUDA launcher with a C ABI.
+// CUDA implementation of ai.moefy::DynamicMoE (docs/dynamic-moe.md): a pure-CUDA launcher with a C ABI.
 // Independent of ONNX Runtime: kernels/cuda/register_cuda.cc wraps it as a CUDA-EP custom op, and
 // kernels/cuda/moe_check.cu tests and times it standalone.
 //
@@ -30,6 +30,7 @@ typedef struct MoeCudaArgs {
   int dtype;       // MoeCudaDType: element type of X, norms, W1, B1, W2, B2, Y (fp16 computes with fp32 accumulation)
   int activation;  // MoeCudaActivation
   int64_t B, L, D, E, S;  // X [B,L,D], norms [B,L,E], W1 [D,E*S], B1 [E*S], W2 [E*S,D], B2 [D], Y [B,L,D]
+                          // (the routing rule and skip_bias: the last fields)
 
   const void* X;
   const void* norms;
@@ -60,7 +61,17 @@ typedef struct MoeCudaArgs {
   //   MOEFY_CUDA_FC2_WINDOW (2): token-window tiles accumulate all experts of 256 tokens in shared memory, one write
   //                              (falls back to atomic when it does not apply)
   int fc2_mode;
+
+  // Contract version 2 (zero = version 1's behaviour):
+  int routing;            // MoeCudaRouting: the rule of the `routing` attribute (kernels/src/routing_rule.h)
+  const void* skip_bias;  // optional (NULL) [E, D], dtype: each token adds the rows of the experts it skips
 } MoeCudaArgs;
+
+typedef enum MoeCudaRouting {
+  MOEFY_CUDA_ROUTING_RELATIVE = 0,  // norms[e] >= t * max norms
+  MOEFY_CUDA_ROUTING_ABSOLUTE = 1,  // norms[e] >= t
+  MOEFY_CUDA_ROUTING_TOPK = 2,      // the clamp(E - floor(t E), 1, E) largest norms (ties at the k-th all run)
+} MoeCudaRouting;
 
 #define MOEFY_CUDA_FC2_AUTO 0
 #define MOEFY_CUDA_FC2_ATOMIC 1

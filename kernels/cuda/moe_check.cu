@@ -4,7 +4,8 @@
 //   ./moe_check [--no-bench] [--quick]
 //
 // 1. Correctness: random seeded cases (full-sequence, step and scale_index layouts, thresholds 0 / 1 / between, the
-//    run-time threshold input, E = 1, odd sizes that take the scalar paths, many tiles per expert, VAR-d16 sizes),
+//    run-time threshold input, E = 1, odd sizes that take the scalar paths, many tiles per expert, VAR-d16 sizes, the
+//    routing rules relative / absolute / topk, thresholds above 1, negative and NaN, skip_bias),
 //    each in float32 and float16, against a host reference in double precision (the float16 reference rounds the
 //    hidden activations to half, as a dense fp16 FFN does). Pass: ||Y - ref|| <= tol * ||ref|| with tol 1e-5 (fp32)
 //    and 1e-3 (fp16), and `active` equal to the reference count for every token.
@@ -61,7 +62,7 @@ static bool run_case(const Case& c, bool half, uint64_t seed, int fc2_mode) {
 
   std::vector<double> Yref;
   std::vector<int> act_ref_v;
-  reference(c, half, X, N, W1, B1, W2, B2, Yref, act_ref_v);
+  reference(c, half, dd, Yref, act_ref_v);
 
   MoeCudaArgs a;
   fill_args(a, c);
@@ -69,6 +70,7 @@ static bool run_case(const Case& c, bool half, uint64_t seed, int fc2_mode) {
   a.fc2_mode = fc2_mode;
   auto up = [&](const std::vector<float>& v) { return half ? upload<__half>(v) : upload<float>(v); };
   void *dX = up(X), *dN = up(N), *dW1 = up(W1), *dB1 = up(B1), *dW2 = up(W2), *dB2 = c.b2 ? up(B2) : nullptr;
+  void* dSkip = c.skip ? up(dd.skip) : nullptr;
   const size_t esz = half ? 2 : 4;
   void* dY = nullptr;
   int32_t* dA = nullptr;
@@ -87,6 +89,7 @@ static bool run_case(const Case& c, bool half, uint64_t seed, int fc2_mode) {
     CK(cudaMemcpy(dThr, c.thr.data(), c.thr.size() * 4, cudaMemcpyHostToDevice));
   }
   a.X = dX, a.norms = dN, a.W1 = dW1, a.B1 = dB1, a.W2 = dW2, a.B2 = dB2, a.Y = dY, a.active = dA;
+  a.skip_bias = dSkip;
   a.scale_index = dSI;
   if (c.scale_index >= 0 && c.si_host) {
     a.has_scale_index_host = 1;
@@ -145,6 +148,7 @@ static bool run_case(const Case& c, bool half, uint64_t seed, int fc2_mode) {
 
   cudaFree(dX), cudaFree(dN), cudaFree(dW1), cudaFree(dB1), cudaFree(dW2), cudaFree(dY), cudaFree(dA);
   if (dB2) cudaFree(dB2);
+  if (dSkip) cudaFree(dSkip);
   if (dSI) cudaFree(dSI);
   if (dThr) cudaFree(dThr);
   if (ws) cudaFree(ws);
@@ -162,7 +166,7 @@ static void check_errors() {
   a.Y = (void*)16;
   char msg[512];
   const int rc = moefy_dynamic_moe_cuda_validate(&a, msg, sizeof(msg));
-  const bool ok = rc == MOEFY_CUDA_EINVAL && strstr(msg, "L=10") != nullptr;
+  const bool ok = rc == MOEFY_CUDA_EINVAL && strstr(msg, "L = 10") != nullptr;
   printf("  %-4s %-44s rc=%d \"%s\"  %s\n", "-", "L fitting no layout is rejected", rc, msg, ok ? "ok" : "FAIL");
   if (!ok) ++g_failures;
   // scale_index by value out of range: an error, as in the CPU op.
@@ -515,6 +519,12 @@ int main(int argc, char** argv) {
        {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f}, -1, true, false},
       {"scale_index by value (host), thr 0.5", 2, 40, 32, 4, 16, MOEFY_CUDA_GELU, {1, 2, 3}, {0.f, 0.5f, 1.f}, 1,
        true, false, true},
+      {"absolute, thr 0.3/0.6/2, skip_bias", 2, 14, 64, 8, 16, MOEFY_CUDA_RELU, {1, 2, 3}, {0.3f, 0.6f, 2.f}, -1, true,
+       false, false, MOEFY_CUDA_ROUTING_ABSOLUTE, true},
+      {"topk, VAR-d16 sizes, thr 0.5, skip_bias", 1, 100, 1024, 32, 128, MOEFY_CUDA_GELU_TANH, var,
+       {.5f, .5f, .5f, .5f, .5f, .5f, .5f, .5f, .5f, .5f}, -1, true, false, false, MOEFY_CUDA_ROUTING_TOPK, true},
+      {"relative, thr NaN/-1/1.5 (input), skip_bias", 20, 14, 72, 6, 16, MOEFY_CUDA_GELU, {1, 2, 3},
+       {NAN, -1.f, 1.5f}, -1, true, true, false, MOEFY_CUDA_ROUTING_RELATIVE, true},
   };
   printf("correctness (host double reference):\n");
   check_errors();

@@ -1,5 +1,6 @@
 // Host reference of ai.moefy::DynamicMoE and the shared correctness cases, used by moe_check.cu (real GPU) and
-// emu/emu_check.cc (CPU emulation of the CUDA kernels). Plain C++17, no CUDA headers.
+// emu/emu_check.cc (CPU emulation of the CUDA kernels). Plain C++17, no CUDA headers. The routing rules are restated
+// here from docs/dynamic-moe.md, independently of kernels/src/routing_rule.h (which the kernels call).
 #pragma once
 
 #include <stdint.h>
@@ -84,12 +85,38 @@ struct Case {
   bool b2;
   bool thr_on_device;
   bool si_host = false;  // pass scale_index by value (has_scale_index_host) instead of a device pointer
+  int routing = MOEFY_CUDA_ROUTING_RELATIVE;
+  bool skip = false;  // with skip_bias
 };
 
+// Random data of a case (seeded); fp16 values are pre-rounded to half so host and device see the same numbers.
+struct Data {
+  std::vector<float> X, N, W1, B1, W2, B2, skip;
+};
+
+// Whether each expert runs for one token (docs/dynamic-moe.md "Routing"), written plainly: sort for top-k.
+inline std::vector<bool> routed(const float* nr, int64_t E, int routing, float thr) {
+  std::vector<bool> on((size_t)E, true);
+  if (!(thr > 0)) return on;  // t <= 0 or NaN: every expert
+  int64_t am = 0;
+  for (int64_t e = 1; e < E; ++e)
+    if (nr[e] > nr[am] || (nr[am] != nr[am] && nr[e] == nr[e])) am = e;
+  float cut = thr * nr[am];
+  if (routing == MOEFY_CUDA_ROUTING_ABSOLUTE) cut = thr;
+  if (routing == MOEFY_CUDA_ROUTING_TOPK) {
+    std::vector<float> sorted(nr, nr + E);
+    std::sort(sorted.begin(), sorted.end(), [](float a, float b) { return a > b; });
+    const double skipped = std::floor((double)(thr * (float)E));
+    const int64_t k = skipped >= (double)E ? 1 : E - (int64_t)skipped;
+    cut = sorted[(size_t)(k - 1)];
+  }
+  for (int64_t e = 0; e < E; ++e) on[(size_t)e] = e == am || nr[e] >= cut;
+  return on;
+}
+
 // Host reference. Inputs are the values the device sees (already rounded to half for fp16).
-inline void reference(const Case& c, bool half, const std::vector<float>& X, const std::vector<float>& N,
-                      const std::vector<float>& W1, const std::vector<float>& B1, const std::vector<float>& W2,
-                      const std::vector<float>& B2, std::vector<double>& Y, std::vector<int>& active) {
+inline void reference(const Case& c, bool half, const Data& d, std::vector<double>& Y, std::vector<int>& active) {
+  const std::vector<float>&X = d.X, &N = d.N, &W1 = d.W1, &B1 = d.B1, &W2 = d.W2, &B2 = d.B2;
   const int64_t T = c.B * c.L, D = c.D, E = c.E, S = c.S, ES = E * S;
   Y.assign((size_t)(T * D), 0.0);
   active.assign((size_t)T, 0);
@@ -108,16 +135,14 @@ inline void reference(const Case& c, bool half, const std::vector<float>& X, con
       for (size_t i = 0; i < c.patch_nums.size(); ++i)
         if (c.patch_nums[i] * c.patch_nums[i] == c.L) s = (int)i;
     }
-    const float thr = c.thr[(size_t)s];
-    const float* nr = &N[(size_t)(t * E)];
-    float mx = nr[0];
-    int am = 0;
-    for (int e = 1; e < E; ++e)
-      if (nr[e] > mx || (mx != mx && nr[e] == nr[e])) mx = nr[e], am = e;
-    const float cut = thr * mx;
+    const std::vector<bool> on = routed(&N[(size_t)(t * E)], E, c.routing, c.thr[(size_t)s]);
     double* y = &Y[(size_t)(t * D)];
     for (int e = 0; e < E; ++e) {
-      if (!(e == am || nr[e] >= cut)) continue;
+      if (!on[(size_t)e]) {
+        if (c.skip)
+          for (int64_t k = 0; k < D; ++k) y[k] += d.skip[(size_t)(e * D + k)];
+        continue;
+      }
       active[(size_t)t]++;
       for (int64_t j = 0; j < S; ++j) h[(size_t)j] = B1[(size_t)(e * S + j)];
       for (int64_t k = 0; k < D; ++k) {  // k outer, j inner: W1 rows are read contiguously
@@ -142,10 +167,6 @@ inline void reference(const Case& c, bool half, const std::vector<float>& X, con
 }
 
 
-// Random data of a case (seeded); fp16 values are pre-rounded to half so host and device see the same numbers.
-struct Data {
-  std::vector<float> X, N, W1, B1, W2, B2;
-};
 inline Data make_data(const Case& c, bool half, uint64_t seed) {
   const int64_t T = c.B * c.L, D = c.D, E = c.E, S = c.S;
   Rng r(seed);
@@ -162,6 +183,7 @@ inline Data make_data(const Case& c, bool half, uint64_t seed) {
   d.B1 = gen((size_t)(E * S), 0.2f);
   d.W2 = gen((size_t)(E * S * D), 1.f / std::sqrt((float)S));
   d.B2 = gen((size_t)D, 0.2f);
+  d.skip = gen((size_t)(E * D), 0.3f);
   return d;
 }
 
@@ -169,6 +191,7 @@ inline void fill_args(MoeCudaArgs& a, const Case& c) {
   memset(&a, 0, sizeof(a));
   a.device = -1;
   a.activation = c.act;
+  a.routing = c.routing;
   a.B = c.B, a.L = c.L, a.D = c.D, a.E = c.E, a.S = c.S;
   a.num_patch_nums = (int)c.patch_nums.size();
   for (size_t i = 0; i < c.patch_nums.size(); ++i) a.patch_nums[i] = c.patch_nums[i];

@@ -1,6 +1,6 @@
-// DynamicMoE's attributes (DESIGN.md section 3, docs/dynamic-moe.md): reading and validation shared by the CPU
-// kernel (kernels/src) and the CUDA registration (kernels/cuda/register_cuda.cc), and the scale-of-position rule.
-// Header-only, so that nvcc and the host compiler build it alike.
+// DynamicMoE's attributes (docs/dynamic-moe.md): reading and validation shared by the CPU kernel (kernels/src) and
+// the CUDA registration (kernels/cuda/register_cuda.cc), and the scale of each position (scale_rule.h) for the CPU
+// kernel. Header-only, so that nvcc and the host compiler build it alike.
 #pragma once
 
 #include <cstdint>
@@ -9,16 +9,18 @@
 
 #include "activation.h"
 #include "ort_api.h"
+#include "routing_rule.h"
+#include "scale_rule.h"
 
 namespace moefy {
 
 struct MoeAttributes {
   int64_t num_experts = 0;
   Activation activation = Activation::Relu;
+  RoutingRule routing = kRoutingRelative;
   std::vector<int64_t> patch_nums;   // side length per scale
   std::vector<float> threshold;      // per scale; zeros when the attribute is absent
   std::vector<int64_t> scale_start;  // token offset of each scale in the full sequence; [scales + 1]
-  int64_t full_len() const { return scale_start.empty() ? 0 : scale_start.back(); }
   int64_t scales() const { return static_cast<int64_t>(patch_nums.size()); }
 };
 
@@ -58,6 +60,11 @@ inline std::string read_attributes(const OrtApi* api, const OrtKernelInfo* info,
   else if (act == "gelu_tanh") a->activation = Activation::GeluTanh;
   else if (act == "gelu") a->activation = Activation::Gelu;
   else return who + ": unknown activation \"" + act + "\" (relu, gelu_tanh, gelu)";
+  std::string routing;
+  if (!detail::attr_string(api, info, "routing", &routing) || routing == "relative") a->routing = kRoutingRelative;
+  else if (routing == "absolute") a->routing = kRoutingAbsolute;
+  else if (routing == "topk") a->routing = kRoutingTopk;
+  else return who + ": unknown routing \"" + routing + "\" (relative, absolute, topk)";
   if (!detail::attr_array<int64_t>(api, info, "patch_nums", &OrtApi::KernelInfoGetAttributeArray_int64, &a->patch_nums) ||
       a->patch_nums.empty())
     return who + ": attribute patch_nums (one side length per scale) is required";
@@ -74,36 +81,15 @@ inline std::string read_attributes(const OrtApi* api, const OrtKernelInfo* info,
   return "";
 }
 
-// The scale-of-position rule: with scale_index (forced >= 0) every position is that scale; a sequence of the full
-// length (sum of pn^2) is the scales in order; otherwise L must be pn^2 of exactly one scale (a KV-cached step).
-// Writes the scale of each of the L positions; returns "" or the error.
+// The scale of each of the L positions (scale_rule.h); returns "" or the error.
 inline std::string scale_of_positions(const MoeAttributes& a, int64_t L, int64_t forced, int32_t* out,
                                       const std::string& who) {
-  const int64_t n = a.scales();
-  if (forced >= 0) {
-    if (forced >= n) return who + ": scale_index " + std::to_string(forced) + " out of range [0, " + std::to_string(n) + ")";
-    for (int64_t l = 0; l < L; ++l) out[l] = static_cast<int32_t>(forced);
-    return "";
-  }
-  if (L == a.full_len()) {
-    for (int64_t s = 0; s < n; ++s)
-      for (int64_t l = a.scale_start[s]; l < a.scale_start[s + 1]; ++l) out[l] = static_cast<int32_t>(s);
-    return "";
-  }
-  int64_t found = -1, matches = 0;
-  for (int64_t s = 0; s < n; ++s)
-    if (a.patch_nums[s] * a.patch_nums[s] == L) {
-      found = s;
-      ++matches;
-    }
-  if (matches != 1) {
-    std::string pn;
-    for (int64_t p : a.patch_nums) pn += (pn.empty() ? "" : ",") + std::to_string(p);
-    return who + ": cannot infer the scale of the tokens: L = " + std::to_string(L) +
-           " is neither the full sequence (sum of pn^2 = " + std::to_string(a.full_len()) +
-           ") nor pn^2 of exactly one scale (patch_nums " + pn + "); pass scale_index";
-  }
-  for (int64_t l = 0; l < L; ++l) out[l] = static_cast<int32_t>(found);
+  ScaleLayout layout;
+  std::string err = scale_layout(a.patch_nums.data(), a.scales(), L, forced, who, &layout);
+  if (!err.empty()) return err;
+  const int n = static_cast<int>(a.scales());
+  for (int64_t l = 0; l < L; ++l)
+    out[l] = layout.full ? scale_of_position(l, a.scale_start.data() + 1, n) : static_cast<int32_t>(layout.scale);
   return "";
 }
 

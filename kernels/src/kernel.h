@@ -13,23 +13,11 @@
 
 #include "attributes.h"
 #include "cpu_level.h"
+#include "op_base.h"
 #include "ort_api.h"
 #include "weight_buffer.h"
 
 namespace moefy {
-
-// A one-line error that becomes the kernel's ORT status.
-struct Error {
-  std::string msg;
-};
-
-inline void check(const OrtApi* api, OrtStatus* st) {
-  if (st) {
-    std::string m = api->GetErrorMessage(st);
-    api->ReleaseStatus(st);
-    throw Error{m};
-  }
-}
 
 // Cache-line-aligned storage for the scratch matrices the micro-kernels load and store in 64-byte vectors (malloc's
 // 16-byte alignment splits every such access over two lines).
@@ -52,8 +40,6 @@ template <class T, class A>
 inline void grow(std::vector<T, A>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
-
-std::string dims_str(const std::vector<int64_t>& d);
 
 // Scratch of one expert group (or chunk task).
 struct Slot {
@@ -78,11 +64,12 @@ struct Workspace {
   };
   std::vector<Chunk> chunks;  // few-experts path
   // float16 inputs converted to float32 for this call, and the float32 result before conversion to Y
-  FloatBuffer xf, nf, w1f, b1f, w2f, b2f, yf;
+  FloatBuffer xf, nf, w1f, b1f, w2f, b2f, sbf, yf;
 };
 
-struct Kernel {
-  const OrtApi* api = nullptr;
+struct Kernel : OpKernel {
+  explicit Kernel(const OrtApi* a) : OpKernel(a) {}
+  void compute(OrtKernelContext* ctx) override;
   MoeAttributes attr;
   bool f16 = false;  // T = float16 (computed in float32)
   CpuLevel level = CpuLevel::Plain;
@@ -94,8 +81,8 @@ struct Kernel {
   WeightBuffer w1p, w2p;
   int64_t w1p_stride = 0, w2p_stride = 0;  // elements per expert
   bool half_panels = false;  // w1p, w2p hold float16 panels (a float16 model's weights, half the bytes of float32)
-  // float32 copies of constant float16 inputs (W1, B1, W2, B2 by input index; empty when not kept).
-  FloatBuffer const_f32[6];
+  // float32 copies of constant float16 inputs (W1, B1, W2, B2, skip_bias by input index; empty when not kept).
+  FloatBuffer const_f32[kNumInputs];
   std::mutex pool_mu;
   std::vector<std::unique_ptr<Workspace>> pool;
 
@@ -118,7 +105,8 @@ struct Ffn {
   const float* W1;
   const float* B1;
   const float* W2;
-  const float* B2;  // may be null
+  const float* B2;    // may be null
+  const float* skip;  // skip_bias [E, D], may be null
   float* Y;
   int64_t N, D, E, S, ES;
   Activation act;

@@ -23,85 +23,22 @@
 
 namespace moefy {
 
-std::string dims_str(const std::vector<int64_t>& d) {
-  std::string s = "[";
-  for (size_t i = 0; i < d.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(d[i]);
-  }
-  return s + "]";
-}
-
 namespace {
 
 constexpr ONNXTensorElementDataType kF32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 constexpr ONNXTensorElementDataType kF16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
-const char* const kInputNames[] = {"X", "norms", "W1", "B1", "W2", "B2", "scale_index", "threshold"};
 
-struct TensorIn {
-  const OrtValue* v = nullptr;
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  std::vector<int64_t> dims;
-  const void* data = nullptr;
-  int64_t size() const {
-    int64_t n = 1;
-    for (auto d : dims) n *= d;
-    return n;
-  }
-};
-
-void describe(const OrtApi* api, const OrtValue* v, TensorIn& t) {
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  check(api, api->GetTensorTypeAndShape(v, &info));
-  size_t nd = 0;
-  OrtStatus* st = api->GetTensorElementType(info, &t.type);
-  if (!st) st = api->GetDimensionsCount(info, &nd);
-  if (!st) {
-    t.dims.resize(nd);
-    st = api->GetDimensions(info, t.dims.data(), nd);
-  }
-  api->ReleaseTensorTypeAndShapeInfo(info);
-  check(api, st);
-  void* p = nullptr;
-  check(api, api->GetTensorMutableData(const_cast<OrtValue*>(v), &p));
-  t.v = v;
-  t.data = p;
-}
-
-bool get_input(const OrtApi* api, OrtKernelContext* ctx, size_t count, size_t index, TensorIn& t) {
-  if (index >= count) return false;
-  const OrtValue* v = nullptr;
-  check(api, api->KernelContext_GetInput(ctx, index, &v));
-  if (v == nullptr) return false;
-  int is_tensor = 0;
-  check(api, api->IsTensor(v, &is_tensor));
-  if (!is_tensor) throw Error{std::string("DynamicMoE: input ") + kInputNames[index] + " is not a tensor"};
-  describe(api, v, t);
-  return true;
-}
-
-void expect_type(const TensorIn& t, int index, bool f16) {
-  if (t.type != (f16 ? kF16 : kF32))
-    throw Error{std::string("DynamicMoE: input ") + kInputNames[index] + " must be " + (f16 ? "float16" : "float32") +
-                " like X"};
-}
-
-void expect_shape(const TensorIn& t, int index, const std::vector<int64_t>& want) {
-  if (t.dims != want)
-    throw Error{std::string("DynamicMoE: input ") + kInputNames[index] + " has shape " + dims_str(t.dims) +
-                ", expected " + dims_str(want)};
-}
-
-// Constant W1, B1, W2, B2 (initializers): W1 and W2 are packed for the packed path when the level has one (float16
-// ones into float16 panels), the other float16 ones converted to float32 once. Anything unexpected leaves the
-// weights to be read per call (compute reports shape errors).
+// Constant W1, B1, W2, B2, skip_bias (initializers): W1 and W2 are packed for the packed path when the level has one
+// (float16 ones into float16 panels), the other float16 ones converted to float32 once. Anything unexpected leaves
+// the weights to be read per call (compute reports shape errors).
 void prepare_constants(Kernel* k, const OrtKernelInfo* info) {
   const OrtApi* api = k->api;
   size_t nin = 0;
   if (detail::drop(api, api->KernelInfo_GetInputCount(info, &nin))) return;
-  TensorIn c[6];
-  bool is_const[6] = {false, false, false, false, false, false};
-  for (size_t i = 2; i < 6 && i < nin; ++i) {
+  TensorIn c[kNumInputs];
+  bool is_const[kNumInputs] = {};
+  for (int i : {kW1, kB1, kW2, kB2, kSkipBias}) {
+    if (static_cast<size_t>(i) >= nin) continue;
     int flag = 0;
     const OrtValue* v = nullptr;
     if (detail::drop(api, api->KernelInfoGetConstantInput_tensor(info, i, &flag, &v)) || !flag || !v) continue;
@@ -125,9 +62,9 @@ void prepare_constants(Kernel* k, const OrtKernelInfo* info) {
   const char* low = std::getenv("MOEFY_LOW_MEMORY");
   const bool low_memory = low && low[0] == '1';
   const bool half_panels = pack && k->f16 && k->ops->pack_b_h && low_memory;
-  const float* f32[6] = {nullptr, nullptr, nullptr, nullptr, nullptr, nullptr};
-  for (int i = 2; i < 6; ++i) {
-    if (!is_const[i] || (half_panels && (i == 2 || i == 4))) continue;
+  const float* f32[kNumInputs] = {};
+  for (int i : {kW1, kB1, kW2, kB2, kSkipBias}) {
+    if (!is_const[i] || (half_panels && (i == kW1 || i == kW2))) continue;
     if (k->f16) {
       k->const_f32[i].resize(static_cast<size_t>(c[i].size()));
       k->ops->half_to_float(static_cast<const uint16_t*>(c[i].data), k->const_f32[i].data(), c[i].size());
@@ -163,9 +100,8 @@ void to_float(const ParCtx& pc, const PackedOps* ops, const void* src, FloatBuff
 
 }  // namespace
 
-Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16) {
-  std::unique_ptr<Kernel> k(new Kernel());
-  k->api = api;
+OpKernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16) {
+  std::unique_ptr<Kernel> k(new Kernel(api));
   k->f16 = f16;
   std::string err = read_attributes(api, info, "DynamicMoE", &k->attr);
   if (!err.empty()) throw Error{err};
@@ -192,84 +128,18 @@ Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16) {
   return k.release();
 }
 
-void compute(Kernel* k, OrtKernelContext* ctx) {
-  const OrtApi* api = k->api;
-  const bool f16 = k->f16;
-  size_t nin = 0, nout = 0;
-  check(api, api->KernelContext_GetInputCount(ctx, &nin));
-  check(api, api->KernelContext_GetOutputCount(ctx, &nout));
-  TensorIn X, norms, W1, B1, W2, B2, SI, TH;
-  const char* missing = nullptr;
-  if (!get_input(api, ctx, nin, 0, X)) missing = "X";
-  else if (!get_input(api, ctx, nin, 1, norms)) missing = "norms";
-  else if (!get_input(api, ctx, nin, 2, W1)) missing = "W1";
-  else if (!get_input(api, ctx, nin, 3, B1)) missing = "B1";
-  else if (!get_input(api, ctx, nin, 4, W2)) missing = "W2";
-  if (missing) throw Error{std::string("DynamicMoE: required input ") + missing + " is missing"};
-  const bool has_b2 = get_input(api, ctx, nin, 5, B2);
-  const bool has_si = get_input(api, ctx, nin, 6, SI);
-  const bool has_th = get_input(api, ctx, nin, 7, TH);
-
-  expect_type(X, 0, f16);
-  expect_type(norms, 1, f16);
-  expect_type(W1, 2, f16);
-  expect_type(B1, 3, f16);
-  expect_type(W2, 4, f16);
-  if (has_b2) expect_type(B2, 5, f16);
-  if (X.dims.size() != 3) throw Error{"DynamicMoE: X must be [B, L, D], got " + dims_str(X.dims)};
-  const int64_t B = X.dims[0], L = X.dims[1], D = X.dims[2];
-  const int64_t E = k->attr.num_experts;
-  expect_shape(norms, 1, {B, L, E});
-  if (W1.dims.size() != 2 || W1.dims[0] != D || W1.dims[1] <= 0 || W1.dims[1] % E != 0)
-    throw Error{"DynamicMoE: W1 has shape " + dims_str(W1.dims) + ", expected [" + std::to_string(D) +
-                ", E*S] with E = num_experts = " + std::to_string(E)};
-  const int64_t ES = W1.dims[1], S = ES / E;
-  expect_shape(B1, 3, {ES});
-  expect_shape(W2, 4, {ES, D});
-  if (has_b2) expect_shape(B2, 5, {D});
-  if (D > std::numeric_limits<int32_t>::max() / 2 || ES > std::numeric_limits<int32_t>::max() / 2)
-    throw Error{"DynamicMoE: dimensions too large"};
-
-  const int64_t nscales = k->attr.scales();
-  const float* thr = k->attr.threshold.data();
-  if (has_th) {
-    if (TH.type != kF32) throw Error{"DynamicMoE: input threshold must be float32"};
-    if (TH.size() != nscales)
-      throw Error{"DynamicMoE: input threshold has shape " + dims_str(TH.dims) + ", expected [" +
-                  std::to_string(nscales) + "] (one value per scale)"};
-    thr = static_cast<const float*>(TH.data);
-  }
-  int64_t forced_scale = -1;
-  if (has_si) {
-    if (SI.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 && SI.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32)
-      throw Error{"DynamicMoE: input scale_index must be int64"};
-    if (SI.size() != 1) throw Error{"DynamicMoE: input scale_index must be a scalar, got shape " + dims_str(SI.dims)};
-    forced_scale = SI.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? *static_cast<const int64_t*>(SI.data)
-                                                                   : *static_cast<const int32_t*>(SI.data);
-    if (forced_scale < 0 || forced_scale >= nscales)
-      throw Error{"DynamicMoE: scale_index " + std::to_string(forced_scale) + " out of range [0, " +
-                  std::to_string(nscales) + ")"};
-  }
-
-  OrtValue* Yv = nullptr;
-  {
-    const int64_t yd[3] = {B, L, D};
-    check(api, api->KernelContext_GetOutput(ctx, 0, yd, 3, &Yv));
-  }
-  void* Yraw = nullptr;
-  check(api, api->GetTensorMutableData(Yv, &Yraw));
-  int32_t* active_out = nullptr;
-  if (nout > 1) {
-    OrtValue* Av = nullptr;
-    const int64_t ad[2] = {B, L};
-    OrtStatus* st = api->KernelContext_GetOutput(ctx, 1, ad, 2, &Av);
-    if (st) api->ReleaseStatus(st);
-    else if (Av) check(api, api->GetTensorMutableData(Av, reinterpret_cast<void**>(&active_out)));
-  }
-  const int64_t N = B * L;
+void Kernel::compute(OrtKernelContext* ctx) {
+  Kernel* k = this;
+  MoeCall call;
+  read_call(api, ctx, attr, f16, &call);
+  const TensorIn &X = call.in[kX], &norms = call.in[kNorms], &W1 = call.in[kW1], &B1 = call.in[kB1], &W2 = call.in[kW2],
+                 &B2 = call.in[kB2], &SB = call.in[kSkipBias];
+  const int64_t L = call.L, D = call.D, E = call.E, S = call.S, ES = call.ES;
+  const int64_t N = call.B * L;
+  void* Yraw = call.Y;
   if (N == 0 || D == 0) return;
 
-  std::unique_ptr<Workspace> wsp = k->acquire();
+  std::unique_ptr<Workspace> wsp = acquire();
   struct Giveback {
     Kernel* k;
     std::unique_ptr<Workspace>* w;
@@ -279,18 +149,18 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
   const ParCtx pc{api, ctx};
 
   grow(ws.scale_of_l, static_cast<size_t>(L));
-  std::string err = scale_of_positions(k->attr, L, forced_scale, ws.scale_of_l.data(), "DynamicMoE");
-  if (!err.empty()) throw Error{err};
+  std::string err = scale_of_positions(attr, L, call.forced_scale, ws.scale_of_l.data(), "DynamicMoE");
+  if (!err.empty()) throw Error{err, ORT_INVALID_ARGUMENT};
 
   const float* normsf = static_cast<const float*>(norms.data);
   if (f16) {
-    to_float(pc, k->ops, norms.data, ws.nf, N * E);
+    to_float(pc, ops, norms.data, ws.nf, N * E);
     normsf = ws.nf.data();
   }
   grow(ws.mask, static_cast<size_t>(N * E));
   ws.counts.resize(static_cast<size_t>(E));
-  const int64_t total_pairs =
-      route(normsf, N, L, E, thr, ws.scale_of_l.data(), ws.mask.data(), ws.counts.data(), active_out);
+  const int64_t total_pairs = route(normsf, N, L, E, attr.routing, call.threshold, ws.scale_of_l.data(), ws.mask.data(),
+                                    ws.counts.data(), call.active);
 
   const bool fused = k->packed && k->pD == D && k->pES == ES;
   // float32 operands: float16 inputs come from the kernel's constant copies or are converted for this call.
@@ -303,11 +173,13 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
     return scratch.data();
   };
   Ffn f;
-  f.X = operand(X, 0, ws.xf, true);
-  f.W1 = operand(W1, 2, ws.w1f, !fused);
-  f.B1 = operand(B1, 3, ws.b1f, true);
-  f.W2 = operand(W2, 4, ws.w2f, !fused || k->w2p.empty());
-  f.B2 = has_b2 ? operand(B2, 5, ws.b2f, true) : nullptr;
+  f.X = operand(X, kX, ws.xf, true);
+  f.W1 = operand(W1, kW1, ws.w1f, !fused);
+  f.B1 = operand(B1, kB1, ws.b1f, true);
+  f.W2 = operand(W2, kW2, ws.w2f, !fused || k->w2p.empty());
+  f.B2 = B2.present() ? operand(B2, kB2, ws.b2f, true) : nullptr;
+  // Only skipped experts add their skip_bias row: none when every expert runs.
+  f.skip = SB.present() && total_pairs < N * E ? operand(SB, kSkipBias, ws.sbf, true) : nullptr;
   if (f16) grow(ws.yf, static_cast<size_t>(N * D));
   f.Y = f16 ? ws.yf.data() : static_cast<float*>(Yraw);
   f.N = N, f.D = D, f.E = E, f.S = S, f.ES = ES;
@@ -315,12 +187,21 @@ void compute(Kernel* k, OrtKernelContext* ctx) {
   f.ops = k->ops;
   float* Y = f.Y;
 
-  // Y (columns [c0, c1) of every token) starts as B2 (or 0).
+  // Y (columns [c0, c1) of every token) starts as B2 (or 0) plus, in ascending order, the skip_bias rows of the
+  // experts the token skips.
+  const uint8_t* mask = ws.mask.data();
   auto init_y = [&](int64_t c0 = 0, int64_t c1 = -1) {
     if (c1 < 0) c1 = D;
     for (int64_t t = 0; t < N; ++t) {
-      if (f.B2) std::memcpy(Y + t * D + c0, f.B2 + c0, sizeof(float) * (c1 - c0));
-      else std::memset(Y + t * D + c0, 0, sizeof(float) * (c1 - c0));
+      float* y = Y + t * D;
+      if (f.B2) std::memcpy(y + c0, f.B2 + c0, sizeof(float) * (c1 - c0));
+      else std::memset(y + c0, 0, sizeof(float) * (c1 - c0));
+      if (!f.skip) continue;
+      for (int64_t e = 0; e < E; ++e) {
+        if (mask[t * E + e]) continue;
+        const float* sb = f.skip + e * D;
+        for (int64_t c = c0; c < c1; ++c) y[c] += sb[c];
+      }
     }
   };
 

@@ -1,11 +1,12 @@
-// CPU kernel of ai.moefy::DynamicMoE, domain version 1 (DESIGN.md section 3, docs/dynamic-moe.md):
+// CPU kernel of ai.moefy::DynamicMoE (docs/dynamic-moe.md):
 //
-//   Y [, active] = DynamicMoE(X, norms, W1, B1, W2 [, B2] [, scale_index] [, threshold])
+//   Y [, active] = DynamicMoE(X, norms, W1, B1, W2 [, B2] [, scale_index] [, threshold] [, skip_bias])
 //
-// T (X, norms, W1, B1, W2, B2, Y) is float32 or float16 (computed in float32); scale_index int64, threshold float32,
-// active int32. Units: attributes.h (attributes, scale rule), routing.cc, packed_path.cc (+ packed_avx512.cc,
-// packed_avx2.cc), blas_path.cc, cpu_level.cc (dispatch), moe_cpu.cc (kernel creation and the call), op.cc (the
-// OrtCustomOp descriptors), register.cc (RegisterCustomOps).
+// T (X, norms, W1, B1, W2, B2, skip_bias, Y) is float32 or float16 (computed in float32); scale_index int64,
+// threshold float32, active int32. Units: attributes.h (attributes), scale_rule.h, routing_rule.h (the rules shared
+// with the CUDA kernel), op_base.cc (the descriptor, entry points and input checks shared with the CUDA op),
+// routing.cc, packed_path.cc (+ packed_avx512.cc, packed_avx2.cc), blas_path.cc, cpu_level.cc (dispatch), moe_cpu.cc
+// (kernel creation and the call), op.cc (the CPU descriptors), register.cc (RegisterCustomOps).
 #pragma once
 
 #include "kernel.h"
@@ -13,7 +14,6 @@
 namespace moefy {
 
 // Throws Error.
-Kernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16);
-void compute(Kernel* k, OrtKernelContext* ctx);
+OpKernel* create_kernel(const OrtApi* api, const OrtKernelInfo* info, bool f16);
 
 }  // namespace moefy

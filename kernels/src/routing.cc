@@ -4,27 +4,27 @@
 
 namespace moefy {
 
-int64_t route(const float* norms, int64_t N, int64_t L, int64_t E, const float* threshold, const int32_t* scale_of_l,
-              uint8_t* mask, int64_t* counts, int32_t* active) {
+int64_t route(const float* norms, int64_t N, int64_t L, int64_t E, RoutingRule rule, const float* threshold,
+              const int32_t* scale_of_l, uint8_t* mask, int64_t* counts, int32_t* active) {
   std::fill(counts, counts + E, 0);
   int64_t total = 0;
   for (int64_t t = 0; t < N; ++t) {
     const float* nr = norms + t * E;
-    int64_t am = 0;
-    float m = nr[0];
-    for (int64_t e = 1; e < E; ++e)
-      if (nr[e] > m || (m != m && nr[e] == nr[e])) {  // NaN-safe argmax: the first non-NaN maximum
-        m = nr[e];
-        am = e;
-      }
-    const float cut = threshold[scale_of_l[t % L]] * m;
+    // The rule is evaluated once per token; the loop over the experts compares against its cut.
+    const TokenCut c = token_cut(rule, threshold[scale_of_l[t % L]], E, [nr](int64_t e) { return nr[e]; });
     uint8_t* mk = mask + t * E;
     int32_t cnt = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const uint8_t on = (nr[e] >= cut) || e == am;
-      mk[e] = on;
-      cnt += on;
-      counts[e] += on;
+    if (c.all) {
+      std::fill(mk, mk + E, uint8_t(1));
+      for (int64_t e = 0; e < E; ++e) ++counts[e];
+      cnt = static_cast<int32_t>(E);
+    } else {
+      for (int64_t e = 0; e < E; ++e) {
+        const uint8_t on = expert_runs(c, e, nr[e]);
+        mk[e] = on;
+        cnt += on;
+        counts[e] += on;
+      }
     }
     if (active) active[t] = cnt;
     total += cnt;

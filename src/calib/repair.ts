@@ -14,7 +14,7 @@ import { MoefyError } from '../errors';
 import { gramAdd, quadForm, solveSpd } from './linalg';
 import type { Value } from '../ir/graph';
 import { GraphBuilder, activationOp, f32 } from './ort-graph';
-import type { ActivationKind as FfnActivation } from '../op';
+import { DEFAULT_ROUTING, routeTokens, type ActivationKind as FfnActivation } from '../op';
 
 /** An FFN in the expert-contiguous layout: expert e owns hidden neurons e·S … e·S+S−1 (S = H/E). */
 export interface FfnWeights {
@@ -156,18 +156,10 @@ function solveRidge(m: Moments, W0: Float64Array, H: number, D: number, ridge: n
   return B;
 }
 
-/** The routing mask of a plan: expert e runs on token n iff norms[n,e] ≥ t_n·max_k norms[n,k] (as the op, in float32). */
+/** The routing mask of a plan: the experts that run on each token at its threshold (the op's rule, src/op/routing.ts). */
 export function routingMask(norms: Float32Array, N: number, E: number, thresholdOfToken: (n: number) => number): RoutingMask {
   if (norms.length !== N * E) throw new MoefyError(`routingMask: norms have ${norms.length} values, expected N·E = ${N}·${E}`);
-  const mask = new Uint8Array(N * E);
-  for (let n = 0; n < N; n++) {
-    const o = n * E;
-    let mx = -Infinity;
-    for (let e = 0; e < E; e++) if (norms[o + e] > mx) mx = norms[o + e];
-    const cut = Math.fround(Math.fround(thresholdOfToken(n)) * mx);
-    for (let e = 0; e < E; e++) mask[o + e] = norms[o + e] >= cut ? 1 : 0;
-  }
-  return { mask, E };
+  return { mask: routeTokens(norms, N, E, DEFAULT_ROUTING, thresholdOfToken).mask, E };
 }
 
 /** The dense FFN's outputs act(x·W1 + b1)·W2 + b2 [N, D], in onnxruntime-node. */

@@ -1,4 +1,5 @@
-// Per-scale thresholds. Expert e runs for a token iff pred[e] >= t_s · max_k pred[k] (the argmax always runs).
+// Per-scale thresholds. Which experts run at a threshold is the op's routing rule (src/op/routing.ts; relative:
+// pred[e] >= t_s · max_k pred[k], the argmax always).
 // chooseThresholds picks one threshold per MoE scale, non-decreasing toward finer scales (DMoE-VAR's τ
 // non-increasing), so that the token-weighted active fraction Σ_s tokens_s·f_s(t_s) / Σ_s tokens_s meets a FLOP
 // budget, minimising the token-weighted share of true output-norm energy (Σ norm²) of the experts that are skipped.
@@ -6,6 +7,7 @@
 // monotone constraint as a prefix minimum (a knapsack rather than a Lagrangian, so budgets in the gaps of the
 // convex hull are met too), then checked against the exact spend: least loss with spend in [budget − 0.02, budget].
 import { MoefyError } from '../errors';
+import { DEFAULT_ROUTING, gridRunLimits, routeToken } from '../op';
 
 export interface ScaleCalibration {
   /** Tokens of this scale per sample (pn²): the scale's weight in the budget. */
@@ -48,19 +50,13 @@ function checkThreshold(t: number, what = 'threshold'): void {
   if (!(t >= 0 && t <= 1)) throw new MoefyError(`${what} ${t} is outside [0, 1]`);
 }
 
-/** Mean over tokens of (#experts with pred[e] >= t·max)/E. norms [N, E]. */
+/** Mean over tokens of (#experts that run at threshold t)/E. norms [N, E]. */
 export function activeFraction(norms: Float32Array, N: number, E: number, t: number): number {
   checkThreshold(t);
   if (norms.length !== N * E) throw new MoefyError(`activeFraction: norms have ${norms.length} values, expected N·E = ${N}·${E}`);
   if (N === 0) return NaN;
   let on = 0;
-  for (let n = 0; n < N; n++) {
-    const o = n * E;
-    let m = -Infinity;
-    for (let e = 0; e < E; e++) if (norms[o + e] > m) m = norms[o + e];
-    const cut = Math.fround(Math.fround(t) * m); // the op compares in float32
-    for (let e = 0; e < E; e++) if (norms[o + e] >= cut) on++;
-  }
+  for (let n = 0; n < N; n++) on += routeToken(norms, n * E, E, DEFAULT_ROUTING, t);
   return on / (N * E);
 }
 
@@ -83,27 +79,18 @@ function scaleCurves(sc: ScaleCalibration, grid: Float64Array): { f: Float64Arra
     const truth = sc.trueNorms?.[l] ?? norms;
     const N = norms.length / E;
     if (!Number.isInteger(N) || truth.length !== norms.length) throw new MoefyError(`chooseThresholds: layer ${l} norms have ${norms.length} values, not a multiple of E = ${E} (or true norms differ in size)`);
-    for (let n = 0; n < N; n++) {
+    tokens += N;
+    let tot = 0;
+    // j: the largest grid index at which the expert runs (grid[0] = 0: every expert runs there).
+    gridRunLimits(norms, N, E, DEFAULT_ROUTING, gridF, (n, e, j) => {
       const o = n * E;
-      let m = -Infinity, tot = 0;
-      for (let e = 0; e < E; e++) {
-        if (norms[o + e] > m) m = norms[o + e];
-        tot += truth[o + e] * truth[o + e];
+      if (e === 0) {
+        tot = 0;
+        for (let k = 0; k < E; k++) tot += truth[o + k] * truth[o + k];
       }
-      tokens++;
-      for (let e = 0; e < E; e++) {
-        const p = norms[o + e];
-        // Largest j with p >= grid[j]·m (monotone in j); grid[0] = 0 always holds.
-        let lo = 0, hi = G - 1;
-        while (lo < hi) {
-          const mid = (lo + hi + 1) >> 1;
-          if (p >= Math.fround(gridF[mid] * m)) lo = mid;
-          else hi = mid - 1;
-        }
-        onCount[lo] += 1;
-        if (tot > 0) energyAt[lo] += (truth[o + e] * truth[o + e]) / tot;
-      }
-    }
+      onCount[j] += 1;
+      if (tot > 0) energyAt[j] += (truth[o + e] * truth[o + e]) / tot;
+    });
   });
   // Expert active at grid j iff its index >= j: suffix sums.
   const f = new Float64Array(G), loss = new Float64Array(G);

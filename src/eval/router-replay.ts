@@ -3,15 +3,16 @@
 // the MoE model, layers after the first see the MoE-perturbed residual stream, so the measured fraction drifts from
 // the expected one. Replaying the routers on the dense stream gives the conversion's number on any data.
 import type { RouterWeights } from '../analysis/moe-router';
-import { erf } from '../op';
+import { DEFAULT_ROUTING, erf, routeToken } from '../op';
 
 export type { RouterWeights };
 
-/** Experts that run for each row of X [N, D] at threshold t (norms >= t·max, in float32 as the op compares). */
+/** Experts that run for each row of X [N, D] at threshold t (the op's routing rule, src/op/routing.ts). */
 export function replayActive(r: RouterWeights, X: Float32Array, rows: number[], t: number): Int32Array {
   const { D, width, E, W1, W2 } = r;
   const h = new Float64Array(width);
   const p = new Float64Array(E);
+  const norms = new Float32Array(E);
   const out = new Int32Array(rows.length);
   rows.forEach((row, k) => {
     h.fill(0);
@@ -29,16 +30,11 @@ export function replayActive(r: RouterWeights, X: Float32Array, rows: number[], 
       const wo = j * E;
       for (let e = 0; e < E; e++) p[e] += v * W2[wo + e];
     }
-    const norm = (e: number) => {
+    for (let e = 0; e < E; e++) {
       const a = Math.fround(Math.abs(p[e]));
-      return r.squared ? Math.fround(a * a) : a;
-    };
-    let m = 0;
-    for (let e = 0; e < E; e++) m = Math.max(m, norm(e));
-    const cut = Math.fround(Math.fround(t) * m);
-    let on = 0;
-    for (let e = 0; e < E; e++) if (norm(e) >= cut) on++;
-    out[k] = on;
+      norms[e] = r.squared ? a * a : a;
+    }
+    out[k] = routeToken(norms, 0, E, DEFAULT_ROUTING, t);
   });
   return out;
 }

@@ -7,12 +7,12 @@ export const MOE_OP = 'DynamicMoE';
 export const MOE_OPSET = 1;
 
 /** Inputs in order; optional ones may be empty. */
-export const MOE_INPUTS = ['X', 'norms', 'W1', 'B1', 'W2', 'B2', 'scale_index', 'threshold'] as const;
+export const MOE_INPUTS = ['X', 'norms', 'W1', 'B1', 'W2', 'B2', 'scale_index', 'threshold', 'skip_bias'] as const;
 /** Input positions by name. */
-export const MOE_INPUT = { X: 0, norms: 1, W1: 2, B1: 3, W2: 4, B2: 5, scale_index: 6, threshold: 7 } as const;
+export const MOE_INPUT = { X: 0, norms: 1, W1: 2, B1: 3, W2: 4, B2: 5, scale_index: 6, threshold: 7, skip_bias: 8 } as const;
 export const MOE_OUTPUTS = ['Y', 'active'] as const;
 export const MOE_OUTPUT = { Y: 0, active: 1 } as const;
-export const MOE_ATTRIBUTES = ['num_experts', 'activation', 'patch_nums', 'threshold'] as const;
+export const MOE_ATTRIBUTES = ['num_experts', 'activation', 'patch_nums', 'threshold', 'routing'] as const;
 
 /** Whether a node is a DynamicMoE node. */
 export function isDynamicMoe(n: { domain: string; opType: string }): boolean {

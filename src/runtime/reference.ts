@@ -1,10 +1,10 @@
 /**
  * Plain TypeScript reference of the DynamicMoE op (docs/dynamic-moe.md), written for clarity, used by tests.
- * Routing is computed in float32 exactly as the kernels do; the expert math is accumulated in float64.
+ * Routing is the contract's (src/op/routing.ts, float32 as the kernels); the expert math is accumulated in float64.
  */
 import { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../errors';
-import { activate, ActivationKind, DEFAULT_ACTIVATION, scaleOfPositions } from '../op';
+import { activate, ActivationKind, DEFAULT_ACTIVATION, DEFAULT_ROUTING, routeToken, RoutingRule, scaleOfPositions } from '../op';
 
 export type Activation = ActivationKind;
 
@@ -17,6 +17,7 @@ export interface DynamicMoeInputs {
   B2?: Tensor; // float32 [D]
   scaleIndex?: number | bigint | Tensor;
   threshold?: Tensor | Float32Array | number[]; // one per scale, overrides the attribute
+  skipBias?: Tensor; // float32 [E, D]: added for each expert a token skips
 }
 
 export interface DynamicMoeAttributes {
@@ -24,6 +25,7 @@ export interface DynamicMoeAttributes {
   activation?: Activation;
   patchNums: number[];
   threshold?: number[];
+  routing?: RoutingRule;
 }
 
 export interface DynamicMoeResult {
@@ -52,6 +54,9 @@ export function dynamicMoeReference(inputs: DynamicMoeInputs, attrs: DynamicMoeA
   const B1 = inputs.B1.data as Float32Array;
   const W2 = inputs.W2.data as Float32Array;
   const B2 = inputs.B2 ? (inputs.B2.data as Float32Array) : undefined;
+  const SB = inputs.skipBias ? (inputs.skipBias.data as Float32Array) : undefined;
+  if (SB && (inputs.skipBias!.dims.length !== 2 || inputs.skipBias!.dims[0] !== E || inputs.skipBias!.dims[1] !== D)) throw new MoefyError('bad skip_bias shape');
+  const routing = attrs.routing ?? DEFAULT_ROUTING;
 
   let thrSrc: ArrayLike<number> = attrs.threshold ?? new Array(attrs.patchNums.length).fill(0);
   if (inputs.threshold !== undefined) {
@@ -70,24 +75,16 @@ export function dynamicMoeReference(inputs: DynamicMoeInputs, attrs: DynamicMoeA
   const active = new Int32Array(B * L);
   const h = new Float64Array(S);
   const y = new Float64Array(D);
+  const runs = new Uint8Array(E);
   for (let t = 0; t < B * L; t++) {
-    const nr = NR.subarray(t * E, (t + 1) * E);
-    // argmax: first index of the largest norm (NaN never wins unless everything before it is NaN)
-    let am = 0;
-    let m = nr[0];
-    for (let e = 1; e < E; e++) {
-      if (nr[e] > m || (Number.isNaN(m) && !Number.isNaN(nr[e]))) {
-        m = nr[e];
-        am = e;
-      }
-    }
-    const cut = Math.fround(thr[scaleOf[t % L]] * m);
+    active[t] = routeToken(NR.subarray(t * E, (t + 1) * E), 0, E, routing, thr[scaleOf[t % L]], runs);
     y.fill(0);
     if (B2) for (let d = 0; d < D; d++) y[d] = B2[d];
-    let count = 0;
     for (let e = 0; e < E; e++) {
-      if (!(nr[e] >= cut) && e !== am) continue;
-      count++;
+      if (!runs[e]) {
+        if (SB) for (let d = 0; d < D; d++) y[d] += SB[e * D + d];
+        continue;
+      }
       // h = act(x · W1[:, eS:eS+S] + B1[eS:eS+S])
       for (let j = 0; j < S; j++) {
         let acc = B1[e * S + j];
@@ -102,7 +99,6 @@ export function dynamicMoeReference(inputs: DynamicMoeInputs, attrs: DynamicMoeA
         for (let d = 0; d < D; d++) y[d] += hv * W2[row + d];
       }
     }
-    active[t] = count;
     for (let d = 0; d < D; d++) Y[t * D + d] = y[d];
   }
   return { Y: new Tensor('float32', Y, [B, L, D]), active: new Tensor('int32', active, [B, L]) };

@@ -91,10 +91,22 @@ export function forbiddenEdges(project: Project, srcDir: string): Violation[] {
 /** Literal values that belong to the op contract (src/op) alone. */
 const CONTRACT_LITERALS = ['ai.moefy', 'DynamicMoE', 'moe_threshold'];
 
+/** `Math.fround(a * b)`: a float32 product, as the routing rule's t·max. */
+function isFloat32Product(n: Node): boolean {
+  if (!Node.isCallExpression(n) || n.getExpression().getText() !== 'Math.fround') return false;
+  let arg = n.getArguments()[0];
+  while (arg && Node.isParenthesizedExpression(arg)) arg = arg.getExpression();
+  return !!arg && Node.isBinaryExpression(arg) && arg.getOperatorToken().getKind() === SyntaxKind.AsteriskToken;
+}
+
+const COMPARISONS = new Set([SyntaxKind.GreaterThanEqualsToken, SyntaxKind.GreaterThanToken, SyntaxKind.LessThanEqualsToken, SyntaxKind.LessThanToken]);
+
 /**
  * Second definitions of the op contract outside src/op: the domain, op name or threshold input name as a literal
- * value (prose inside a longer message is fine), `moe_threshold` as an identifier (e.g. a feed's property name), or a
- * declaration of a scale-of-position rule (`scaleOf…`). KV-cache name patterns outside src/analysis, which owns them.
+ * value (prose inside a longer message is fine), `moe_threshold` as an identifier (e.g. a feed's property name), a
+ * declaration of a scale-of-position rule (`scaleOf…`), or a routing rule: a comparison with a routing cut (a float32
+ * product `Math.fround(t * max)`, directly or through a variable holding one, or a variable named `cut`). KV-cache
+ * name patterns outside src/analysis, which owns them.
  */
 export function contractCopies(project: Project, srcDir: string): Violation[] {
   const out: Violation[] = [];
@@ -102,7 +114,17 @@ export function contractCopies(project: Project, srcDir: string): Violation[] {
     const rel = path.relative(srcDir, sf.getFilePath()).split(path.sep).join('/');
     if (rel.startsWith('..') || rel.startsWith('op/')) continue;
     const at = (n: Node) => `${rel}:${n.getStartLineNumber()}`;
+    const cuts = new Set(['cut']);
+    for (const d of sf.getDescendantsOfKind(SyntaxKind.VariableDeclaration)) {
+      const init = d.getInitializer();
+      if (init && isFloat32Product(init)) cuts.add(d.getName());
+    }
+    const isCut = (x: Node) => isFloat32Product(x) || (Node.isIdentifier(x) && cuts.has(x.getText()));
     for (const n of sf.getDescendants()) {
+      if (Node.isBinaryExpression(n) && COMPARISONS.has(n.getOperatorToken().getKind()) && (isCut(n.getLeft()) || isCut(n.getRight()))) {
+        out.push({ file: at(n), what: `a routing rule '${n.getText()}' outside src/op (call src/op/routing.ts)` });
+        continue;
+      }
       if (Node.isStringLiteral(n) || Node.isNoSubstitutionTemplateLiteral(n)) {
         const v = n.getLiteralValue();
         if (CONTRACT_LITERALS.some((c) => v === c || v.startsWith(`${c}:`) || v.startsWith(`${c}.`))) out.push({ file: at(n), what: `the op contract's '${v}' as a literal` });

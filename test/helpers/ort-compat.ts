@@ -10,6 +10,7 @@ import * as path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { Tensor } from 'onnxruntime-common';
 import { createSession, dynamicMoeReference, libPath, ortVersion } from '../../src/runtime';
+import { ROUTING_RULES } from '../../src/op';
 import { buildDynamicMoeModel, randomArray, rng } from './test-models';
 import { fromHalfBits, toHalfBits } from './half';
 import { convert } from '../../src/pipeline';
@@ -48,6 +49,8 @@ export interface VersionResult {
   kernelRan?: boolean;
   /** a one-node float16 DynamicMoE (T = float16) against the TypeScript reference: relative L2 error */
   f16Err?: number;
+  /** contract version 2: every routing rule with skip_bias, kernel and function body against the reference */
+  v2?: ContractV2Result;
   models: ModelResult[];
 }
 
@@ -119,8 +122,67 @@ async function child(models: { name: string; file: string; io: string }[]): Prom
     body.release();
   }
   res.f16Err = await float16Check();
-  res.ok = res.models.every((m) => m.errDefault < 1e-4 && m.errFed < 1e-4 && m.feedChanged) && res.f16Err < 1e-3;
+  res.v2 = await contractV2Check();
+  res.ok = res.models.every((m) => m.errDefault < 1e-4 && m.errFed < 1e-4 && m.feedChanged) && res.f16Err < 1e-3 && contractV2Ok(res.v2);
   return res;
+}
+
+export interface ContractV2Result {
+  /** relative L2 error against the reference, worst over the rules and feeds, of the kernel and the function body */
+  kernelErr: number;
+  bodyErr: number;
+  /** active counts equal the reference's everywhere */
+  activeExact: boolean;
+  /** a skip_bias of the wrong shape: the run's error message (the process must survive it) */
+  badShapeError: string;
+}
+
+export const contractV2Ok = (v: ContractV2Result): boolean =>
+  v.kernelErr < 1e-5 && v.bodyErr < 1e-5 && v.activeExact && /skip_bias has shape \[3, 4\], expected \[4, 3\]/.test(v.badShapeError);
+
+/** The routing rules, out-of-range thresholds and skip_bias (contract version 2) in this runtime. */
+async function contractV2Check(): Promise<ContractV2Result> {
+  const r = rng(9);
+  const D = 12, E = 4, S = 5, L = 14, B = 2, patchNums = [1, 2, 3];
+  const w = { W1: randomArray(r, D * E * S, 0.3), B1: randomArray(r, E * S, 0.1), W2: randomArray(r, E * S * D, 0.2), B2: randomArray(r, D, 0.1) };
+  const skip = randomArray(r, E * D, 0.3);
+  const X = randomArray(r, B * L * D), N = Float32Array.from(randomArray(r, B * L * E), Math.abs);
+  const t = (a: Float32Array, d: number[]) => new Tensor('float32', a, d);
+  const res: ContractV2Result = { kernelErr: 0, bodyErr: 0, activeExact: true, badShapeError: '' };
+  for (const routing of ROUTING_RULES) {
+    const model = buildDynamicMoeModel({ D, E, S, patchNums, threshold: [0, 0, 0], routing, weights: w, skipBias: skip, withThresholdInput: true, thresholdDefault: [0, 0.5, 0.8], withActive: true, withFunctionBody: true });
+    const kern = await createSession(model, { intraOpNumThreads: 1 });
+    const body = await createSession(model, { intraOpNumThreads: 1, registerMoefyOps: false });
+    for (const thr of [[0.3, 0.6, 1.5], [NaN, -1, 0.7]]) {
+      const ref = dynamicMoeReference({ X: t(X, [B, L, D]), norms: t(N, [B, L, E]), W1: t(w.W1, [D, E * S]), B1: t(w.B1, [E * S]), W2: t(w.W2, [E * S, D]), B2: t(w.B2, [D]), threshold: thr, skipBias: t(skip, [E, D]) }, { numExperts: E, activation: 'relu', patchNums, routing });
+      const feeds = { X: t(X, [B, L, D]), norms: t(N, [B, L, E]), threshold: t(Float32Array.from(thr), [3]) };
+      for (const [s, key] of [[kern, 'kernelErr'], [body, 'bodyErr']] as const) {
+        const out = await s.run(feeds);
+        res[key] = Math.max(res[key], relL2(out.Y.data as Float32Array, ref.Y.data as Float32Array));
+        res.activeExact &&= (out.active.data as Int32Array).every((a, i) => a === (ref.active.data as Int32Array)[i]);
+      }
+    }
+    kern.release();
+    body.release();
+  }
+  const bad = await createSession(buildDynamicMoeModel({ D: 3, E: 4, S: 2, patchNums, threshold: [0.5, 0.5, 0.5], routing: 'topk', withB2: true, withSkipBiasInput: true }), { intraOpNumThreads: 1 });
+  const z = (d: number[]) => t(new Float32Array(d.reduce((a, b) => a * b, 1)).fill(0.5), d);
+  try {
+    await bad.run({ X: z([1, 14, 3]), norms: z([1, 14, 4]), W1: z([3, 8]), B1: z([8]), W2: z([8, 3]), B2: z([3]), skip_bias: z([3, 4]) });
+  } catch (e) {
+    res.badShapeError = (e as Error).message;
+  }
+  bad.release();
+  return res;
+}
+
+function relL2(a: Float32Array, b: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    num += (a[i] - b[i]) ** 2;
+    den += b[i] ** 2;
+  }
+  return Math.sqrt(num / den);
 }
 
 /** The float16 kernel (registered beside the float32 one under the same op name) on a one-node model. */
@@ -139,12 +201,7 @@ async function float16Check(): Promise<number> {
     { X: t(X, [2, L, D]), norms: t(N, [2, L, E]), W1: t(w.W1, [D, E * S]), B1: t(w.B1, [E * S]), W2: t(w.W2, [E * S, D]), B2: t(w.B2, [D]) },
     { numExperts: E, activation: 'relu', ...attrs },
   ).Y.data as Float32Array;
-  let num = 0, den = 0;
-  for (let i = 0; i < y.length; i++) {
-    num += (y[i] - ref[i]) ** 2;
-    den += ref[i] ** 2;
-  }
-  return Math.sqrt(num / den);
+  return relL2(y, ref);
 }
 
 /** Runs the check in a child process on ONNX Runtime `version` (fetched when absent). */
@@ -187,13 +244,13 @@ async function main(): Promise<void> {
   try {
     const models = await convertCompatModels(dir);
     const register = registerHost(dir);
-    process.stdout.write('| ONNX Runtime | RegisterCustomOps | converted models | full graph: kernel vs function body (calibrated / fed) | static step graph | float16 kernel vs reference |\n|---|---|---|---|---|---|\n');
+    process.stdout.write('| ONNX Runtime | RegisterCustomOps | converted models | full graph: kernel vs function body (calibrated / fed) | static step graph | float16 kernel vs reference | routing rules + skip_bias: kernel / function body vs reference |\n|---|---|---|---|---|---|---|\n');
     for (const v of versions) {
       const reg = register(v);
       const r = checkVersion(v, models);
       const cell = (m?: ModelResult) => (m ? `${m.errDefault.toExponential(1)} / ${m.errFed.toExponential(1)}${m.feedChanged ? '' : ' (feed ignored)'}` : '-');
       const run = r.ok ? 'match' : r.models.length ? `fail: ${r.kernelRan ? 'mismatch' : 'kernel not used'}` : `not run (${r.error})`;
-      process.stdout.write(`| ${v} | ${reg === 'registered' ? 'ok' : reg.replace(/^error: /, 'error: "') + (reg.startsWith('error: ') ? '"' : '')} | ${run} | ${cell(r.models[0])} | ${cell(r.models[1])} | ${r.f16Err === undefined ? '-' : r.f16Err.toExponential(1)} |\n`);
+      process.stdout.write(`| ${v} | ${reg === 'registered' ? 'ok' : reg.replace(/^error: /, 'error: "') + (reg.startsWith('error: ') ? '"' : '')} | ${run} | ${cell(r.models[0])} | ${cell(r.models[1])} | ${r.f16Err === undefined ? '-' : r.f16Err.toExponential(1)} | ${r.v2 ? `${r.v2.kernelErr.toExponential(1)} / ${r.v2.bodyErr.toExponential(1)}${contractV2Ok(r.v2) ? '' : ' (fail)'}` : '-'} |\n`);
     }
   } finally {
     rmDir(dir);

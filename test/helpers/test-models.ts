@@ -4,6 +4,8 @@
  */
 import { onnx } from 'onnx-proto';
 import type { Activation } from '../../src/runtime/reference';
+import { dynamicMoeFunction, RoutingRule } from '../../src/op';
+import { ModelProtoType } from '../../src/onnx/schema';
 
 const FLOAT = 1;
 const FLOAT16 = 10;
@@ -53,6 +55,12 @@ export interface MoeModelSpec {
   activation?: Activation;
   patchNums: number[];
   threshold?: number[];
+  /** the `routing` attribute (absent: the op's default) */
+  routing?: RoutingRule;
+  /** skip_bias [E, D] as an initializer (float16 models: binary16 bits) */
+  skipBias?: Float32Array | Uint16Array;
+  /** skip_bias [E, D] as a graph input */
+  withSkipBiasInput?: boolean;
   /** Weights as initializers; when absent W1, B1, W2 (and B2 if withB2) are graph inputs. */
   weights?: MoeModelWeights | MoeModelWeightsF16;
   /** T of the op (X, norms, W1, B1, W2, B2, Y): float32 (default) or float16 (weights as Uint16Array bits) */
@@ -71,6 +79,11 @@ export interface MoeModelSpec {
    * can tell whether the registered kernel or the function body ran
    */
   withMarkerFunctionBody?: boolean;
+  /**
+   * attach the op's own model-local function body (src/op, for this routing and skip_bias), as a converted model
+   * carries it; needs B2 and the threshold input
+   */
+  withFunctionBody?: boolean;
   /** also output Shape(Y) as `Y_shape` (checks that shape inference does not invent dims) */
   withShapeOutput?: boolean;
   /** how to write the dims of X/norms inputs: symbolic by default (null: unknown, unnamed) */
@@ -113,7 +126,10 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
     inputs.push(valueInfo('threshold', FLOAT, [spec.patchNums.length]));
     if (spec.thresholdDefault) inits.push(floatInit('threshold', [spec.patchNums.length], Float32Array.from(spec.thresholdDefault)));
   }
-  const nodeInputs = ['X', 'norms', 'W1', 'B1', 'W2', withB2 ? 'B2' : '', spec.withScaleIndex ? 'scale_index' : '', spec.withThresholdInput ? 'threshold' : ''];
+  const withSkip = spec.skipBias !== undefined || !!spec.withSkipBiasInput;
+  if (spec.skipBias) inits.push(init('skip_bias', [E, D], spec.skipBias));
+  else if (spec.withSkipBiasInput) inputs.push(valueInfo('skip_bias', T, null)); // no shape: the kernel checks it
+  const nodeInputs = ['X', 'norms', 'W1', 'B1', 'W2', withB2 ? 'B2' : '', spec.withScaleIndex ? 'scale_index' : '', spec.withThresholdInput ? 'threshold' : '', withSkip ? 'skip_bias' : ''];
   while (nodeInputs[nodeInputs.length - 1] === '') nodeInputs.pop();
   const attrs: onnx.IAttributeProto[] = [
     { name: 'num_experts', type: onnx.AttributeProto.AttributeType.INT, i: E },
@@ -121,6 +137,7 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
     { name: 'patch_nums', type: onnx.AttributeProto.AttributeType.INTS, ints: spec.patchNums },
   ];
   if (spec.threshold) attrs.push({ name: 'threshold', type: onnx.AttributeProto.AttributeType.FLOATS, floats: spec.threshold });
+  if (spec.routing) attrs.push({ name: 'routing', type: onnx.AttributeProto.AttributeType.STRING, s: new TextEncoder().encode(spec.routing) });
   const outputs = [valueInfo('Y', T, [Bd, Ld, D])];
   const nodeOutputs = ['Y'];
   if (spec.withActive) {
@@ -146,6 +163,12 @@ export function buildDynamicMoeModel(spec: MoeModelSpec): Uint8Array {
     { domain: '', version: 17 },
     { domain: 'ai.moefy', version: 1 },
   ];
+  if (spec.withFunctionBody) {
+    if (!withB2 || !spec.withThresholdInput) throw new Error('the function body needs B2 and the threshold input');
+    const m = ModelProtoType.toObject(ModelProtoType.decode(encode(graph, opsets)), { longs: Number });
+    m.functions = [dynamicMoeFunction(spec.activation ?? 'relu', 17, T, { routing: spec.routing, skipBias: withSkip })];
+    return ModelProtoType.encode(ModelProtoType.fromObject(m)).finish();
+  }
   if (!spec.withMarkerFunctionBody) return encode(graph, opsets);
   const fn: onnx.IFunctionProto = {
     name: 'DynamicMoE',
