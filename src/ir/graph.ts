@@ -327,6 +327,56 @@ export class Graph {
     this.valueInfo = this.valueInfo.filter((v) => this.values.get(v.name) === v);
     return dead.length;
   }
+  /**
+   * A copy to rewrite while this graph stays as it is: new nodes and values, the same tensors (views into the file)
+   * and protos; `valueOf`/`nodeOf` find the copy of a value or node of this graph.
+   */
+  clone(): GraphCopy {
+    const g = new Graph(this.name);
+    const proto = (this as unknown as { proto?: GraphProto }).proto;
+    if (proto) (g as unknown as { proto: GraphProto }).proto = proto;
+    for (const [k, c] of this.nameCounter) g.nameCounter.set(k, c);
+    const values = new Map<Value, Value>();
+    for (const v of this.values.values()) {
+      const c = g.getOrCreate(v.name);
+      c.tensor = v.tensor;
+      c.info = v.info;
+      const outInfo = (v as Value & { outputInfo?: ValueInfoProto }).outputInfo;
+      if (outInfo) (c as Value & { outputInfo?: ValueInfoProto }).outputInfo = outInfo;
+      values.set(v, c);
+    }
+    const valueOf = (v: Value): Value => {
+      const c = values.get(v);
+      if (!c) throw new Error(`value '${v.name}' is not in graph '${this.name}'`);
+      return c;
+    };
+    const nodes = new Map<Node, Node>();
+    for (const n of this.nodes) {
+      const c = new Node(g, n.opType, n.domain, n.name, n.proto);
+      c.attributes = [...n.attributes];
+      n.inputs.forEach((v, k) => c.setInput(k, v ? valueOf(v) : null));
+      for (const o of n.outputs) {
+        const co = o ? valueOf(o) : null;
+        if (co) co.producer = c;
+        c.outputs.push(co);
+      }
+      g.nodes.push(c);
+      nodes.set(n, c);
+    }
+    g.inputs = this.inputs.map(valueOf);
+    g.outputs = this.outputs.map(valueOf);
+    g.initializers = this.initializers.map(valueOf);
+    g.valueInfo = this.valueInfo.map(valueOf);
+    return {
+      graph: g,
+      valueOf,
+      nodeOf: (n) => {
+        const c = nodes.get(n);
+        if (!c) throw new Error(`node ${n.describe()} is not in graph '${this.name}'`);
+        return c;
+      },
+    };
+  }
   /** Stable topological sort: keeps the current order wherever it is already valid. */
   toposort(): void {
     const index = new Map(this.nodes.map((n, k) => [n, k]));
@@ -389,6 +439,13 @@ export class Graph {
     if (out.length !== this.nodes.length) throw new Error('graph has a cycle');
     this.nodes = out;
   }
+}
+
+/** A graph's copy and where each of the original's values and nodes went. */
+export interface GraphCopy {
+  graph: Graph;
+  valueOf(v: Value): Value;
+  nodeOf(n: Node): Node;
 }
 
 /** Attribute builders. */
