@@ -6,7 +6,7 @@ import { describeFailure, MatchFailure, matchAny } from '../ir/match';
 import { Model } from '../ir/model';
 import { ActivationKind, isDynamicMoe, METADATA, MOE_INPUT, scaleOfStep, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
 import { FloatPrecision, precisionOf, storedWeight } from './exporter-styles';
-import { routerOf, RouterWeights } from './moe-router';
+import { feedsRouterNorms, readRouter, routerNodes as routerOfMoe, RouterWeights } from './router-graph';
 import { ACTIVATION_PATTERNS } from './patterns';
 
 export { VAR_PATCH_NUMS };
@@ -231,24 +231,9 @@ function findUpstreamLinear(v: Value, out: number, inn: number, depth = 16): Nod
   return null;
 }
 
-/** A DynamicMoE node's router: the nodes between its X and its `norms` input, walked up from `norms`. */
-function routerSubgraph(n: Node): Set<Node> {
-  const x = n.inputs[0];
-  const seen = new Set<Node>();
-  const stack = [n.inputs[MOE_INPUT.norms]];
-  while (stack.length) {
-    const v = stack.pop();
-    const p = v?.producer;
-    if (!p || seen.has(p) || v === x) continue;
-    seen.add(p);
-    for (const i of p.inputs) if (i && !i.tensor && i !== x) stack.push(i);
-  }
-  return seen;
-}
-
 /** The nodes of converted models' routers. */
 function routerNodes(g: Graph): Set<Node> {
-  return new Set(g.nodes.filter(isDynamicMoe).flatMap((n) => [...routerSubgraph(n)]));
+  return new Set(g.nodes.filter(isDynamicMoe).flatMap((n) => [...routerOfMoe(n)]));
 }
 
 export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandidateFailure[] } {
@@ -260,7 +245,7 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
     if (!fc2 || fc2.inFeatures <= fc2.outFeatures) continue;
     // A converted model's router (D → width → E) looks like a narrow FFN: it is not one (either of its MatMuls
     // narrows, depending on the width).
-    if (routers.has(n) || feedsMoeNorms(fc2.output)) continue;
+    if (routers.has(n) || feedsRouterNorms(fc2.output)) continue;
     const actNode = fc2.input.producer;
     if (!actNode) continue;
     const m = matchAny(actNode, ACTIVATION_PATTERNS.map((a) => ({ name: a.name, pattern: a.pattern })));
@@ -325,20 +310,11 @@ function closestFfnCandidate(g: Graph): string {
     const w = n.inputs[1];
     return `at node ${n.describe()}: its weight '${w?.name ?? ''}' is not a 2-D initializer (or a Transpose(perm=[1,0]) of one)${w?.producer ? `, it is computed by ${w.producer.describe()}` : ''}`;
   }
-  const narrowing = lins.filter((l) => l.inFeatures > l.outFeatures && !feedsMoeNorms(l.output));
+  const narrowing = lins.filter((l) => l.inFeatures > l.outFeatures && !feedsRouterNorms(l.output));
   if (!narrowing.length) return `no linear layer maps a wider hidden layer back (H→D); the linears are ${[...new Set(lins.map((l) => `${l.inFeatures}→${l.outFeatures}`))].join(', ')}`;
   const l = narrowing[0];
   const act = l.input.producer;
   return `at node ${l.node.describe()} (${l.inFeatures}→${l.outFeatures}): no linear layer ${l.outFeatures}→${l.inFeatures} within 16 nodes above it${act ? ` (its input comes from ${act.describe()})` : ''}`;
-}
-
-/** Whether v reaches a DynamicMoE node's `norms` input through at most a few elementwise ops. */
-function feedsMoeNorms(v: Value, depth = 4): boolean {
-  for (const u of v.uses()) {
-    if (isDynamicMoe(u.node) && u.index === MOE_INPUT.norms) return true;
-    if (depth > 0 && ['Abs', 'Mul', 'Relu', 'Sqrt', 'Identity'].includes(u.node.opType) && u.node.outputs[0] && feedsMoeNorms(u.node.outputs[0], depth - 1)) return true;
-  }
-  return false;
 }
 
 function moeSiteOf(n: Node, block: number): MoeSite {
@@ -349,7 +325,7 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   // The router: the weights reached upstream of `norms` before reaching X.
   let routerParams = 0;
   let routerWidth: number | null = null;
-  const seen = routerSubgraph(n);
+  const seen = routerOfMoe(n);
   for (const p of seen)
     for (const i of p.inputs) {
       if (!i?.tensor) continue;
@@ -360,7 +336,7 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   const tIn = n.inputs[MOE_INPUT.threshold];
   const tt = tIn?.tensor ?? tIn?.constantTensor();
   if (tt) thresholds = tt.numbers();
-  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds, router: routerOf(n) };
+  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds, router: n.inputs[MOE_INPUT.norms] ? readRouter(n.inputs[MOE_INPUT.norms]!) : null };
 }
 
 /** The patch layout a converted model's DynamicMoE nodes carry (their patch_nums attribute), or null. */

@@ -2,13 +2,13 @@
 // permuted expert weights; one `moe_threshold` graph input (one value per scale, calibrated defaults in its
 // initializer) feeds every node, so a deployer can trade quality for compute per run without re-exporting.
 import { PRECISION_DTYPE } from '../analysis/exporter-styles';
+import { writeRouter } from '../analysis/router-graph';
 import type { FfnSite, PatchLayout } from '../analysis/var-structure';
 import { MoefyError } from '../errors';
 import { attr } from '../ir/graph';
 import { Model } from '../ir/model';
 import { DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
-import { emitActivationIR } from './activation-ir';
 import { dynamicMoeFunction, MOE_DOMAIN, MOE_OP, MOE_OPSET, THRESHOLD_INPUT } from '../op';
 import type { ExpertWeights, RouterSet, ThresholdPlan } from '../stages/types';
 
@@ -38,14 +38,8 @@ export function insert(m: Model, layout: PatchLayout, sites: FfnSite[], experts:
     if (!s.moeIo) throw new MoefyError(`block ${s.block}: Gemm FFN ${s.fc1.node.describe()} is not between Reshapes to and from [B, L, D]`);
     const { X, Y: Yold } = s.moeIo;
     const D = s.D, H = s.H;
-    const rw1 = g.addInitializer(`${prefix}/router.W1`, Tensor.fromFloats(r.W1, [D, r.width], DT));
-    const rw2 = g.addInitializer(`${prefix}/router.W2`, Tensor.fromFloats(r.W2, [r.width, E], DT));
     const anchor = Yold.uses()[0]?.node;
-    const h = g.addNode({ op: 'MatMul', inputs: [X, rw1], outputs: [`${prefix}/router/MatMul`], name: `${prefix}/router/MatMul`, before: anchor });
-    const a = emitActivationIR(g, 'gelu', h.output(0), opset, `${prefix}/router/gelu`, DT);
-    const p = g.addNode({ op: 'MatMul', inputs: [a, rw2], outputs: [`${prefix}/router/MatMul_1`], name: `${prefix}/router/MatMul_1` });
-    let norms = g.addNode({ op: 'Abs', inputs: [p.output(0)], outputs: [r.squared ? `${prefix}/router/Abs` : `${prefix}/norms`], name: `${prefix}/router/Abs` }).output(0);
-    if (r.squared) norms = g.addNode({ op: 'Mul', inputs: [norms, norms], outputs: [`${prefix}/norms`], name: `${prefix}/router/Square` }).output(0);
+    const norms = writeRouter(g, X, r, { opset, dataType: DT, name: `${prefix}/router`, normsName: `${prefix}/norms`, before: anchor });
     norms.setTensorType(DT, [null, null, E]);
     g.valueInfo.push(norms);
 

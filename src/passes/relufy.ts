@@ -12,7 +12,7 @@ import { DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
 import { ActivationKind } from '../op';
 import type { FfnInputSample } from '../stages/types';
-import { emitActivationIR } from './activation-ir';
+import { emitActivationIR } from '../analysis/activation-ir';
 
 /** The FFNs' activations before relufy, and the ones the experts use. */
 export interface Activations {

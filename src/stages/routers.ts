@@ -29,9 +29,9 @@ export async function trainRouters(sample: FfnInputSample, weights: ExpertWeight
   const results = await runRouterJobs(jobs, { onDone: (done) => onLayer?.(done - 1) });
   jobs.forEach((j, k) => (sample.layers[k].X = j.X));
   const set: RouterSet = { routers: [], norms: [], summary: '' };
-  for (const { router: r, trueNorms, predicted } of results) {
+  for (const [k, { router: r, trueNorms, predicted }] of results.entries()) {
     set.norms.push({ trueNorms, predicted });
-    set.routers.push({ W1: r.W1, W2: r.W2, width, heldOutR2: r.heldOutR2, recall: r.recall, squared: sq });
+    set.routers.push({ D: sample.layers[k].D, width, E, W1: r.W1, W2: r.W2, squared: sq, heldOutR2: r.heldOutR2, recall: r.recall });
   }
   const r2 = set.routers.map((r) => r.heldOutR2);
   set.summary = `trained ${set.routers.length} routers (width ${width}); held-out R² ${Math.min(...r2).toFixed(3)}–${Math.max(...r2).toFixed(3)}${sq ? ' (of √norm)' : ''}`;

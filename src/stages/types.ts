@@ -1,5 +1,6 @@
 // The typed data the calibration stages hand each other (pipeline.ts wires them in order). Every stage is a function
 // of its inputs; none of them rewrites the model (only passes/relufy and passes/insert do).
+import type { RouterWeights } from '../analysis/router-graph';
 import type { ExpertLayout } from '../calib/kmeans';
 import type { ActivationKind } from '../op';
 
@@ -37,14 +38,10 @@ export interface ExpertWeights {
   activation: ActivationKind;
 }
 
-export interface TrainedRouter {
-  W1: Float32Array; // [D, width]
-  W2: Float32Array; // [width, E]
-  width: number;
+/** A router trained for one layer (`squared`: it predicts √norm, the graph squares it). */
+export interface TrainedRouter extends RouterWeights {
   heldOutR2: number;
   recall: number;
-  /** The MLP predicts √norm; the graph squares it. */
-  squared: boolean;
 }
 
 /** True and predicted expert norms [N, E] of one layer on the captured tokens, for choosing thresholds. */
