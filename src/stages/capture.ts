@@ -4,7 +4,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { FfnSite, VarStructure, isKvInputName, isKvOutputName, kvOutputFor } from '../analysis/var-structure';
+import type { FfnSite, VarStructure } from '../analysis/var-structure';
+import { inputRole, isKvInputName, isKvOutputName, kvOutputFor, TEACHER_FORCING } from '../analysis/var-signature';
 import { checkCalib, Feeds, floatData, floatView, modelInputs, sliceFeeds, synthesise, toHalfTensor } from '../calib/inputs';
 import { deriveSeed, rng } from '../calib/random';
 import { MoefyError } from '../errors';
@@ -234,10 +235,8 @@ function concatInt(cs: Int32Array[]): Int32Array {
   return out;
 }
 
-const FULL_X = 'x_BLCv_wo_first_l';
-
 function isFullSequenceSet(set: Record<string, ort.Tensor>): boolean {
-  return !!set[FULL_X] && !!set.label_B;
+  return !!set[TEACHER_FORCING.tokens] && !!set[TEACHER_FORCING.label];
 }
 function hasAllInputs(model: Model, set: Record<string, ort.Tensor>): boolean {
   return modelInputs(model).every((v) => set[v.name]);
@@ -259,8 +258,9 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
     throw new MoefyError('this dynamic step graph needs the KV cache of scale 1: pass --kv-prefix with the first step\'s graph (e.g. the step-0 export)');
   const last = s.stepScale !== null ? first : layout.patchNums.length - 1;
   const sessions: ort.InferenceSession[] = [];
-  const samples = set.label_B.dims[0];
-  const X = set[FULL_X];
+  const labels = set[TEACHER_FORCING.label];
+  const samples = labels.dims[0];
+  const X = set[TEACHER_FORCING.tokens];
   const xData = X.type === 'float16' ? floatData(X) : (X.data as Float32Array);
   const xPer = X.dims[1] * X.dims[2];
   const chunks: Float32Array[][] = sites.map(() => []);
@@ -276,9 +276,10 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
         const sess = k < first ? sessions[k] : self;
         const feeds: Feeds = {};
         for (const name of sess.inputNames) {
-          if (name === 'label_B') feeds[name] = new ort.Tensor('int64', (set.label_B.data as BigInt64Array).slice(a, b), [b - a]);
-          else if (/cfg/i.test(name)) feeds[name] = new ort.Tensor('float32', Float32Array.of(1.5), []);
-          else if (isKvInputName(name)) {
+          const role = inputRole(name);
+          if (role === 'label') feeds[name] = new ort.Tensor('int64', (labels.data as BigInt64Array).slice(a, b), [b - a]);
+          else if (role === 'cfg') feeds[name] = new ort.Tensor('float32', Float32Array.of(1.5), []);
+          else if (role === 'kv') {
             const t = past[kvOutputFor(name)];
             if (!t) throw new MoefyError(`--kv-prefix: the graph for scale ${k} wants '${name}', which the previous step does not output`);
             feeds[name] = t;
