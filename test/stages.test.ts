@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { fc1Weights, fc2Weights } from '../src/analysis/ffn-weights';
 import { analyseVar, FfnSite, VarStructure } from '../src/analysis/var-structure';
-import { expertNormsReference } from '../src/calib/expert-norms';
+import { expertNormsReference } from './helpers/expert-norms-reference';
 import { Model } from '../src/ir/model';
 import { encodeCopy, encodeModel, loadModel } from '../src/onnx/io';
 import { activate } from '../src/op';

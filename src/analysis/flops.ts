@@ -133,12 +133,6 @@ export function countFlops(model: Model, s: VarStructure, batch = 1): FlopReport
   return { batch, rowsPerSample: s.rowsPerSample, scales, totals, total: FLOP_KINDS.reduce((a, k) => a + totals[k], 0), perToken, perSample, attentionMatMuls: attention.length };
 }
 
-export function formatFlops(f: number): string {
-  const units: [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'K']];
-  for (const [v, u] of units) if (Math.abs(f) >= v) return `${(f / v).toFixed(2)} ${u}`;
-  return `${f}`;
-}
-
 /** Router FLOPs per token of one MoE layer: MatMul D → width and width → E (2 FLOPs per multiply-add). */
 export function routerFlopsPerToken(D: number, width: number, experts: number): number {
   return 2 * (D * width + width * experts);
