@@ -1,4 +1,4 @@
-// CUDA implementation of ai.moefy::DynamicMoE (DESIGN.md section 3): a pure-CUDA launcher with a C ABI.
+// CUDA implementation of ai.moefy::DynamicMoE (docs/dynamic-moe.md): a pure-CUDA launcher with a C ABI.
 // Independent of ONNX Runtime: kernels/cuda/register_cuda.cc wraps it as a CUDA-EP custom op, and
 // kernels/cuda/moe_check.cu tests and times it standalone.
 //

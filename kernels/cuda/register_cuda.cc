@@ -7,7 +7,7 @@
 // because ORT's C API cannot list the execution providers appended to the options, and a CUDA kernel registered
 // in a session that has no CUDA EP is useless at best. Default (no entry, or any other value): CPU kernel only.
 //
-// Same name, domain, inputs, outputs, attributes and checks as the CPU op (DESIGN.md section 3), one OrtCustomOp
+// Same name, domain, inputs, outputs, attributes and checks as the CPU op (docs/dynamic-moe.md), one OrtCustomOp
 // per element type (float, float16). X, norms, W1, B1, W2, B2 and the outputs live on the GPU; the small
 // scale_index and threshold inputs are CPU inputs (OrtMemTypeCPUInput: normally graph inputs or initializers, so
 // no copy), validated on the host and passed by value. Everything runs on ORT's compute stream

@@ -1,4 +1,4 @@
-// DynamicMoE's attributes (DESIGN.md section 3, docs/dynamic-moe.md): reading and validation shared by the CPU
+// DynamicMoE's attributes (docs/dynamic-moe.md): reading and validation shared by the CPU
 // kernel (kernels/src) and the CUDA registration (kernels/cuda/register_cuda.cc), and the scale-of-position rule.
 // Header-only, so that nvcc and the host compiler build it alike.
 #pragma once

@@ -1,4 +1,4 @@
-// CPU kernel of ai.moefy::DynamicMoE, domain version 1 (DESIGN.md section 3, docs/dynamic-moe.md):
+// CPU kernel of ai.moefy::DynamicMoE, domain version 1 (docs/dynamic-moe.md):
 //
 //   Y [, active] = DynamicMoE(X, norms, W1, B1, W2 [, B2] [, scale_index] [, threshold])
 //

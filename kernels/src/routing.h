@@ -1,4 +1,4 @@
-// Routing (DESIGN.md section 3): expert e runs for a token iff norms[e] >= threshold[scale] * max_k norms[k]; the
+// Routing (docs/dynamic-moe.md): expert e runs for a token iff norms[e] >= threshold[scale] * max_k norms[k]; the
 // argmax always runs. Then per-expert token lists (CSR) and the number of
 // expert groups (moe_cpu.cc cuts the pair list into them).
 #pragma once
