@@ -10,6 +10,7 @@ import type { FfnSite, VarStructure } from '../analysis/var-structure';
 import { inputRole, isKvInputName, isKvOutputName, kvOutputFor, TEACHER_FORCING } from '../analysis/var-signature';
 import { checkCalib, Feeds, floatData, floatView, modelInputs, sliceFeeds, synthesise, toHalfTensor } from '../calib/inputs';
 import { deriveSeed, rng } from '../calib/random';
+import type { Recipe } from '../convert-options';
 import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
 import { Lendable } from '../calib/layer-pool';
@@ -27,12 +28,7 @@ import { FfnInputSample, LayerCapture } from './types';
 // for folding), which says nothing about the model.
 const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', logSeverityLevel: 3 };
 
-export interface CaptureOptions {
-  calib?: string;
-  kvPrefix?: string[];
-  synthSamples: number;
-  seed: number;
-  maxTokens: number;
+export interface CaptureOptions extends Pick<Recipe, 'calib' | 'kvPrefix' | 'synthSamples' | 'seed' | 'maxTokens'> {
   /** Run the FFNs with ReLU (the experts' activation) instead of the model's own. */
   reluFfns?: boolean;
 }

@@ -7,16 +7,12 @@ import { computeHiddenActivations } from '../calib/expert-norms';
 import { clusterNeurons, ExpertLayout } from '../calib/kmeans';
 import { layerJobKind } from '../calib/layer-pool';
 import { deriveSeed } from '../calib/random';
-import type { ClusterBy } from '../convert-options';
+import type { ClusterBy, Recipe } from '../convert-options';
 import type { ActivationKind } from '../op';
 import { stage } from './stage';
 import { ExpertClustering, FfnInputSample } from './types';
 
-export interface ClusterOptions {
-  experts: number;
-  clusterBy: ClusterBy;
-  seed: number;
-}
+export type ClusterOptions = Pick<Recipe, 'experts' | 'clusterBy' | 'seed'>;
 
 export interface ClusterJob {
   /** fc1 [D, H] and its bias, in the original neuron order. */

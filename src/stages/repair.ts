@@ -5,6 +5,7 @@
 // The routers and thresholds are kept: fitting them again on the repaired experts measured worse (the experts were
 // fitted for the routing they saw). It runs when the recipe asks (convert-options.ts: resolveForModel).
 import { layerJobKind } from '../calib/layer-pool';
+import type { Recipe } from '../convert-options';
 import { trainExperts } from '../calib/expert-train';
 import { deriveSeed } from '../calib/random';
 import { ffnOutputs, repairExperts, routingMask } from '../calib/repair';
@@ -12,11 +13,7 @@ import type { ActivationKind } from '../op';
 import { stage } from './stage';
 import { ExpertWeights, FfnInputSample, LayerFfn, RepairedExperts, RouterSet, ThresholdPlan } from './types';
 
-export interface RepairOptions {
-  experts: number;
-  repairEpochs: number;
-  seed: number;
-}
+export type RepairOptions = Pick<Recipe, 'experts' | 'repairEpochs' | 'seed'>;
 
 /** The FFN's weights before the repair; X holds the dense model's FFN inputs. */
 export interface RepairJob extends LayerFfn {

@@ -6,17 +6,11 @@ import { computeExpertNorms } from '../calib/expert-norms';
 import { layerJobKind } from '../calib/layer-pool';
 import { deriveSeed } from '../calib/random';
 import { predictNorms, trainRouter, TrainRouterOptions, TrainRouterResult } from '../calib/router-train';
-import type { RouterTarget } from '../convert-options';
+import type { Recipe } from '../convert-options';
 import { stage } from './stage';
 import { ExpertWeights, FfnInputSample, LayerFfn, RouterSet } from './types';
 
-export interface RouterOptions {
-  experts: number;
-  routerWidth: number;
-  routerEpochs: number;
-  routerTarget: RouterTarget;
-  seed: number;
-}
+export type RouterOptions = Pick<Recipe, 'experts' | 'routerWidth' | 'routerEpochs' | 'routerTarget' | 'seed'>;
 
 export interface RouterJob extends LayerFfn {
   /** Regress √norm (squared back for `predicted`). */

@@ -5,18 +5,13 @@
 import { routerFlopsPerToken } from '../analysis/flops';
 import type { PatchLayout } from '../analysis/var-structure';
 import { activeFraction, chooseThresholds as chooseForBudget, thresholdsFromTau } from '../calib/thresholds';
+import type { Recipe } from '../convert-options';
 import { MoefyError } from '../errors';
 import { formatThreshold } from '../format';
 import { stage } from './stage';
 import { FfnInputSample, RouterSet, ThresholdPlan } from './types';
 
-export interface ThresholdOptions {
-  experts: number;
-  fromScale: number;
-  thresholds?: number[];
-  tau?: number[];
-  /** The budget (fraction of the dense FFN FLOPs of the MoE scales), when neither thresholds nor tau are given. */
-  budget: number | null;
+export interface ThresholdOptions extends Pick<Recipe, 'experts' | 'fromScale' | 'thresholds' | 'tau' | 'budget'> {
   /**
    * The routers' FLOPs over the dense FFN's, per token (the same on every scale): the budget is what the user pays,
    * so the experts get the budget less this.
