@@ -14,13 +14,12 @@ import * as path from 'node:path';
 import { D16, generateInputs, generateVarD16Like } from '../fixtures/generate';
 import { analyseVar } from '../src/analysis/var-structure';
 import { computeExpertNorms } from '../src/calib/expert-norms';
-import * as lp from '../src/calib/layer-pool';
 import * as rt from '../src/calib/router-train';
 import { deriveSeed } from '../src/calib/random';
 import { readTensorSet, sliceSampleSet, writeTensorSet } from '../src/io';
-import { relufy } from '../src/passes/relufy';
 import { capture } from '../src/stages/capture';
 import { cluster } from '../src/stages/cluster';
+import { routerJobs } from '../src/stages/routers';
 import { permute } from '../src/stages/permute';
 import { convert } from '../src/pipeline';
 import { closeSide, openSide } from '../src/eval/side';
@@ -45,17 +44,18 @@ async function dump(dir: string): Promise<void> {
   const calib = path.join(dir, 'calib-in');
   await writeTensorSet(calib, generateInputs({ ...D16, depth, activation: 'relu' }, samples, 7) as never);
   const sites = structure.blocks.map((b) => b.ffn!);
-  const acts = relufy(model, sites, 'relu');
+  // A ReLU model: the experts' activation is its own.
+  const experts = sites.map(() => 'relu' as const);
   let t = Date.now(), c = cpu();
   const sample = await capture(model, structure, sites, { ...o, calib });
   console.log(`capture ${(Date.now() - t) / 1000} s wall, ${(cpu() - c).toFixed(1)} s CPU`);
-  const weights = permute(sites, await cluster(sites, acts.experts, sample, o), acts.experts);
+  const weights = permute(sites, await cluster(sites, experts, sample, o), experts);
   for (let k = 0; k < sites.length; k++) {
     const cap = sample.layers[k], w = weights[k];
     t = Date.now(); c = cpu();
-    const norms = await computeExpertNorms(cap.X, cap.N, cap.D, w.W1, w.B1, w.W2, E, w.activation);
+    const norms = await computeExpertNorms(cap.X.data, cap.N, cap.D, w.W1, w.B1, w.W2, E, w.activation);
     console.log(`layer ${k}: norms ${(Date.now() - t) / 1000} s wall, ${(cpu() - c).toFixed(1)} s CPU`);
-    fs.writeFileSync(path.join(dir, `X${k}.bin`), cap.X);
+    fs.writeFileSync(path.join(dir, `X${k}.bin`), cap.X.data);
     fs.writeFileSync(path.join(dir, `T${k}.bin`), norms);
     fs.writeFileSync(path.join(dir, `meta${k}.json`), JSON.stringify({ N: cap.N, D: cap.D, E }));
   }
@@ -94,8 +94,8 @@ async function quality(): Promise<void> {
   const orig = rt.trainRouter;
   (rt as { trainRouter: typeof orig }).trainRouter = (X, T, N, D, E, o) => orig(X, T, N, D, E, { ...o, ...over });
   // The override lives in this thread: run the router jobs here, not in workers (same bytes either way).
-  const pool = lp.runRouterJobs;
-  (lp as { runRouterJobs: typeof pool }).runRouterJobs = (jobs, o) => pool(jobs, { ...o, workers: 1 });
+  const pool = routerJobs.run;
+  routerJobs.run = (jobs, o) => pool(jobs, { ...o, workers: 1 });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'router-bench-q-'));
   try {
     const all = await readTensorSet(path.join(trained, 'calib'));

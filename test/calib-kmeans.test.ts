@@ -4,7 +4,7 @@ import { balancedAssign, balancedKMeans, clusterNeurons, layoutFromLabels } from
 import { MoefyError } from '../src/errors';
 import { gaussian, permutation, rng } from '../src/calib/random';
 import { computeHiddenActivations } from '../src/calib/expert-norms';
-import { ClusterJob, runClusterJobs } from '../src/calib/layer-pool';
+import { ClusterJob, clusterJobs } from '../src/stages/cluster';
 
 /** Brute-force optimal balanced assignment for tiny cases (all permutations of slot assignments). */
 function bruteBalanced(cost: Float64Array, n: number, k: number): number {
@@ -155,8 +155,8 @@ test('cluster jobs on worker threads: the same layouts as in one thread and as c
     const Xs = Float32Array.from({ length: n * D }, () => g());
     return { W1, B1, D, H, E, activation: 'relu', Xs, n, by: 'activations', seed };
   });
-  const serial = await runClusterJobs(jobs, { workers: 1 });
-  const pooled = await runClusterJobs(jobs, { workers: 2 });
+  const serial = await clusterJobs.run(jobs, { workers: 1 });
+  const pooled = await clusterJobs.run(jobs, { workers: 2 });
   for (let k = 0; k < jobs.length; k++) {
     assert.deepStrictEqual([...pooled[k].layout.order], [...serial[k].layout.order], `job ${k}`);
     assert.strictEqual(pooled[k].concentration, serial[k].concentration);

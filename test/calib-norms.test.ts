@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert';
-import { computeExpertNorms, expertNormsReference, computeHiddenActivations } from '../src/calib/expert-norms';
+import { computeExpertNorms, computeHiddenActivations } from '../src/calib/expert-norms';
+import { expertNormsReference } from './helpers/expert-norms-reference';
 import { activate as act, ActivationKind as FfnActivation } from '../src/op';
 import { MoefyError } from '../src/errors';
 import { rng } from '../src/calib/random';

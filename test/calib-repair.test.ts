@@ -8,7 +8,8 @@ import { trainExperts } from '../src/calib/expert-train';
 import { rng } from '../src/calib/random';
 import { gramAdd, quadForm, solveSpd } from '../src/calib/linalg';
 import { ffnOutputs, repairExperts, routingMask } from '../src/calib/repair';
-import { RepairJob, runRepairJobs } from '../src/calib/layer-pool';
+import { Lendable } from '../src/calib/layer-pool';
+import { RepairJob, repairJobs } from '../src/stages/repair';
 
 function rand(r: () => number, n: number, scale = 1): Float32Array {
   const a = new Float32Array(n);
@@ -166,16 +167,16 @@ test('repair jobs on worker threads: the same bytes as in one thread, captures g
     const r = rng(seed);
     const mask = new Uint8Array(N * E).fill(1);
     for (let n = 0; n < N; n++) mask[n * E + Math.floor(r() * E)] = 0;
-    return { X: rand(r, N * D), N, D, W1: rand(r, D * H, 0.8), B1: rand(r, H, 0.3), W2: rand(r, H * D, 0.5), B2: rand(r, D, 0.2), activation: 'relu', original: 'gelu_tanh', mask, E, epochs: 4, seed };
+    return { X: new Lendable(rand(r, N * D)), N, D, W1: rand(r, D * H, 0.8), B1: rand(r, H, 0.3), W2: rand(r, H * D, 0.5), B2: rand(r, D, 0.2), activation: 'relu', original: 'gelu_tanh', mask, E, epochs: 4, seed };
   });
   const a = jobs(), b = jobs();
-  const keep = b.map((j) => Float32Array.from(j.X));
-  const serial = await runRepairJobs(a, { workers: 1 });
+  const keep = b.map((j) => Float32Array.from(j.X.data));
+  const serial = await repairJobs.run(a, { workers: 1 });
   const done: number[] = [];
-  const pooled = await runRepairJobs(b, { workers: 2, onDone: (d) => done.push(d) });
+  const pooled = await repairJobs.run(b, { workers: 2, onDone: (d) => done.push(d) });
   assert.deepStrictEqual(done, [1, 2, 3]);
   for (let k = 0; k < 3; k++) {
-    assert.ok(Buffer.from(b[k].X.buffer).equals(Buffer.from(keep[k].buffer)), `job ${k}: X given back`);
+    assert.ok(Buffer.from(b[k].X.data.buffer).equals(Buffer.from(keep[k].buffer)), `job ${k}: X given back`);
     for (const p of ['W1', 'B1', 'W2', 'B2'] as const) assert.ok(Buffer.from(pooled[k][p].buffer).equals(Buffer.from(serial[k][p].buffer)), `job ${k} ${p}`);
     assert.ok(pooled[k].heldOutRelErrAfter < pooled[k].heldOutRelErrBefore, `job ${k}: ${pooled[k].heldOutRelErrBefore} → ${pooled[k].heldOutRelErrAfter}`);
     // The error it reports is the plain reference's: the masked ReLU FFN of the returned weights against the dense GELU one.

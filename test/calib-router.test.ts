@@ -4,9 +4,12 @@ import * as path from 'node:path';
 import { repoRoot } from './helpers/fixtures';
 import assert from 'node:assert';
 import * as ort from 'onnxruntime-node';
-import { buildTrainStep, buildTrainSteps, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
-import { RouterJob, runRouterJobs } from '../src/calib/layer-pool';
-import { computeExpertNorms, expertNormsReference } from '../src/calib/expert-norms';
+import { buildTrainSteps, predictNorms, trainRouter, kaimingUniform } from '../src/calib/router-train';
+import { buildTrainStep } from './helpers/router-train-step';
+import { Lendable } from '../src/calib/layer-pool';
+import { RouterJob, routerJobs } from '../src/stages/routers';
+import { computeExpertNorms } from '../src/calib/expert-norms';
+import { expertNormsReference } from './helpers/expert-norms-reference';
 import { erf } from '../src/op';
 import { f32, f32Scalar } from '../src/calib/ort-graph';
 import { gaussian, rng } from '../src/calib/random';
@@ -228,16 +231,16 @@ test('early stopping: stops once the held-out error stops falling and returns th
 test('router jobs on worker threads: the same bytes as in one thread, captures given back whole', async () => {
   const jobs = (): RouterJob[] => [5, 6, 7].map((seed) => {
     const L = plantedLayer(600, seed);
-    return { X: L.X, N: 600, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: true, train: { seed, epochs: 3, batchSize: 64, width: 16 } };
+    return { X: new Lendable(L.X), N: 600, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: true, train: { seed, epochs: 3, batchSize: 64, width: 16 } };
   });
   const a = jobs(), b = jobs();
-  const keep = b.map((j) => Float32Array.from(j.X));
-  const serial = await runRouterJobs(a, { workers: 1 });
+  const keep = b.map((j) => Float32Array.from(j.X.data));
+  const serial = await routerJobs.run(a, { workers: 1 });
   const done: number[] = [];
-  const pooled = await runRouterJobs(b, { workers: 2, onDone: (d) => done.push(d) });
+  const pooled = await routerJobs.run(b, { workers: 2, onDone: (d) => done.push(d) });
   assert.deepStrictEqual(done, [1, 2, 3]);
   for (let k = 0; k < 3; k++) {
-    assert.deepStrictEqual(Buffer.from(b[k].X.buffer), Buffer.from(keep[k].buffer), `job ${k}: X given back`);
+    assert.deepStrictEqual(Buffer.from(b[k].X.data.buffer), Buffer.from(keep[k].buffer), `job ${k}: X given back`);
     for (const f of ['trueNorms', 'predicted'] as const) assert.deepStrictEqual(Buffer.from(pooled[k][f].buffer), Buffer.from(serial[k][f].buffer), `job ${k} ${f}`);
     assert.deepStrictEqual(Buffer.from(pooled[k].router.W1.buffer), Buffer.from(serial[k].router.W1.buffer));
     assert.deepStrictEqual(Buffer.from(pooled[k].router.W2.buffer), Buffer.from(serial[k].router.W2.buffer));
@@ -251,25 +254,26 @@ test('router jobs on worker threads: the same bytes as in one thread, captures g
 
 test('a failing job rejects with its error once the running jobs finish; no job starts after it; inputs given back', async () => {
   const L = plantedLayer(2000, 1);
-  const good: RouterJob = { X: L.X, N: 2000, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: false, train: { seed: 1, epochs: 20, batchSize: 32 } };
-  const bad: RouterJob = { ...good, X: L.X.slice(), train: { seed: NaN } };
-  const jobs = [bad, { ...good, X: L.X.slice() }, { ...good, X: L.X.slice() }];
+  const good: RouterJob = { X: new Lendable(L.X), N: 2000, D: L.D, W1: L.W1, B1: L.B1, W2: L.W2, E: L.E, activation: 'relu', sqrt: false, train: { seed: 1, epochs: 20, batchSize: 32 } };
+  const bad: RouterJob = { ...good, X: new Lendable(L.X.slice()), train: { seed: NaN } };
+  const jobs = [bad, { ...good, X: new Lendable(L.X.slice()) }, { ...good, X: new Lendable(L.X.slice()) }];
   const done: number[] = [];
   // The second job is still training in the other worker when the first fails (terminating it there would abort).
-  await assert.rejects(runRouterJobs(jobs, { workers: 2, onDone: (d) => done.push(d) }), (e: Error) => e instanceof MoefyError && /numeric seed/.test(e.message));
+  await assert.rejects(routerJobs.run(jobs, { workers: 2, onDone: (d) => done.push(d) }), (e: Error) => e instanceof MoefyError && /numeric seed/.test(e.message));
   assert.deepStrictEqual(done, [1], 'the running job finished, the third never started');
-  for (const j of jobs) assert.deepStrictEqual(Buffer.from(j.X.buffer), Buffer.from(L.X.buffer));
+  for (const j of jobs) assert.deepStrictEqual(Buffer.from(j.X.data.buffer), Buffer.from(L.X.buffer));
 });
 
 test('stopLayerJobs: running jobs stop at the next epoch and the pool rejects, so the process can exit cleanly', () => {
   // In a child process (the stop is for shutting down: every later pool in that process rejects too).
   const script = `
-    const { runRouterJobs, stopLayerJobs } = require(${JSON.stringify(path.join(repoRoot, 'dist/src/calib/layer-pool.js'))});
+    const { Lendable, stopLayerJobs } = require(${JSON.stringify(path.join(repoRoot, 'dist/src/calib/layer-pool.js'))});
+    const { routerJobs } = require(${JSON.stringify(path.join(repoRoot, 'dist/src/stages/routers.js'))});
     const { rng, gaussian } = require(${JSON.stringify(path.join(repoRoot, 'dist/src/calib/random.js'))});
     const D = 32, H = 64, E = 4, N = 20000, g = gaussian(rng(1));
-    const mk = () => ({ X: Float32Array.from({ length: N * D }, () => g()), N, D, W1: Float32Array.from({ length: D * H }, () => g() / 6), B1: new Float32Array(H), W2: Float32Array.from({ length: H * D }, () => g() / 8), E, activation: 'relu', sqrt: true, train: { seed: 1, epochs: 200, batchSize: 16 } });
+    const mk = () => ({ X: new Lendable(Float32Array.from({ length: N * D }, () => g())), N, D, W1: Float32Array.from({ length: D * H }, () => g() / 6), B1: new Float32Array(H), W2: Float32Array.from({ length: H * D }, () => g() / 8), E, activation: 'relu', sqrt: true, train: { seed: 1, epochs: 200, batchSize: 16 } });
     const t0 = Date.now();
-    runRouterJobs([mk(), mk(), mk()], { workers: 2 }).then(() => process.exit(3), (e) => { console.log(e.message, Date.now() - t0 < 60000); process.exit(130); });
+    routerJobs.run([mk(), mk(), mk()], { workers: 2 }).then(() => process.exit(3), (e) => { console.log(e.message, Date.now() - t0 < 60000); process.exit(130); });
     setTimeout(stopLayerJobs, 1500);
   `;
   const r = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 120_000 });

@@ -6,11 +6,13 @@ import { test } from 'node:test';
 import * as ort from 'onnxruntime-node';
 import { fc1Weights, fc2Weights } from '../src/analysis/ffn-weights';
 import { analyseVar, FfnSite, VarStructure } from '../src/analysis/var-structure';
-import { expertNormsReference } from '../src/calib/expert-norms';
+import { expertNormsReference } from './helpers/expert-norms-reference';
 import { Model } from '../src/ir/model';
 import { encodeCopy, encodeModel, loadModel } from '../src/onnx/io';
 import { activate } from '../src/op';
-import { relufy } from '../src/passes/relufy';
+import { relufied, relufyStage } from '../src/stages/relufy';
+import { Lendable } from '../src/calib/layer-pool';
+import { resolveForModel } from '../src/convert-options';
 import { capture } from '../src/stages/capture';
 import { cluster } from '../src/stages/cluster';
 import { permute } from '../src/stages/permute';
@@ -67,7 +69,8 @@ test('capture → FfnInputSample: every FFN input of every calibration token, wi
   const { model, s, sites } = open(SMALL);
   const sample = await smallSample();
   assert.equal(sample.layers.length, sites.length);
-  assert.deepEqual(sample.warnings, []);
+  assert.equal(sample.source, 'calibration');
+  assert.equal(sample.samples, 8);
   const L = 680, samples = 8;
   const want = scalesOfSequence();
   for (const c of sample.layers) {
@@ -88,7 +91,7 @@ test('capture → FfnInputSample: every FFN input of every calibration token, wi
   sites.forEach((site, k) => {
     const out = r[site.output.name].data as Float32Array;
     for (const t of [0, 1, 300, 679]) {
-      const y = ffnRow(site, sample.layers[k].X.subarray(t * s.D, (t + 1) * s.D));
+      const y = ffnRow(site, sample.layers[k].X.data.subarray(t * s.D, (t + 1) * s.D));
       for (let d = 0; d < s.D; d++) assert.ok(Math.abs(y[d] - out[t * s.D + d]) < 1e-4 * (1 + Math.abs(out[t * s.D + d])), `layer ${k} token ${t} dim ${d}`);
     }
   });
@@ -100,16 +103,16 @@ test('capture: a token cap keeps a seeded, ordered subsample shared by all layer
   const a = await capture(model, s, sites, { calib: SMALL_CALIB, synthSamples: 0, seed: 3, maxTokens: 500 });
   const b = await capture(model, s, sites, { calib: SMALL_CALIB, synthSamples: 0, seed: 3, maxTokens: 500 });
   assert.equal(a.layers[0].N, 500);
-  assert.deepEqual(a.layers[0].X, b.layers[0].X);
+  assert.deepEqual(a.layers[0].X.data, b.layers[0].X.data);
   // Each kept row is a row of the full capture with the same scale, in the full capture's order.
   const D = s.D;
   let from = 0;
   for (let i = 0; i < 500; i++) {
-    const row = a.layers[1].X.subarray(i * D, (i + 1) * D);
+    const row = a.layers[1].X.data.subarray(i * D, (i + 1) * D);
     let j = from;
-    while (j < full.layers[1].N && full.layers[1].X[j * D] !== row[0]) j++;
+    while (j < full.layers[1].N && full.layers[1].X.data[j * D] !== row[0]) j++;
     assert.ok(j < full.layers[1].N, `row ${i} is not in the full capture after row ${from}`);
-    assert.deepEqual(full.layers[1].X.subarray(j * D, (j + 1) * D), row);
+    assert.deepEqual(full.layers[1].X.data.subarray(j * D, (j + 1) * D), row);
     assert.equal(a.layers[1].scaleOfToken[i], full.layers[1].scaleOfToken[j]);
     from = j + 1;
   }
@@ -169,7 +172,7 @@ test('permute → ExpertWeights: the permuted FFN computes the same function', a
   const c = await cluster(sites, acts, sample, { experts: 4, clusterBy: 'weights', seed: 0 });
   const w = permute(sites, c, acts);
   const site = sites[0], D = site.D, H = site.H;
-  const x = sample.layers[0].X.subarray(100 * D, 101 * D);
+  const x = sample.layers[0].X.data.subarray(100 * D, 101 * D);
   const want = ffnRow(site, x);
   const got = new Float64Array(D);
   for (let j = 0; j < H; j++) {
@@ -187,7 +190,7 @@ test('trainRouters → RouterSet: targets are the true expert norms; √norm rou
   const { sites } = open(SMALL);
   const full = await smallSample();
   // 600 tokens of scale 10 per layer keep training quick.
-  const sample: FfnInputSample = { ...full, layers: full.layers.map((l) => ({ ...l, X: l.X.slice(80 * l.D, 680 * l.D), N: 600, scaleOfToken: l.scaleOfToken.slice(80, 680) })) };
+  const sample: FfnInputSample = { ...full, layers: full.layers.map((l) => ({ ...l, X: new Lendable(l.X.data.slice(80 * l.D, 680 * l.D)), N: 600, scaleOfToken: l.scaleOfToken.slice(80, 680) })) };
   const acts = sites.map(() => 'relu' as const);
   const w = permute(sites, await cluster(sites, acts, sample, { experts: 4, clusterBy: 'weights', seed: 0 }), acts);
   for (const routerTarget of ['sqrt', 'norm'] as const) {
@@ -198,7 +201,7 @@ test('trainRouters → RouterSet: targets are the true expert norms; √norm rou
       assert.equal(x.W1.length, 64 * 16);
       assert.equal(x.W2.length, 16 * 4);
       const c = sample.layers[k];
-      const ref = expertNormsReference(c.X.subarray(0, 20 * c.D), 20, c.D, w[k].W1, w[k].B1, w[k].W2, 4, 'relu');
+      const ref = expertNormsReference(c.X.data.subarray(0, 20 * c.D), 20, c.D, w[k].W1, w[k].B1, w[k].W2, 4, 'relu');
       for (let i = 0; i < ref.length; i++) assert.ok(Math.abs(r.norms[k].trueNorms[i] - ref[i]) < 1e-3 * (1 + ref[i]), `true norm ${i}`);
       assert.equal(r.norms[k].predicted.length, 600 * 4);
       assert.ok(r.norms[k].predicted.every((p) => p >= 0));
@@ -210,8 +213,8 @@ test('trainRouters → RouterSet: targets are the true expert norms; √norm rou
 function synthetic(norms: number[][], scales: number[]): { sample: FfnInputSample; routers: RouterSet } {
   const p = Float32Array.from(norms.flat());
   return {
-    sample: { layers: [{ X: new Float32Array(norms.length), N: norms.length, D: 1, scaleOfToken: Int32Array.from(scales) }], warnings: [], summary: '' },
-    routers: { routers: [], norms: [{ trueNorms: p, predicted: p }], summary: '' },
+    sample: { layers: [{ X: new Lendable(new Float32Array(norms.length)), N: norms.length, D: 1, scaleOfToken: Int32Array.from(scales) }], samples: 1, source: 'calibration' },
+    routers: { routers: [], norms: [{ trueNorms: p, predicted: p }] },
   };
 }
 
@@ -219,14 +222,14 @@ test('chooseThresholds → ThresholdPlan: given, τ and budget thresholds; activ
   const layout = analyseVar(loadModel(fixture('var_tiny_full.onnx'))).layout;
   // Scale 9 (index 8): norms relative to the max 1, .6, .3, .1; scale 10: 1, .8, .7, .05.
   const { sample, routers } = synthetic([[1, 0.6, 0.3, 0.1], [0.1, 1, 0.6, 0.3], [1, 0.8, 0.7, 0.05]], [8, 8, 9]);
-  const given = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, thresholds: [0.5] });
+  const given = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, thresholds: [0.5], budget: null });
   assert.deepEqual(given.thresholds, [0, 0, 0, 0, 0, 0, 0, 0, 0.5, 0.5]);
   // norms >= 0.5 · max: two of four on scale 9, three on scale 10; dense scales run everything.
   assert.deepEqual(given.activeFractions.slice(0, 8), Array(8).fill(1));
   assert.equal(given.activeFractions[8], 0.5);
   assert.equal(given.activeFractions[9], 0.75);
   assert.deepEqual(given.activeFractionPerLayer, [{ 9: 0.5, 10: 0.75 }]);
-  const tau = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, tau: [0.75, 0.2] });
+  const tau = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, tau: [0.75, 0.2], budget: null });
   assert.deepEqual(tau.thresholds.slice(8).map((t) => +t.toFixed(6)), [0.25, 0.8]);
   assert.equal(tau.activeFractions[8], 0.75);
   // A budget spends at most its share of the MoE scales' FFN FLOPs on this data, thresholds non-decreasing.
@@ -237,25 +240,43 @@ test('chooseThresholds → ThresholdPlan: given, τ and budget thresholds; activ
   assert.ok(spent <= 0.6 + 0.02, `spent ${spent}`);
 });
 
-test('relufy rewrites only GELU FFNs into ReLU and reports both activations; keep leaves the model as it was', () => {
+test('relufy: the experts take ReLU (or keep the model\'s activation); relufied() is a copy whose FFNs compute with ReLU, the model stays as it was', async () => {
   const file = fixture('var_tiny_full.onnx');
-  const kept = open(file);
-  const before = encodeModel(kept.model);
-  const k = relufy(kept.model, kept.sites, 'keep');
-  assert.deepEqual(k.experts, k.original);
-  assert.ok(Buffer.from(encodeModel(kept.model)).equals(Buffer.from(before)));
-  const r = open(file);
-  const acts = relufy(r.model, r.sites, 'relu');
-  assert.deepEqual(acts.original, ['gelu_tanh', 'gelu_tanh']);
-  assert.deepEqual(acts.experts, ['relu', 'relu']);
-  const again = analyseVar(r.model);
-  assert.deepEqual(again.blocks.map((b) => b.ffn!.activation.kind), ['relu', 'relu']);
+  const { model, s, sites } = open(file);
+  const before = Buffer.from(encodeModel(model));
+  const copy = relufied(model, sites).model;
+  assert.ok(Buffer.from(encodeModel(model)).equals(before), 'the model is unchanged');
+  assert.deepEqual(analyseVar(copy).blocks.map((b) => b.ffn!.activation.kind), ['relu', 'relu']);
+  const sample = await capture(model, s, sites, { synthSamples: 1, seed: 0, maxTokens: 300 });
+  const facts = { D: s.D, patchNums: s.layout.patchNums, stepScale: null, ffns: sites.map((x) => ({ block: x.block, H: x.H, activation: x.activation.kind })) };
+  for (const activation of ['relu', 'keep'] as const) {
+    const recipe = resolveForModel({ experts: 4, fromScale: 9, activation, thresholds: [0.5] }, facts);
+    const a = await relufyStage.run({ sites, sample, recipe }, () => {});
+    assert.deepEqual(a.original, ['gelu_tanh', 'gelu_tanh']);
+    assert.deepEqual(a.experts, activation === 'keep' ? a.original : ['relu', 'relu']);
+    if (activation === 'keep') assert.deepEqual(a.change, [null, null]);
+    // ‖FFN_relu(x) − FFN(x)‖/‖FFN(x)‖ (fc2 bias left out) on the captured rows, in plain TypeScript.
+    else sites.forEach((site, k) => {
+      const X = sample.layers[k].X.data, D = site.D;
+      let num = 0, den = 0;
+      for (let t = 0; t < sample.layers[k].N; t++) {
+        const x = X.subarray(t * D, (t + 1) * D);
+        const B2 = fc2Weights(site).B2 ?? new Float32Array(D);
+        const [y0, y1] = (['gelu_tanh', 'relu'] as const).map((kind) => ffnRow(site, x, kind).map((v, d) => v - B2[d]));
+        for (let d = 0; d < D; d++) {
+          num += (y1[d] - y0[d]) ** 2;
+          den += y0[d] ** 2;
+        }
+      }
+      assert.ok(Math.abs(a.change[k]! - Math.sqrt(num / den)) < 1e-4, `layer ${k}: ${a.change[k]} vs ${Math.sqrt(num / den)}`);
+    });
+  }
 });
 
 test('stages are seeded: the same seed gives the same routers', async () => {
   const { sites } = open(SMALL);
   const full = await smallSample();
-  const sample: FfnInputSample = { ...full, layers: full.layers.map((l) => ({ ...l, X: l.X.slice(0, 300 * l.D), N: 300, scaleOfToken: l.scaleOfToken.slice(0, 300) })) };
+  const sample: FfnInputSample = { ...full, layers: full.layers.map((l) => ({ ...l, X: new Lendable(l.X.data.slice(0, 300 * l.D)), N: 300, scaleOfToken: l.scaleOfToken.slice(0, 300) })) };
   const acts = sites.map(() => 'relu' as const);
   const w = permute(sites, await cluster(sites, acts, sample, { experts: 4, clusterBy: 'weights', seed: 0 }), acts);
   const o = { experts: 4, routerWidth: 8, routerEpochs: 1, routerTarget: 'sqrt' as const, seed: 5 };

@@ -50,7 +50,7 @@ export function classifyMatMuls(model: Model, s: VarStructure): { perToken: Reco
   const perToken = zero();
   let perSample = 0;
   const attention: { node: Node; width: number }[] = [];
-  const headNode = findHead(model);
+  const headNode = findHead(model, s);
   for (const n of g.nodes) {
     if (n.domain !== '' || (n.opType !== 'MatMul' && n.opType !== 'Gemm')) continue;
     const lin = linearAt(n);
@@ -86,10 +86,10 @@ function isPerSample(n: Node): boolean {
  * The head: the linear nearest a graph output (logits first) through elementwise/reshaping ops only. Breadth-first,
  * because in-graph CFG mixing ((1+t)·cond − t·uncond, with t computed from a `cfg` input) has several paths.
  */
-function findHead(model: Model): Node | null {
+function findHead(model: Model, s: VarStructure): Node | null {
   const g = model.graph;
   const pass = new Set(['Add', 'Cast', 'Mul', 'Sub', 'Reshape', 'Identity', 'Slice', 'Split', 'Concat', 'Squeeze', 'Unsqueeze']);
-  const outs = [...g.outputs.filter((v) => /logit/i.test(v.name)), ...g.outputs.filter((v) => !/logit/i.test(v.name))];
+  const outs = [s.logits, ...g.outputs.filter((v) => v !== s.logits)];
   for (const out of outs) {
     const seen = new Set<Node>();
     let frontier: Value[] = [out];
@@ -131,12 +131,6 @@ export function countFlops(model: Model, s: VarStructure, batch = 1): FlopReport
     scales.push({ scale: k + 1, patch: L.patchNums[k], tokens, flops: f, total, ffnShare: total ? f.ffn / total : 0 });
   }
   return { batch, rowsPerSample: s.rowsPerSample, scales, totals, total: FLOP_KINDS.reduce((a, k) => a + totals[k], 0), perToken, perSample, attentionMatMuls: attention.length };
-}
-
-export function formatFlops(f: number): string {
-  const units: [number, string][] = [[1e12, 'T'], [1e9, 'G'], [1e6, 'M'], [1e3, 'K']];
-  for (const [v, u] of units) if (Math.abs(f) >= v) return `${(f / v).toFixed(2)} ${u}`;
-  return `${f}`;
 }
 
 /** Router FLOPs per token of one MoE layer: MatMul D → width and width → E (2 FLOPs per multiply-add). */

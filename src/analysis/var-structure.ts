@@ -6,8 +6,12 @@ import { describeFailure, MatchFailure, matchAny } from '../ir/match';
 import { Model } from '../ir/model';
 import { ActivationKind, isDynamicMoe, METADATA, MOE_INPUT, scaleOfStep, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
 import { FloatPrecision, precisionOf, storedWeight } from './exporter-styles';
-import { routerOf, RouterWeights } from './moe-router';
+import { feedsRouterNorms, readRouter, routerNodes as routerOfMoe, RouterWeights } from './router-graph';
 import { ACTIVATION_PATTERNS } from './patterns';
+import { fullSequenceTokens, inputRole, KvCache, readSignature } from './var-signature';
+
+export { isKvInputName, isKvOutputName, kvInputFor, kvOutputFor } from './var-signature';
+export type { KvCache } from './var-signature';
 
 export { VAR_PATCH_NUMS };
 
@@ -83,12 +87,6 @@ export interface MoeFacts {
   fromScale: number | null;
 }
 
-/** The KV cache of a step graph: past_* inputs and present_* outputs, by the exporter's names. */
-export interface KvCache {
-  inputs: Value[];
-  outputs: Value[];
-}
-
 export interface Block {
   index: number;
   ffn?: FfnSite;
@@ -120,6 +118,10 @@ export interface VarStructure {
   H: number;
   /** The logits output (named *logit*, else the first output). */
   logits: Value;
+  /** The class labels input. */
+  label: Value | null;
+  /** The classifier-free-guidance strength input of step graphs that guide inside. */
+  cfg: Value | null;
   /** Width of the logits (VQ vocabulary), when found. */
   vocab: number | null;
   /** Classes of the label input: rows of the class-embedding table minus the null class (10 when not found). */
@@ -131,15 +133,6 @@ export interface VarStructure {
   /** For converted models: thresholds and from-scale; null for dense models. */
   moe: MoeFacts | null;
 }
-
-/** The exporter's KV-cache names: past_key_i / past_value_i in, present_key_i / present_value_i out. */
-export const isKvInputName = (name: string): boolean => /past_(key|value)/.test(name);
-export const isKvOutputName = (name: string): boolean => /present_(key|value)/.test(name);
-/** The past_* input a present_* output feeds at the next step. */
-export const kvInputFor = (present: string): string => present.replace('present_', 'past_');
-/** The present_* output that feeds a past_* input at the next step. */
-export const kvOutputFor = (past: string): string => past.replace('past_', 'present_');
-
 
 export function makeLayout(patchNums: number[], source: PatchLayout['source']): PatchLayout {
   const tokens = patchNums.map((p) => p * p);
@@ -231,24 +224,9 @@ function findUpstreamLinear(v: Value, out: number, inn: number, depth = 16): Nod
   return null;
 }
 
-/** A DynamicMoE node's router: the nodes between its X and its `norms` input, walked up from `norms`. */
-function routerSubgraph(n: Node): Set<Node> {
-  const x = n.inputs[0];
-  const seen = new Set<Node>();
-  const stack = [n.inputs[MOE_INPUT.norms]];
-  while (stack.length) {
-    const v = stack.pop();
-    const p = v?.producer;
-    if (!p || seen.has(p) || v === x) continue;
-    seen.add(p);
-    for (const i of p.inputs) if (i && !i.tensor && i !== x) stack.push(i);
-  }
-  return seen;
-}
-
 /** The nodes of converted models' routers. */
 function routerNodes(g: Graph): Set<Node> {
-  return new Set(g.nodes.filter(isDynamicMoe).flatMap((n) => [...routerSubgraph(n)]));
+  return new Set(g.nodes.filter(isDynamicMoe).flatMap((n) => [...routerOfMoe(n)]));
 }
 
 export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandidateFailure[] } {
@@ -260,7 +238,7 @@ export function findFfnSites(g: Graph): { sites: FfnSite[]; failures: FfnCandida
     if (!fc2 || fc2.inFeatures <= fc2.outFeatures) continue;
     // A converted model's router (D → width → E) looks like a narrow FFN: it is not one (either of its MatMuls
     // narrows, depending on the width).
-    if (routers.has(n) || feedsMoeNorms(fc2.output)) continue;
+    if (routers.has(n) || feedsRouterNorms(fc2.output)) continue;
     const actNode = fc2.input.producer;
     if (!actNode) continue;
     const m = matchAny(actNode, ACTIVATION_PATTERNS.map((a) => ({ name: a.name, pattern: a.pattern })));
@@ -325,20 +303,11 @@ function closestFfnCandidate(g: Graph): string {
     const w = n.inputs[1];
     return `at node ${n.describe()}: its weight '${w?.name ?? ''}' is not a 2-D initializer (or a Transpose(perm=[1,0]) of one)${w?.producer ? `, it is computed by ${w.producer.describe()}` : ''}`;
   }
-  const narrowing = lins.filter((l) => l.inFeatures > l.outFeatures && !feedsMoeNorms(l.output));
+  const narrowing = lins.filter((l) => l.inFeatures > l.outFeatures && !feedsRouterNorms(l.output));
   if (!narrowing.length) return `no linear layer maps a wider hidden layer back (H→D); the linears are ${[...new Set(lins.map((l) => `${l.inFeatures}→${l.outFeatures}`))].join(', ')}`;
   const l = narrowing[0];
   const act = l.input.producer;
   return `at node ${l.node.describe()} (${l.inFeatures}→${l.outFeatures}): no linear layer ${l.outFeatures}→${l.inFeatures} within 16 nodes above it${act ? ` (its input comes from ${act.describe()})` : ''}`;
-}
-
-/** Whether v reaches a DynamicMoE node's `norms` input through at most a few elementwise ops. */
-function feedsMoeNorms(v: Value, depth = 4): boolean {
-  for (const u of v.uses()) {
-    if (isDynamicMoe(u.node) && u.index === MOE_INPUT.norms) return true;
-    if (depth > 0 && ['Abs', 'Mul', 'Relu', 'Sqrt', 'Identity'].includes(u.node.opType) && u.node.outputs[0] && feedsMoeNorms(u.node.outputs[0], depth - 1)) return true;
-  }
-  return false;
 }
 
 function moeSiteOf(n: Node, block: number): MoeSite {
@@ -349,7 +318,7 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   // The router: the weights reached upstream of `norms` before reaching X.
   let routerParams = 0;
   let routerWidth: number | null = null;
-  const seen = routerSubgraph(n);
+  const seen = routerOfMoe(n);
   for (const p of seen)
     for (const i of p.inputs) {
       if (!i?.tensor) continue;
@@ -360,7 +329,7 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   const tIn = n.inputs[MOE_INPUT.threshold];
   const tt = tIn?.tensor ?? tIn?.constantTensor();
   if (tt) thresholds = tt.numbers();
-  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds, router: routerOf(n) };
+  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds, router: n.inputs[MOE_INPUT.norms] ? readRouter(n.inputs[MOE_INPUT.norms]!) : null };
 }
 
 /** The patch layout a converted model's DynamicMoE nodes carry (their patch_nums attribute), or null. */
@@ -402,33 +371,31 @@ export function analyseVar(model: Model, opts: AnalyseOptions = {}): VarStructur
   const first = blocks[0].ffn ?? blocks[0].moe!;
   const D = first.D, H = first.H;
 
-  const kv: KvCache = { inputs: g.inputs.filter((v) => isKvInputName(v.name)), outputs: g.outputs.filter((v) => isKvOutputName(v.name)) };
+  const { kv, logits, label, cfg, tokens: tokenInput } = readSignature(g);
   const stepGraph = kv.inputs.length > 0 || kv.outputs.length > 0;
   // A converted model carries its layout in the DynamicMoE nodes (the op routes by it); --patch-nums still overrides.
   const own = ownPatchNums(moeNodes);
   const layoutNums = opts.patchNums ?? own ?? [...VAR_PATCH_NUMS];
   const layout = makeLayout(layoutNums, opts.patchNums ? 'override' : own ? 'model' : 'default');
   if (layout.patchNums.some((p) => !Number.isInteger(p) || p <= 0)) throw new MoefyError(`--patch-nums must be positive integers, got ${layoutNums.join(',')}`);
-  const logits = findLogits(g);
   const vocab = logitsWidth(logits);
   const classes = numClasses(g, D, layout.L);
   const moe = moeFacts(model, blocks);
-  const tokenInput = findTokenInput(g);
   if (!stepGraph) {
     const L = fullSequenceLength(g, D);
     if (L === null) throw new MoefyError(`not a VAR: found ${blocks.length} FFN blocks but neither a KV cache (past_key_*/present_key_*) nor a full-sequence token length (Σ pn² = ${layout.L}) in the graph`);
     if (L !== layout.L)
       throw new MoefyError(`the model's sequence has ${L} tokens but the patch layout ${layout.patchNums.join(',')} has ${layout.L}; pass --patch-nums to match`);
-    return { blocks, kind: 'full', stepScale: null, rowsPerSample: 1, layout, D, H, logits, vocab, classes, kv, tokenInput, moe };
+    return { blocks, kind: 'full', stepScale: null, rowsPerSample: 1, layout, D, H, logits, label, cfg, vocab, classes, kv, tokenInput, moe };
   }
-  const l = stepTokens(g);
+  const l = stepTokens(tokenInput);
   let stepScale: number | null = null;
   if (l !== null) {
     const s = scaleOfStep(l, layout.patchNums);
     if (s < 0) throw new MoefyError(`the step graph computes ${l} tokens, which is not exactly one scale of the patch layout ${layout.patchNums.join(',')}; pass --patch-nums`);
     stepScale = s + 1;
   }
-  return { blocks, kind: 'step', stepScale, rowsPerSample: doublesBatch(g) ? 2 : 1, layout, D, H, logits, vocab, classes, kv, tokenInput, moe };
+  return { blocks, kind: 'step', stepScale, rowsPerSample: doublesBatch(g) ? 2 : 1, layout, D, H, logits, label, cfg, vocab, classes, kv, tokenInput, moe };
 }
 
 /** L of a full-sequence graph: from a static token axis of an input, the mask [1,1,L,L] or the position table [1,L,C]. */
@@ -442,42 +409,29 @@ function fullSequenceLength(g: Graph, D: number): number | null {
     if (d.length === 3 && d[0] === 1 && d[2] === D && d[1] > 1) return d[1];
   }
   for (const v of g.inputs) {
-    const s = v.shape();
-    // x_BLCv_wo_first_l: [B, L-1, Cvae] (the first token is the class embedding).
-    if (s && s.length === 3 && typeof s[1] === 'number' && /first_l/.test(v.name)) return s[1] + 1;
+    const L = fullSequenceTokens(v);
+    if (L !== null) return L;
   }
   return null;
 }
 
-/** Tokens of a step graph when static: from the x input's axis 1, or 1 for the first step (no x input). */
-function stepTokens(g: Graph): number | null {
-  const x = findTokenInput(g);
+/** Tokens of a step graph when static: from the token input's axis 1, or 1 for the first step (no token input). */
+function stepTokens(x: Value | null): number | null {
   if (!x) return 1;
   const s = x.shape()!;
   return typeof s[1] === 'number' ? s[1] : null;
 }
 
-/** The token-feature input: rank 3, not the label, the CFG scale or the KV cache. */
-function findTokenInput(g: Graph): Value | null {
-  return g.inputs.find((v) => !v.tensor && !isKvInputName(v.name) && !/label|cfg/.test(v.name) && (v.shape()?.length ?? 0) === 3) ?? null;
-}
-
 /** Classifier-free guidance inside the graph: the label batch is concatenated with the null class, or tiled ×2. */
 function doublesBatch(g: Graph): boolean {
   for (const n of g.nodes) {
-    if (n.opType === 'Concat' && n.inputs.some((v) => v?.isGraphInput && /label/.test(v.name))) return true;
+    if (n.opType === 'Concat' && n.inputs.some((v) => v?.isGraphInput && inputRole(v.name) === 'label')) return true;
     if (n.opType === 'Tile') {
       const r = n.inputs[1]?.constantTensor();
       if (r && r.numbers()[0] === 2) return true;
     }
   }
   return false;
-}
-
-function findLogits(g: Graph): Value {
-  const v = g.outputs.find((o) => /logit/i.test(o.name)) ?? g.outputs[0];
-  if (!v) throw new MoefyError('the model has no outputs');
-  return v;
 }
 
 function logitsWidth(v: Value): number | null {

@@ -1,7 +1,7 @@
 // Router targets: the L2 norm of each expert's output, ‖act(x·W1_e + b1_e)·W2_e‖₂ (fc2 bias excluded), computed in
 // onnxruntime-node on chunks of tokens. Also the FFN's hidden activations, for clustering neurons by co-activation.
 import { MoefyError } from '../errors';
-import { ActivationKind as FfnActivation, activate as act } from '../op';
+import { ActivationKind as FfnActivation } from '../op';
 import { GraphBuilder, activationOp, f32 } from './ort-graph';
 
 export interface ExpertNormOptions {
@@ -117,28 +117,4 @@ export function permuteFfn(W1: Float32Array, B1: Float32Array, W2: Float32Array,
     w2.set(W2.subarray(order[j] * D, order[j] * D + D), j * D);
   }
   return { W1: w1, B1: b1, W2: w2 };
-}
-
-/** Plain TypeScript reference of computeExpertNorms (slow; for tests and tiny sizes). */
-export function expertNormsReference(
-  X: Float32Array, N: number, D: number, W1: Float32Array, B1: Float32Array, W2: Float32Array, E: number, activation: FfnActivation,
-): Float32Array {
-  const H = B1.length, S = H / E;
-  const out = new Float32Array(N * E);
-  const h = new Float64Array(H), y = new Float64Array(D);
-  for (let t = 0; t < N; t++) {
-    for (let j = 0; j < H; j++) {
-      let a = B1[j];
-      for (let d = 0; d < D; d++) a += X[t * D + d] * W1[d * H + j];
-      h[j] = act(a, activation);
-    }
-    for (let e = 0; e < E; e++) {
-      y.fill(0);
-      for (let j = e * S; j < (e + 1) * S; j++) for (let d = 0; d < D; d++) y[d] += h[j] * W2[j * D + d];
-      let s = 0;
-      for (let d = 0; d < D; d++) s += y[d] * y[d];
-      out[t * E + e] = Math.sqrt(s);
-    }
-  }
-  return out;
 }

@@ -2,6 +2,7 @@
 // and sliced into batches. The model's facts (KV inputs, classes, layout) come from the analysis.
 import * as ort from 'onnxruntime-node';
 import { VarStructure, isKvInputName } from '../analysis/var-structure';
+import { inputRole } from '../analysis/var-signature';
 import { MoefyError } from '../errors';
 import { Value } from '../ir/graph';
 import { Model } from '../ir/model';
@@ -61,7 +62,7 @@ export function synthesise(model: Model, s: VarStructure, count: number, seed: n
     if (type === 'int64') feeds[v.name] = new ort.Tensor('int64', BigInt64Array.from({ length: n }, () => BigInt(Math.floor(uniform() * s.classes))), shape);
     else if (type === 'float32') {
       const d = new Float32Array(n);
-      if (/cfg/i.test(v.name)) d.fill(1.5);
+      if (inputRole(v.name) === 'cfg') d.fill(1.5);
       else for (let i = 0; i < n; i++) d[i] = normal();
       feeds[v.name] = new ort.Tensor('float32', d, shape);
     } else if (type === 'float16') {

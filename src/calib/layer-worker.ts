@@ -2,15 +2,16 @@
 // moves the inputs it was lent and its results back to the main thread.
 import { parentPort, workerData } from 'node:worker_threads';
 import { MoefyError } from '../errors';
-import { LayerJob, lendsInputs, resultBuffers, runLayerJob } from './layer-pool';
+import { JobMessage, resultBuffers, runJob } from './layer-pool';
 
-parentPort!.on('message', async ({ job }: { job: LayerJob }) => {
+parentPort!.on('message', async (m: JobMessage) => {
+  // The lent inputs go back with the result or the error.
+  const lent = Object.fromEntries(m.lent.map((f) => [f, m.job[f] as Float32Array]));
+  const lentBuffers = Object.values(lent).map((a) => a.buffer as ArrayBuffer);
   try {
-    const result = await runLayerJob(job, 1, (workerData as { stop: Int32Array }).stop);
-    parentPort!.postMessage({ result, X: lendsInputs(job) ? job.job.X : undefined }, resultBuffers(job, result));
+    const result = await runJob(m.kind, m.module, m.job, 1, (workerData as { stop: Int32Array }).stop);
+    parentPort!.postMessage({ result, lent }, [...new Set([...lentBuffers, ...resultBuffers(m.kind, result)])]);
   } catch (e) {
-    // The lent inputs go back with the error.
-    const X = lendsInputs(job) ? job.job.X : undefined;
-    parentPort!.postMessage({ error: { message: (e as Error).message, moefy: e instanceof MoefyError }, X }, X ? [X.buffer as ArrayBuffer] : []);
+    parentPort!.postMessage({ error: { message: (e as Error).message, moefy: e instanceof MoefyError }, lent }, lentBuffers);
   }
 });

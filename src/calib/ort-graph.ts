@@ -11,6 +11,9 @@ import type { ActivationKind } from '../op';
 
 export type Dim = number | string;
 
+/** The default-domain opset of the graphs built here. */
+export const GRAPH_OPSET = 20;
+
 export class GraphBuilder {
   readonly graph: Graph;
   private count = 0;
@@ -83,13 +86,17 @@ export class GraphBuilder {
       if (Array.isArray(v)) return attr.ints(k, v);
       return attr.int(k, v);
     });
-    const pre = this.parent ? `${this.graph.name}/` : '';
-    const name = outName ?? `${pre}${type.toLowerCase()}_${this.count++}`;
-    const n = this.graph.addNode({ op: type, inputs, outputs: [name], attrs: list, name: `${pre}${type}_${this.count++}` });
+    const name = outName ?? this.scoped(`${type.toLowerCase()}_${this.count++}`);
+    const n = this.graph.addNode({ op: type, inputs, outputs: [name], attrs: list, name: this.scoped(`${type}_${this.count++}`) });
     return n.output(0);
   }
 
-  encode(opset = 20): Uint8Array {
+  /** A name for nodes and values of this graph: a Loop body's are prefixed with its name (unique across scopes). */
+  scoped(hint: string): string {
+    return this.parent ? `${this.graph.name}/${hint}` : hint;
+  }
+
+  encode(opset = GRAPH_OPSET): Uint8Array {
     const model = new Model({ ir_version: 10, producer_name: 'moefy-calib', opset_import: [{ domain: '', version: opset }] } as never, this.graph);
     return encodeModel(model);
   }

@@ -1,6 +1,6 @@
-// Router training: a 2-layer MLP per MoE layer, x [D] → MatMul W1 [D,width] → GELU (exact erf, the ONNX `Gelu` op with
-// approximate='none', as the insert pass emits) → MatMul W2 [width,E] → Abs, no biases (DMoE-VAR), regressing the
-// true L2 norm of each expert's output with MSE.
+// Router training: a 2-layer MLP per MoE layer, x [D] → MatMul W1 [D,width] → GELU (exact erf) → MatMul W2 [width,E]
+// → Abs, no biases (DMoE-VAR), regressing the true L2 norm of each expert's output with MSE. The forward is the
+// router's graph form (analysis/router-graph.ts), the one the converted model holds.
 //
 // One training step (forward, hand-written backward of MatMul/Gelu/Abs/MSE, global-norm gradient clipping, Adam
 // update of W1, W2 and their moments) is the body of an ONNX Loop: one onnxruntime-node run per epoch, the batches
@@ -16,7 +16,8 @@
 import * as ort from 'onnxruntime-node';
 import { MoefyError } from '../errors';
 import { DataType } from '../onnx/schema';
-import { GraphBuilder, f32, f32Scalar } from './ort-graph';
+import { routerOps } from '../analysis/router-graph';
+import { GRAPH_OPSET, GraphBuilder, f32, f32Scalar } from './ort-graph';
 import { deriveSeed, permutation, rng } from './random';
 
 export interface TrainRouterProgress {
@@ -105,7 +106,8 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
 type V = ReturnType<GraphBuilder['input']>;
 
-interface StepValues {
+/** The values one training step reads. */
+export interface StepValues {
   X: V; T: V; W1: V; W2: V; M1: V; V1: V; M2: V; V2: V;
   /** lr / (1 − β1^t) */
   c1: V;
@@ -117,13 +119,10 @@ interface StepValues {
 }
 
 /** One training step's ops (forward, backward, clip, Adam) on b; returns the loss, updated tensors and raw gradients. */
-function stepOps(b: GraphBuilder, v: StepValues, betas: [number, number], eps: number): { loss: V; W1: V; M1: V; V1: V; W2: V; M2: V; V2: V; gW1: V; gW2: V } {
+export function stepOps(b: GraphBuilder, v: StepValues, betas: [number, number], eps: number): { loss: V; W1: V; M1: V; V1: V; W2: V; M2: V; V2: V; gW1: V; gW2: V } {
   const { X, T, W1, W2, M1, V1, M2, V2, c1, c2, gscale, clip } = v;
-  // Forward.
-  const A = b.op('MatMul', [X, W1]);
-  const G = b.op('Gelu', [A]);
-  const P = b.op('MatMul', [G, W2]);
-  const Y = b.op('Abs', [P]);
+  // Forward: the router's own graph form (as the converted model holds it, without the square).
+  const { pre: A, hidden: G, out: P, norms: Y } = routerOps(b.graph, X, W1, W2, false, { opset: GRAPH_OPSET, name: b.scoped('router') });
   const R = b.op('Sub', [Y, T]);
   const loss = b.op('ReduceMean', [b.op('Mul', [R, R])], { keepdims: 0 });
   // Backward.
@@ -150,24 +149,6 @@ function stepOps(b: GraphBuilder, v: StepValues, betas: [number, number], eps: n
   const [w1, m1, v1] = adam(W1, M1, V1, gW1);
   const [w2, m2, v2] = adam(W2, M2, V2, gW2);
   return { loss, W1: w1, M1: m1, V1: v1, W2: w2, M2: m2, V2: v2, gW1: gW1raw, gW2: gW2raw };
-}
-
-/** The training-step graph (gradOutputs: also output the unclipped gradients gW1, gW2, for the gradient check). */
-export function buildTrainStep(D: number, E: number, width: number, betas: [number, number], eps = 1e-8, gradOutputs = false): GraphBuilder {
-  const b = new GraphBuilder('router_train_step');
-  const r = stepOps(b, {
-    X: b.input('X', ['B', D]), T: b.input('T', ['B', E]),
-    W1: b.input('W1', [D, width]), W2: b.input('W2', [width, E]),
-    M1: b.input('M1', [D, width]), V1: b.input('V1', [D, width]), M2: b.input('M2', [width, E]), V2: b.input('V2', [width, E]),
-    c1: b.input('c1', []), c2: b.input('c2', []), gscale: b.input('gscale', []), clip: b.input('clip', []),
-  }, betas, eps);
-  b.output(r.loss, 'loss');
-  if (gradOutputs) {
-    b.output(r.gW1, 'gW1');
-    b.output(r.gW2, 'gW2');
-  }
-  for (const [k, tag] of [['W', '1'], ['M', '1'], ['V', '1'], ['W', '2'], ['M', '2'], ['V', '2']] as const) b.output(r[`${k}${tag}`], `${k}${tag}_out`);
-  return b;
 }
 
 /**
@@ -207,7 +188,7 @@ function buildPredict(D: number, E: number, width: number): GraphBuilder {
   const X = b.input('X', ['n', D]);
   const W1 = b.input('W1', [D, width]);
   const W2 = b.input('W2', [width, E]);
-  b.output(b.op('Abs', [b.op('MatMul', [b.op('Gelu', [b.op('MatMul', [X, W1])]), W2])]), 'P');
+  b.output(routerOps(b.graph, X, W1, W2, false, { opset: GRAPH_OPSET, name: 'router' }).norms, 'P');
   return b;
 }
 

@@ -15,6 +15,7 @@ import { pct, table } from '../format';
 import { THRESHOLD_INPUT } from '../op';
 import { TensorSetWriter } from '../io';
 import { isKvInputName, isKvOutputName, kvInputFor } from '../analysis/var-structure';
+import { inputRole, TEACHER_FORCING } from '../analysis/var-signature';
 import { closeSide, EvalSide, openSide } from './side';
 import { commitTemp, removeTemp, tempSibling } from '../files/temp';
 import { writeImageGrid } from './image-grid';
@@ -189,8 +190,8 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
         const feedsOf = (c: Chain, side: EvalSide) => {
           const f: Record<string, ort.Tensor> = {};
           for (const n of side.feeds) {
-            if (n === 'label_B') f[n] = label;
-            else if (n === 'cfg') f[n] = f32Scalar(o.cfg);
+            if (inputRole(n) === 'label') f[n] = label;
+            else if (inputRole(n) === 'cfg') f[n] = f32Scalar(o.cfg);
             else if (isKvInputName(n)) {
               if (!c.past[n]) throw new MoefyError(`${side.file}: no '${n}' from the previous step`);
               f[n] = c.past[n];
@@ -293,9 +294,9 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
         const Cv = c.inputs[0]?.dims[2] ?? 0;
         const x = concatTokens(c.inputs.map((t) => ({ data: t.data as Float32Array, n: t.dims[1] })), nb, Cv, (n) => new Float32Array(n));
         const ids = concatTokens(c.idx.map((d, k) => ({ data: d, n: layout.tokens[k] })), nb, 1, (n) => new BigInt64Array(n));
-        dumps.full.append('label_B', label);
-        dumps.full.append('x_BLCv_wo_first_l', new ort.Tensor('float32', x.data, [nb, x.n, Cv]));
-        dumps.full.append('gt_idx_BL', new ort.Tensor('int64', ids.data, [nb, ids.n]));
+        dumps.full.append(TEACHER_FORCING.label, label);
+        dumps.full.append(TEACHER_FORCING.tokens, new ort.Tensor('float32', x.data, [nb, x.n, Cv]));
+        dumps.full.append(TEACHER_FORCING.groundTruth, new ort.Tensor('int64', ids.data, [nb, ids.n]));
       }
       if (decoder && o.images) for (const [j, c] of chains.entries()) images[j].push((await decoder.run({ [decoder.inputNames[0]]: c.fhat }))[decoder.outputNames[0]]);
     }

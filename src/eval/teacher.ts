@@ -6,6 +6,7 @@
 // model runs once per batch, the MoE model once per batch and setting.
 import * as ort from 'onnxruntime-node';
 import { moeFfnFlops } from '../analysis/flops';
+import { TEACHER_FORCING } from '../analysis/var-signature';
 import { floatView, toHalfTensor } from '../calib/inputs';
 import { MoefyError } from '../errors';
 import { readTensorSet, sliceSamples, TensorSet } from '../io';
@@ -14,7 +15,7 @@ import { scaleOfPositions, THRESHOLD_INPUT } from '../op';
 import { replayActive, RouterWeights } from './router-replay';
 import { EvalSide, thresholdTensor } from './side';
 
-export const GT_INPUT = 'gt_idx_BL';
+export const GT_INPUT = TEACHER_FORCING.groundTruth;
 
 export interface ScaleEval {
   scale: number;

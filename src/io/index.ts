@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { Tensor } from 'onnxruntime-common';
 import { unzipSync, zipSync, Zippable } from 'fflate';
 import { MoefyError } from '../errors';
-import { DTYPES, IoDType, isIoDType, numElements, parseDType, tensorBytes, tensorFromBytes } from './dtypes';
+import { IoDType, isIoDType, parseDType, tensorBytes, tensorFromBytes } from './dtypes';
 import { decodeNpy, encodeNpy } from './npy';
 import { tempSibling, removeTemp } from '../files/temp';
 import { envError } from '../files/env-errors';
@@ -355,9 +355,4 @@ export class TensorSetWriter {
 /** One-line description of a tensor: `name float32 [2, 680, 32]`. */
 export function describeTensor(name: string, t: Tensor): string {
   return `${name} ${t.type} [${t.dims.join(', ')}]`;
-}
-
-/** Size in bytes of a tensor's data (0 for unsupported types). */
-export function tensorByteSize(t: Tensor): number {
-  return isIoDType(t.type) ? numElements(t.dims) * DTYPES[t.type as IoDType].size : 0;
 }

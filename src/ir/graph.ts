@@ -1,7 +1,9 @@
 // The graph IR: small and mutable. A Value knows its producer and its uses; a Node knows its input and output
 // Values. Everything a pass does not touch keeps the proto fields it was read with, so a round trip is exact.
+// Subgraphs (If branches, Loop and Scan bodies) stay protos inside their node's attributes: the values of this graph
+// they read by name are the node's subgraph reads, which keep those values and their producers alive.
 import { Tensor, tensorFromInlineProto } from '../onnx/tensor';
-import { AttributeProto, AttributeType, NodeProto, TypeProto, ValueInfoProto } from '../onnx/schema';
+import { AttributeProto, AttributeType, GraphProto, NodeProto, TypeProto, ValueInfoProto } from '../onnx/schema';
 
 export interface Use {
   node: Node;
@@ -163,6 +165,32 @@ export class Node {
   describe(): string {
     return `'${this.name || '(unnamed)'}' (${this.domain ? this.domain + '::' : ''}${this.opType})`;
   }
+  /** Names of values of the enclosing graph that this node's subgraphs read (at any depth); empty for most nodes. */
+  subgraphReads(): Set<string> {
+    const out = new Set<string>();
+    for (const a of this.attributes) for (const sub of subgraphsOf(a)) for (const name of outerReads(sub)) out.add(name);
+    return out;
+  }
+}
+
+function subgraphsOf(a: AttributeProto): GraphProto[] {
+  if (a.type === AttributeType.GRAPH && a.g) return [a.g];
+  if (a.type === AttributeType.GRAPHS) return a.graphs ?? [];
+  return [];
+}
+
+/** The names a graph proto reads that it does not define itself (its inputs, initializers, node outputs), recursively. */
+function outerReads(g: GraphProto): Set<string> {
+  const sparse = (g.sparse_initializer as { values?: { name?: string } }[] | undefined) ?? [];
+  const defined = new Set<string>([...(g.input ?? []).map((v) => v.name ?? ''), ...(g.initializer ?? []).map((t) => t.name ?? ''), ...sparse.map((t) => t.values?.name ?? '')]);
+  for (const n of g.node ?? []) for (const o of n.output ?? []) defined.add(o);
+  const reads = new Set<string>();
+  for (const n of g.node ?? []) {
+    for (const i of n.input ?? []) if (i) reads.add(i);
+    for (const a of n.attribute ?? []) for (const sub of subgraphsOf(a)) for (const name of outerReads(sub)) reads.add(name);
+  }
+  for (const d of defined) reads.delete(d);
+  return reads;
 }
 
 export interface NodeSpec {
@@ -258,25 +286,96 @@ export class Graph {
     for (const u of from.uses()) u.node.setInput(u.index, to);
     if (graphOutput === 'move') this.outputs = this.outputs.map((o) => (o === from ? to : o));
   }
-  /** Removes nodes whose outputs nobody uses (and that are not graph outputs), then unused initializers. */
-  removeDeadNodes(): number {
-    let removed = 0;
-    for (let changed = true; changed; ) {
-      changed = false;
-      for (let k = this.nodes.length - 1; k >= 0; k--) {
-        const n = this.nodes[k];
-        if (n.outputs.every((o) => !o || (o.useCount === 0 && !this.outputs.includes(o)))) {
-          this.removeNode(n);
-          removed++;
-          changed = true;
-        }
+  /**
+   * The nodes `roots` depend on, through node inputs and what subgraphs read by name (an If branch may read an outer
+   * value that no node input names).
+   */
+  liveNodes(roots: Value[]): Set<Node> {
+    const live = new Set<Node>();
+    const stack = roots.map((v) => v.producer).filter((n): n is Node => !!n);
+    while (stack.length) {
+      const n = stack.pop()!;
+      if (live.has(n)) continue;
+      live.add(n);
+      for (const v of n.inputs) if (v?.producer && !live.has(v.producer)) stack.push(v.producer);
+      for (const name of n.subgraphReads()) {
+        const p = this.values.get(name)?.producer;
+        if (p && !live.has(p)) stack.push(p);
       }
     }
-    this.initializers = this.initializers.filter((v) => v.useCount > 0 || this.outputs.includes(v) || this.inputs.includes(v));
-    for (const [name, v] of this.values) if (!v.producer && v.useCount === 0 && !v.tensor && !this.inputs.includes(v) && !this.outputs.includes(v)) this.values.delete(name);
+    return live;
+  }
+  /** Names of the values the subgraphs of `nodes` read. */
+  subgraphReads(nodes: Iterable<Node> = this.nodes): Set<string> {
+    const out = new Set<string>();
+    for (const n of nodes) for (const name of n.subgraphReads()) out.add(name);
+    return out;
+  }
+  /**
+   * Removes nodes that no graph output depends on, then initializers nothing reads (node inputs, subgraphs, graph
+   * inputs and outputs).
+   */
+  removeDeadNodes(): number {
+    const live = this.liveNodes(this.outputs);
+    const dead = this.nodes.filter((n) => !live.has(n));
+    for (const n of dead) this.removeNode(n);
+    const read = this.subgraphReads();
+    const kept = (v: Value) => v.useCount > 0 || read.has(v.name) || this.outputs.includes(v) || this.inputs.includes(v);
+    this.initializers = this.initializers.filter(kept);
+    for (const [name, v] of this.values) if (!v.producer && !v.tensor && !kept(v)) this.values.delete(name);
     for (const [name, v] of this.values) if (v.tensor && !this.initializers.includes(v)) this.values.delete(name);
     this.valueInfo = this.valueInfo.filter((v) => this.values.get(v.name) === v);
-    return removed;
+    return dead.length;
+  }
+  /**
+   * A copy to rewrite while this graph stays as it is: new nodes and values, the same tensors (views into the file)
+   * and protos; `valueOf`/`nodeOf` find the copy of a value or node of this graph.
+   */
+  clone(): GraphCopy {
+    const g = new Graph(this.name);
+    const proto = (this as unknown as { proto?: GraphProto }).proto;
+    if (proto) (g as unknown as { proto: GraphProto }).proto = proto;
+    for (const [k, c] of this.nameCounter) g.nameCounter.set(k, c);
+    const values = new Map<Value, Value>();
+    for (const v of this.values.values()) {
+      const c = g.getOrCreate(v.name);
+      c.tensor = v.tensor;
+      c.info = v.info;
+      const outInfo = (v as Value & { outputInfo?: ValueInfoProto }).outputInfo;
+      if (outInfo) (c as Value & { outputInfo?: ValueInfoProto }).outputInfo = outInfo;
+      values.set(v, c);
+    }
+    const valueOf = (v: Value): Value => {
+      const c = values.get(v);
+      if (!c) throw new Error(`value '${v.name}' is not in graph '${this.name}'`);
+      return c;
+    };
+    const nodes = new Map<Node, Node>();
+    for (const n of this.nodes) {
+      const c = new Node(g, n.opType, n.domain, n.name, n.proto);
+      c.attributes = [...n.attributes];
+      n.inputs.forEach((v, k) => c.setInput(k, v ? valueOf(v) : null));
+      for (const o of n.outputs) {
+        const co = o ? valueOf(o) : null;
+        if (co) co.producer = c;
+        c.outputs.push(co);
+      }
+      g.nodes.push(c);
+      nodes.set(n, c);
+    }
+    g.inputs = this.inputs.map(valueOf);
+    g.outputs = this.outputs.map(valueOf);
+    g.initializers = this.initializers.map(valueOf);
+    g.valueInfo = this.valueInfo.map(valueOf);
+    return {
+      graph: g,
+      valueOf,
+      nodeOf: (n) => {
+        const c = nodes.get(n);
+        if (!c) throw new Error(`node ${n.describe()} is not in graph '${this.name}'`);
+        return c;
+      },
+    };
   }
   /** Stable topological sort: keeps the current order wherever it is already valid. */
   toposort(): void {
@@ -286,6 +385,10 @@ export class Graph {
     for (const n of this.nodes) {
       const deps = new Set<Node>();
       for (const v of n.inputs) if (v?.producer && index.has(v.producer) && v.producer !== n) deps.add(v.producer);
+      for (const name of n.subgraphReads()) {
+        const p = this.values.get(name)?.producer;
+        if (p && index.has(p) && p !== n) deps.add(p);
+      }
       pending.set(n, deps.size);
       for (const d of deps) {
         if (!consumers.has(d)) consumers.set(d, []);
@@ -336,6 +439,13 @@ export class Graph {
     if (out.length !== this.nodes.length) throw new Error('graph has a cycle');
     this.nodes = out;
   }
+}
+
+/** A graph's copy and where each of the original's values and nodes went. */
+export interface GraphCopy {
+  graph: Graph;
+  valueOf(v: Value): Value;
+  nodeOf(n: Node): Node;
 }
 
 /** Attribute builders. */

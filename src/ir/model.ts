@@ -1,5 +1,5 @@
 // A model: the graph IR plus the model-level proto fields (opsets, producer, functions, metadata) carried as read.
-import { Graph } from './graph';
+import { Graph, GraphCopy } from './graph';
 import { FunctionProto, ModelProto, OperatorSetIdProto, StringStringEntryProto } from '../onnx/schema';
 
 export class Model {
@@ -7,6 +7,13 @@ export class Model {
     public proto: ModelProto,
     public graph: Graph,
   ) {}
+
+  /** A copy to rewrite (see Graph.clone); the model-level fields are copied, so changing them leaves this model alone. */
+  clone(): ModelCopy {
+    const c = this.graph.clone();
+    const proto: ModelProto = { ...this.proto, opset_import: this.opsetImports.map((o) => ({ ...o })) };
+    return { ...c, model: new Model(proto, c.graph) };
+  }
 
   get irVersion(): number {
     return Number(this.proto.ir_version ?? 0);
@@ -38,4 +45,8 @@ export class Model {
     list.push({ key, value });
     this.proto.metadata_props = list;
   }
+}
+
+export interface ModelCopy extends GraphCopy {
+  model: Model;
 }

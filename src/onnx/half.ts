@@ -60,9 +60,3 @@ export function bfloat16BitsToFloat32(bits: Uint16Array): Float32Array {
   for (let i = 0; i < bits.length; i++) w[i] = bits[i] << 16;
   return out;
 }
-
-/** Rounds every element to the nearest float16 value (in place), as a float16 model would hold it. */
-export function roundToHalf(a: Float32Array): Float32Array {
-  for (let i = 0; i < a.length; i++) a[i] = halfToFloat(floatToHalf(a[i]));
-  return a;
-}

@@ -2,7 +2,6 @@
 // reference, the router replay and the FFN references of the calibration code.
 
 export type ActivationKind = 'relu' | 'gelu_tanh' | 'gelu';
-export const ACTIVATION_KINDS: readonly ActivationKind[] = ['relu', 'gelu_tanh', 'gelu'];
 /** The attribute's default. */
 export const DEFAULT_ACTIVATION: ActivationKind = 'relu';
 

@@ -1,19 +1,36 @@
-// Pass: replace each FFN by the router subgraph (ffn_in → norms) and an ai.moefy::DynamicMoE node with the
-// permuted expert weights; one `moe_threshold` graph input (one value per scale, calibrated defaults in its
-// initializer) feeds every node, so a deployer can trade quality for compute per run without re-exporting.
+// Stage insert → the converted model: a copy of the model with each FFN replaced by the router subgraph (ffn_in →
+// norms) and an ai.moefy::DynamicMoE node with the permuted (or repaired) expert weights; one `moe_threshold` graph
+// input (one value per scale, calibrated defaults in its initializer) feeds every node, so a deployer can trade
+// quality for compute per run without re-exporting.
 import { PRECISION_DTYPE } from '../analysis/exporter-styles';
+import { writeRouter } from '../analysis/router-graph';
 import type { FfnSite, PatchLayout } from '../analysis/var-structure';
 import { MoefyError } from '../errors';
 import { attr } from '../ir/graph';
-import { Model } from '../ir/model';
+import { ModelCopy } from '../ir/model';
 import { DataType } from '../onnx/schema';
 import { Tensor } from '../onnx/tensor';
-import { emitActivationIR } from './activation-ir';
 import { dynamicMoeFunction, MOE_DOMAIN, MOE_OP, MOE_OPSET, THRESHOLD_INPUT } from '../op';
+import { stage } from '../stages/stage';
 import type { ExpertWeights, RouterSet, ThresholdPlan } from '../stages/types';
 
-/** Replaces every FFN of `sites` by its router and a DynamicMoE node; returns the log line. */
-export function insert(m: Model, layout: PatchLayout, sites: FfnSite[], experts: number, weights: ExpertWeights[], routers: RouterSet, plan: ThresholdPlan): string {
+export const insertStage = stage({
+  name: 'insert',
+  needs: ['model', 'structure', 'sites', 'recipe', 'weights', 'repaired', 'routers', 'plan'],
+  gives: 'output',
+  steps: () => 1,
+  run: ({ model, structure, sites, recipe, weights, repaired, routers, plan }) => {
+    const copy = model.clone();
+    insert(copy, structure.layout, sites, recipe.experts, repaired?.weights ?? weights, routers, plan);
+    return copy.model;
+  },
+  summary: (_, { sites, recipe }) => `replaced ${sites.length} FFNs by routers + ${MOE_DOMAIN}::${MOE_OP} (${recipe.experts} experts of ${sites[0].H / recipe.experts})`,
+  layerReport: (_, k, { sites, recipe }) => ({ D: sites[k].D, H: sites[k].H, experts: recipe.experts, expertSize: sites[k].H / recipe.experts }),
+});
+
+/** Replaces every FFN of `sites` (the analysis of the model `copy` was made from) by its router and a DynamicMoE node. */
+export function insert(copy: ModelCopy, layout: PatchLayout, sites: FfnSite[], experts: number, weights: ExpertWeights[], routers: RouterSet, plan: ThresholdPlan): void {
+  const m = copy.model;
   const g = m.graph;
   const opset = m.opset('') ?? 0;
   const acts = new Set(weights.map((w) => w.activation));
@@ -36,16 +53,10 @@ export function insert(m: Model, layout: PatchLayout, sites: FfnSite[], experts:
     const r = routers.routers[k];
     const prefix = `/moefy/block${s.block}`;
     if (!s.moeIo) throw new MoefyError(`block ${s.block}: Gemm FFN ${s.fc1.node.describe()} is not between Reshapes to and from [B, L, D]`);
-    const { X, Y: Yold } = s.moeIo;
+    const X = copy.valueOf(s.moeIo.X), Yold = copy.valueOf(s.moeIo.Y);
     const D = s.D, H = s.H;
-    const rw1 = g.addInitializer(`${prefix}/router.W1`, Tensor.fromFloats(r.W1, [D, r.width], DT));
-    const rw2 = g.addInitializer(`${prefix}/router.W2`, Tensor.fromFloats(r.W2, [r.width, E], DT));
     const anchor = Yold.uses()[0]?.node;
-    const h = g.addNode({ op: 'MatMul', inputs: [X, rw1], outputs: [`${prefix}/router/MatMul`], name: `${prefix}/router/MatMul`, before: anchor });
-    const a = emitActivationIR(g, 'gelu', h.output(0), opset, `${prefix}/router/gelu`, DT);
-    const p = g.addNode({ op: 'MatMul', inputs: [a, rw2], outputs: [`${prefix}/router/MatMul_1`], name: `${prefix}/router/MatMul_1` });
-    let norms = g.addNode({ op: 'Abs', inputs: [p.output(0)], outputs: [r.squared ? `${prefix}/router/Abs` : `${prefix}/norms`], name: `${prefix}/router/Abs` }).output(0);
-    if (r.squared) norms = g.addNode({ op: 'Mul', inputs: [norms, norms], outputs: [`${prefix}/norms`], name: `${prefix}/router/Square` }).output(0);
+    const norms = writeRouter(g, X, r, { opset, dataType: DT, name: `${prefix}/router`, normsName: `${prefix}/norms`, before: anchor });
     norms.setTensorType(DT, [null, null, E]);
     g.valueInfo.push(norms);
 
@@ -71,5 +82,4 @@ export function insert(m: Model, layout: PatchLayout, sites: FfnSite[], experts:
   m.addFunction(dynamicMoeFunction(activation, opset, DT));
   // Model-local functions need IR 8.
   if (m.irVersion < 8) m.proto.ir_version = 8;
-  return `replaced ${sites.length} FFNs by routers + ${MOE_DOMAIN}::${MOE_OP} (${experts} experts of ${sites[0].H / experts})`;
 }

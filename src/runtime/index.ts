@@ -95,15 +95,6 @@ export function libPath(): string {
   return path.join(packageRoot(), 'kernels', 'build', 'libmoefy_ops.so');
 }
 
-/** True when both libmoefy_ops.so and the runtime addon are built (tests can skip otherwise). */
-export function isRuntimeBuilt(): boolean {
-  try {
-    return fs.existsSync(libPath()) && fs.existsSync(addonPath());
-  } catch {
-    return false;
-  }
-}
-
 /** Absolute path of the addon (env MOEFY_RUNTIME_ADDON overrides). */
 export function addonPath(): string {
   const env = process.env.MOEFY_RUNTIME_ADDON;

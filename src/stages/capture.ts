@@ -1,51 +1,70 @@
-// Stage capture → FfnInputSample: run the (ReLUfied) model with onnxruntime-node on calibration inputs and record
-// each FFN's input, batch by batch. Inputs come from --calib (a folder of .bin + manifest.json, or .npz) or are
-// synthesised from the model's signature with a seed (with a warning: real data routes better).
+// Stage capture → FfnInputSample: run the model with onnxruntime-node on calibration inputs and record each FFN's
+// input, batch by batch. Inputs come from --calib (a folder of .bin + manifest.json, or .npz) or are synthesised
+// from the model's signature with a seed (with a warning: real data routes better). The model runs as the converted
+// model's stream will compute: its FFNs with the experts' ReLU unless the experts are repaired (repaired experts
+// reproduce the dense FFNs, so a repaired MoE sees the dense model's stream).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
-import { FfnSite, VarStructure, isKvInputName, isKvOutputName, kvOutputFor } from '../analysis/var-structure';
+import type { FfnSite, VarStructure } from '../analysis/var-structure';
+import { inputRole, isKvInputName, isKvOutputName, kvOutputFor, TEACHER_FORCING } from '../analysis/var-signature';
 import { checkCalib, Feeds, floatData, floatView, modelInputs, sliceFeeds, synthesise, toHalfTensor } from '../calib/inputs';
 import { deriveSeed, rng } from '../calib/random';
+import type { Recipe } from '../convert-options';
 import { MoefyError } from '../errors';
 import { readTensorSet } from '../io';
-import { Model } from '../ir/model';
-import { encodeCopy, saveCopy } from '../onnx/io';
-import { Node, Value } from '../ir/graph';
-import { AttributeType } from '../onnx/schema';
+import { Lendable } from '../calib/layer-pool';
+import { Model, ModelCopy } from '../ir/model';
+import { encodeModel, saveModel } from '../onnx/io';
+import { Value } from '../ir/graph';
 import { removeTemp, tempDir } from '../files/temp';
 import { checkEmbeddingInputs, checkFinite } from '../calib/check-inputs';
 import { scaleOfPositions, scaleOfStep } from '../op';
+import { relufied } from './relufy';
+import { stage } from './stage';
 import { FfnInputSample, LayerCapture } from './types';
 
 // Errors only: on a float16 model ORT warns for every node it cannot constant-fold on the CPU (no float16 kernel
 // for folding), which says nothing about the model.
 const SESSION_OPTIONS: ort.InferenceSession.SessionOptions = { graphOptimizationLevel: 'all', logSeverityLevel: 3 };
 
-export interface CaptureOptions {
-  calib?: string;
-  kvPrefix?: string[];
-  synthSamples: number;
-  seed: number;
-  maxTokens: number;
+export interface CaptureOptions extends Pick<Recipe, 'calib' | 'kvPrefix' | 'synthSamples' | 'seed' | 'maxTokens'> {
+  /** Run the FFNs with ReLU (the experts' activation) instead of the model's own. */
+  reluFfns?: boolean;
 }
+
+export const captureStage = stage({
+  name: 'capture',
+  needs: ['model', 'structure', 'sites', 'recipe'],
+  gives: 'sample',
+  // The bar counts samples; capture reports (done, total) with the total it actually runs.
+  steps: ({ recipe }) => (recipe.calib ? 1 : recipe.synthSamples),
+  run: ({ model, structure, sites, recipe }, progress) => capture(model, structure, sites, { ...recipe, reluFfns: !recipe.repair && recipe.activation === 'relu' }, progress),
+  summary: (s, { sites }) => {
+    const src = s.source;
+    const what = `captured ${s.layers[0].N} tokens × ${sites.length} FFN inputs`;
+    if (typeof src === 'object') return `${what} of scales ${src.chain.firstScale}…${src.chain.lastScale} from ${s.samples} calibration samples through a KV-cache chain of ${src.chain.steps} earlier step(s)`;
+    return `${what} from ${s.samples} ${src} samples`;
+  },
+  warnings: (s, { recipe }) => (s.source === 'synthesised' ? [`no --calib given: synthesised ${recipe.synthSamples} inputs from the model's signature (seed ${recipe.seed}); real calibration data routes better`] : []),
+});
 
 /** The FFN inputs of `sites` in `model` on the calibration data (or synthesised inputs). */
 export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o: CaptureOptions, onProgress?: (done: number, total: number) => void): Promise<FfnInputSample> {
   let feeds: Feeds;
   let scaleIdx = -1;
-  const warnings: string[] = [];
+  // The model as it runs here (a copy: the model itself stays as it is).
+  const run = o.reluFfns ? relufied(model, sites) : model.clone();
   if (o.calib) {
     if (!fs.existsSync(o.calib)) throw new MoefyError(`--calib ${o.calib}: no such file or folder`);
     const set = (await readTensorSet(o.calib)) as unknown as Record<string, ort.Tensor>;
     // Non-finite values and out-of-range labels, named before anything runs.
     checkFinite(set, `calibration data ${o.calib}`);
     checkEmbeddingInputs(model, set, `calibration data ${o.calib}`);
-    if (s.kind === 'step' && isFullSequenceSet(set) && !hasAllInputs(model, set)) return captureChain(model, s, sites, o, set, onProgress);
+    if (s.kind === 'step' && isFullSequenceSet(set) && !hasAllInputs(model, set)) return captureChain(run, s, sites, o, set, onProgress);
     feeds = checkCalib(model, set, o.calib);
     if (s.kind === 'step') scaleIdx = stepScaleOf(s, feeds);
   } else {
-    warnings.push(`no --calib given: synthesised ${o.synthSamples} inputs from the model's signature (seed ${o.seed}); real calibration data routes better`);
     const syn = synthesise(model, s, o.synthSamples, o.seed);
     feeds = syn.feeds;
     scaleIdx = syn.scale;
@@ -53,7 +72,7 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
   const samples = Object.entries(feeds).find(([n, t]) => !isKvInputName(n) && t.dims.length > 0)?.[1].dims[0] ?? 1;
 
   // The model with the FFN inputs as its outputs.
-  const sess = await captureSession(model, sites.map((x) => x.ffnIn), SESSION_OPTIONS);
+  const sess = await captureSession(run.model, sites.map((x) => run.valueOf(x.ffnIn)), SESSION_OPTIONS);
   const D = s.D;
   let sinks: RowSink[] | null = null;
   let scaleOfToken: Int32Array | null = null;
@@ -84,64 +103,35 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
   } finally {
     await sess.release();
   }
-  const layers = fromSinks(sinks!, scaleOfToken!, keep, D);
-  const N = layers[0].N;
-  return { layers, warnings, summary: `captured ${N} tokens × ${sites.length} FFN inputs from ${samples} ${o.calib ? 'calibration' : 'synthesised'} samples` };
+  return { layers: fromSinks(sinks!, scaleOfToken!, keep, D), samples, source: o.calib ? 'calibration' : 'synthesised' };
 }
 
 /** Models this size or larger go to ORT through a temporary file (protobuf's 2 GB limit); smaller ones from memory. */
 const IN_MEMORY_LIMIT = 2 ** 31 - 128 * 2 ** 20;
 
 /**
- * An ORT session of the model with `outputs` as its outputs. From an in-memory encoding when it fits a protobuf (no
- * copy of the weights written to disk and read back: measured 8 s instead of 39 s at d16 size, contended), else
- * through a temporary file.
+ * An ORT session of `model` (a copy this module owns: it is pruned here) with `outputs` as its outputs. From an
+ * in-memory encoding when it fits a protobuf (no copy of the weights written to disk and read back: measured 8 s
+ * instead of 39 s at d16 size, contended), else through a temporary file.
  */
 async function captureSession(model: Model, outputs: Value[], opts: ort.InferenceSession.SessionOptions = {}): Promise<ort.InferenceSession> {
   const g = model.graph;
   // Only the nodes the outputs need: ORT runs dead nodes too (the last FFN and the head here: 5% of a d16 forward).
-  const saved = { nodes: g.nodes, initializers: g.initializers };
-  const live = liveSubgraph(g.nodes, g.initializers, outputs);
-  let bytes: Uint8Array | null = null;
-  let dir: string | null = null;
-  try {
-    if (live) Object.assign(g, live);
-    if (g.initializers.reduce((a, v) => a + (v.tensor?.byteLength ?? 0), 0) < IN_MEMORY_LIMIT) bytes = encodeCopy(model, { outputs });
-    else {
-      dir = tempDir('capture');
-      saveCopy(model, path.join(dir, 'capture.onnx'), { outputs });
-    }
-  } catch (e) {
-    if (dir) removeTemp(dir);
-    throw e;
-  } finally {
-    Object.assign(g, saved);
-  }
-  if (bytes) return ort.InferenceSession.create(bytes, opts);
-  try {
-    return await ort.InferenceSession.create(path.join(dir!, 'capture.onnx'), opts);
-  } finally {
-    removeTemp(dir!);
-  }
-}
-
-/** The nodes (in order) and initializers the outputs depend on; null when a node has a subgraph (implicit inputs). */
-function liveSubgraph(nodes: Node[], initializers: Value[], outputs: Value[]): { nodes: Node[]; initializers: Value[] } | null {
-  if (nodes.some((n) => n.attributes.some((a) => a.type === AttributeType.GRAPH || a.type === AttributeType.GRAPHS))) return null;
-  const live = new Set<Node>();
+  const live = g.liveNodes(outputs);
+  const reads = g.subgraphReads(live);
   const used = new Set<Value>(outputs);
-  const stack = outputs.map((v) => v.producer).filter((n): n is Node => !!n);
-  while (stack.length) {
-    const n = stack.pop()!;
-    if (live.has(n)) continue;
-    live.add(n);
-    for (const v of n.inputs) {
-      if (!v) continue;
-      used.add(v);
-      if (v.producer && !live.has(v.producer)) stack.push(v.producer);
-    }
+  for (const n of live) for (const v of n.inputs) if (v) used.add(v);
+  g.nodes = g.nodes.filter((n) => live.has(n));
+  g.initializers = g.initializers.filter((v) => used.has(v) || reads.has(v.name));
+  g.outputs = outputs;
+  if (g.initializers.reduce((a, v) => a + (v.tensor?.byteLength ?? 0), 0) < IN_MEMORY_LIMIT) return ort.InferenceSession.create(encodeModel(model), opts);
+  const dir = tempDir('capture');
+  try {
+    saveModel(model, path.join(dir, 'capture.onnx'));
+    return await ort.InferenceSession.create(path.join(dir, 'capture.onnx'), opts);
+  } finally {
+    removeTemp(dir);
   }
-  return { nodes: nodes.filter((n) => live.has(n)), initializers: initializers.filter((v) => used.has(v)) };
 }
 
 /**
@@ -172,7 +162,7 @@ class RowSink {
 
 function fromSinks(sinks: RowSink[], scaleOfToken: Int32Array, keep: Int32Array | null, D: number): LayerCapture[] {
   const sc = keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken;
-  return sinks.map((k) => ({ X: k.X, N: k.X.length / D, D, scaleOfToken: sc }));
+  return sinks.map((k) => ({ X: new Lendable(k.X), N: k.X.length / D, D, scaleOfToken: sc }));
 }
 
 function stepScaleOf(s: VarStructure, feeds: Feeds): number {
@@ -191,7 +181,7 @@ function toCaptures(chunks: Float32Array[][], scales: Int32Array[], D: number, o
   return chunks.map((cs) => {
     const all = concatFloat(cs);
     const X = keep ? gatherRows(all, keep, D) : all;
-    return { X, N: X.length / D, D, scaleOfToken: keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken };
+    return { X: new Lendable(X), N: X.length / D, D, scaleOfToken: keep ? Int32Array.from(keep, (i) => scaleOfToken[i]) : scaleOfToken };
   });
 }
 
@@ -234,10 +224,8 @@ function concatInt(cs: Int32Array[]): Int32Array {
   return out;
 }
 
-const FULL_X = 'x_BLCv_wo_first_l';
-
 function isFullSequenceSet(set: Record<string, ort.Tensor>): boolean {
-  return !!set[FULL_X] && !!set.label_B;
+  return !!set[TEACHER_FORCING.tokens] && !!set[TEACHER_FORCING.label];
 }
 function hasAllInputs(model: Model, set: Record<string, ort.Tensor>): boolean {
   return modelInputs(model).every((v) => set[v.name]);
@@ -249,7 +237,7 @@ function hasAllInputs(model: Model, set: Record<string, ort.Tensor>): boolean {
  * its scale's slice of the teacher-forcing input and the previous step's present_* as past_*, then the model itself,
  * capturing its FFN inputs. A dynamic step graph runs for every scale after the prefix, and is captured at each.
  */
-async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: CaptureOptions, set: Record<string, ort.Tensor>, onProgress?: (done: number, total: number) => void): Promise<FfnInputSample> {
+async function captureChain(run: ModelCopy, s: VarStructure, sites: FfnSite[], o: CaptureOptions, set: Record<string, ort.Tensor>, onProgress?: (done: number, total: number) => void): Promise<FfnInputSample> {
   const layout = s.layout;
   const prefix = o.kvPrefix ?? [];
   const first = s.stepScale !== null ? s.stepScale - 1 : prefix.length;
@@ -259,15 +247,16 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
     throw new MoefyError('this dynamic step graph needs the KV cache of scale 1: pass --kv-prefix with the first step\'s graph (e.g. the step-0 export)');
   const last = s.stepScale !== null ? first : layout.patchNums.length - 1;
   const sessions: ort.InferenceSession[] = [];
-  const samples = set.label_B.dims[0];
-  const X = set[FULL_X];
+  const labels = set[TEACHER_FORCING.label];
+  const samples = labels.dims[0];
+  const X = set[TEACHER_FORCING.tokens];
   const xData = X.type === 'float16' ? floatData(X) : (X.data as Float32Array);
   const xPer = X.dims[1] * X.dims[2];
   const chunks: Float32Array[][] = sites.map(() => []);
   const scales: Int32Array[] = [];
   try {
     for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p, SESSION_OPTIONS));
-    const self = await captureSession(model, [...model.graph.outputs, ...sites.map((x) => x.ffnIn)], SESSION_OPTIONS);
+    const self = await captureSession(run.model, [...run.model.graph.outputs, ...sites.map((x) => run.valueOf(x.ffnIn))], SESSION_OPTIONS);
     const batch = 4;
     for (let a = 0; a < samples; a += batch) {
       const b = Math.min(samples, a + batch);
@@ -276,9 +265,10 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
         const sess = k < first ? sessions[k] : self;
         const feeds: Feeds = {};
         for (const name of sess.inputNames) {
-          if (name === 'label_B') feeds[name] = new ort.Tensor('int64', (set.label_B.data as BigInt64Array).slice(a, b), [b - a]);
-          else if (/cfg/i.test(name)) feeds[name] = new ort.Tensor('float32', Float32Array.of(1.5), []);
-          else if (isKvInputName(name)) {
+          const role = inputRole(name);
+          if (role === 'label') feeds[name] = new ort.Tensor('int64', (labels.data as BigInt64Array).slice(a, b), [b - a]);
+          else if (role === 'cfg') feeds[name] = new ort.Tensor('float32', Float32Array.of(1.5), []);
+          else if (role === 'kv') {
             const t = past[kvOutputFor(name)];
             if (!t) throw new MoefyError(`--kv-prefix: the graph for scale ${k} wants '${name}', which the previous step does not output`);
             feeds[name] = t;
@@ -307,6 +297,5 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
   } finally {
     for (const x of sessions) await x.release();
   }
-  const layers = toCaptures(chunks, scales, s.D, o);
-  return { layers, warnings: [], summary: `captured ${layers[0].N} tokens × ${sites.length} FFN inputs of scales ${first + 1}…${last + 1} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };
+  return { layers: toCaptures(chunks, scales, s.D, o), samples, source: { chain: { firstScale: first + 1, lastScale: last + 1, steps: first } } };
 }

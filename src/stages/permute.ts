@@ -4,7 +4,17 @@ import { fc1Weights, fc2Weights } from '../analysis/ffn-weights';
 import type { FfnSite } from '../analysis/var-structure';
 import { permuteFfn } from '../calib/expert-norms';
 import type { ActivationKind } from '../op';
+import { stage } from './stage';
 import { ExpertClustering, ExpertWeights } from './types';
+
+export const permuteStage = stage({
+  name: 'permute',
+  needs: ['sites', 'clustering', 'activations'],
+  gives: 'weights',
+  steps: () => 1,
+  run: ({ sites, clustering, activations }) => permute(sites, clustering, activations.experts),
+  summary: (w) => `permuted ${w.length} FFNs into expert-contiguous layout`,
+});
 
 export function permute(sites: FfnSite[], clustering: ExpertClustering, activations: ActivationKind[]): ExpertWeights[] {
   return sites.map((s, k) => {

@@ -1,20 +1,85 @@
 // Stage repair → RepairedExperts: each FFN's experts refitted to the dense FFN's outputs on the calibration tokens,
 // under the routing of the chosen routers and thresholds (experts a token does not run are zeroed in the fit).
 // First the closed form (W2, B2 by ridge least squares, calib/repair.ts), then, with repairEpochs, gradient fitting
-// of all four tensors from there (calib/expert-train.ts); layers side by side in the layer pool. The routers and
-// thresholds are kept: fitting them again on the repaired experts measured worse (the experts were fitted for the
-// routing they saw).
-import { RepairJob, runRepairJobs } from '../calib/layer-pool';
+// of all four tensors from there (calib/expert-train.ts); layers side by side in the layer pool (job kind 'repair').
+// The routers and thresholds are kept: fitting them again on the repaired experts measured worse (the experts were
+// fitted for the routing they saw). It runs when the recipe asks (convert-options.ts: resolveForModel).
+import { layerJobKind } from '../calib/layer-pool';
+import type { Recipe } from '../convert-options';
+import { trainExperts } from '../calib/expert-train';
 import { deriveSeed } from '../calib/random';
-import { routingMask } from '../calib/repair';
+import { ffnOutputs, repairExperts, routingMask } from '../calib/repair';
 import type { ActivationKind } from '../op';
-import { ExpertWeights, FfnInputSample, RepairedExperts, RouterSet, ThresholdPlan } from './types';
+import { stage } from './stage';
+import { ExpertWeights, FfnInputSample, LayerFfn, RepairedExperts, RouterSet, ThresholdPlan } from './types';
 
-export interface RepairOptions {
-  experts: number;
-  repairEpochs: number;
+export type RepairOptions = Pick<Recipe, 'experts' | 'repairEpochs' | 'seed'>;
+
+/** The FFN's weights before the repair; X holds the dense model's FFN inputs. */
+export interface RepairJob extends LayerFfn {
+  B2: Float32Array | null;
+  /** The dense FFN's own activation (the fit's target is that FFN). */
+  original: ActivationKind;
+  /** [N, E] 1 where the routing runs the expert on the token. */
+  mask: Uint8Array;
+  /** Gradient epochs after the closed form (0: closed form only). */
+  epochs: number;
   seed: number;
 }
+
+export interface RepairJobResult {
+  W1: Float32Array;
+  B1: Float32Array;
+  W2: Float32Array;
+  B2: Float32Array;
+  ridge: number;
+  heldOutRelErrBefore: number;
+  heldOutRelErrClosedForm: number;
+  heldOutRelErrAfter: number;
+  /** Best epoch of the gradient fit (0: closed form only). */
+  epochs: number;
+}
+
+/** One layer's experts refitted to the dense FFN under the routing: the closed form, then the gradient epochs. */
+export const repairJobs = layerJobKind<RepairJob, RepairJobResult>({
+  name: 'repair',
+  module: __filename,
+  async run(j, { threads, checkStop }) {
+    const w = { W1: j.W1, B1: j.B1, W2: j.W2, B2: j.B2 };
+    // The gradient epochs need the dense outputs as an array; the closed form alone computes them in its moments.
+    const target = j.epochs > 0 ? await ffnOutputs(j.X, j.N, j.D, w, j.original, 4096, threads) : null;
+    checkStop();
+    const routing = { mask: j.mask, E: j.E };
+    const fit = await repairExperts({ X: j.X, N: j.N, D: j.D, target: target ?? { denseActivation: j.original }, weights: w, activation: j.activation, routing }, { threads });
+    const out: RepairJobResult = {
+      W1: j.W1, B1: j.B1, W2: fit.W2, B2: fit.B2, ridge: fit.ridge,
+      heldOutRelErrBefore: fit.heldOut.before, heldOutRelErrClosedForm: fit.heldOut.after, heldOutRelErrAfter: fit.heldOut.after, epochs: 0,
+    };
+    if (target) {
+      checkStop();
+      const t = await trainExperts({ X: j.X, N: j.N, D: j.D, target, weights: { ...w, W2: fit.W2, B2: fit.B2 }, activation: j.activation, routing }, { epochs: j.epochs, seed: j.seed, threads, onEpoch: checkStop });
+      Object.assign(out, t.weights);
+      out.heldOutRelErrAfter = t.heldOutAfter;
+      out.epochs = t.bestEpoch;
+    }
+    return out;
+  },
+  resultBuffers: (r) => [r.W1.buffer, r.B1.buffer, r.W2.buffer, r.B2.buffer],
+});
+
+export const repairStage = stage({
+  name: 'repair',
+  needs: ['sample', 'weights', 'activations', 'routers', 'plan', 'recipe'],
+  gives: 'repaired',
+  runs: ({ recipe }) => recipe.repair,
+  steps: ({ sample }) => sample.layers.length,
+  run: ({ sample, weights, activations, routers, plan, recipe }, progress) => repair(sample, weights, activations.original, routers, plan, recipe, (k) => progress(k + 1)),
+  summary: (out, { recipe }) => {
+    const errs = out.layers.map((r) => `${(100 * r.heldOutRelErrBefore).toFixed(1)}→${(100 * r.heldOutRelErrAfter).toFixed(1)}%`);
+    return `refitted the experts of ${out.layers.length} FFNs to the dense outputs under the routing (${recipe.repairEpochs > 0 ? `closed form + up to ${recipe.repairEpochs} epochs` : 'closed form'}); FFN error on held-out calibration tokens ${errs.join(', ')}`;
+  },
+  layerReport: (out, k) => ({ repair: out?.layers[k] ?? null }),
+});
 
 /**
  * `sample` holds the dense model's FFN inputs; `original[k]` is layer k's own activation (the dense FFN is the
@@ -27,15 +92,10 @@ export async function repair(sample: FfnInputSample, weights: ExpertWeights[], o
     const routing = routingMask(routers.norms[k].predicted, c.N, E, (n) => plan.thresholds[c.scaleOfToken[n]]);
     return { X: c.X, N: c.N, D: c.D, W1: w.W1, B1: w.B1, W2: w.W2, B2: w.B2, activation: w.activation, original: original[k], mask: routing.mask, E, epochs: o.repairEpochs, seed: deriveSeed(o.seed, 300 + k) };
   });
-  // Layers side by side, one per core, each single-threaded (the captures are lent to the workers and given back).
-  const results = await runRepairJobs(jobs, { onDone: (done) => onLayer?.(done - 1) });
-  jobs.forEach((j, k) => (sample.layers[k].X = j.X));
-  const out: RepairedExperts = { weights: [], layers: [], summary: '' };
-  results.forEach((r, k) => {
-    out.weights.push({ ...weights[k], W1: r.W1, B1: r.B1, W2: r.W2, B2: r.B2 });
-    out.layers.push({ ridge: r.ridge, heldOutRelErrBefore: r.heldOutRelErrBefore, heldOutRelErrClosedForm: r.heldOutRelErrClosedForm, heldOutRelErrAfter: r.heldOutRelErrAfter, epochs: r.epochs });
-  });
-  const errs = out.layers.map((r) => `${(100 * r.heldOutRelErrBefore).toFixed(1)}→${(100 * r.heldOutRelErrAfter).toFixed(1)}%`);
-  out.summary = `refitted the experts of ${out.layers.length} FFNs to the dense outputs under the routing (${o.repairEpochs > 0 ? `closed form + up to ${o.repairEpochs} epochs` : 'closed form'}); FFN error on held-out calibration tokens ${errs.join(', ')}`;
-  return out;
+  // Layers side by side, one per core, each single-threaded.
+  const results = await repairJobs.run(jobs, { onDone: (done) => onLayer?.(done - 1) });
+  return {
+    weights: results.map((r, k) => ({ ...weights[k], W1: r.W1, B1: r.B1, W2: r.W2, B2: r.B2 })),
+    layers: results.map((r) => ({ ridge: r.ridge, heldOutRelErrBefore: r.heldOutRelErrBefore, heldOutRelErrClosedForm: r.heldOutRelErrClosedForm, heldOutRelErrAfter: r.heldOutRelErrAfter, epochs: r.epochs })),
+  };
 }

@@ -2,19 +2,16 @@
 // DMoE-VAR's τ (--tau, threshold = 1 − τ), or chosen on the calibration data for a FLOP budget (--budget, default
 // 0.6; routers included: what the user pays), non-decreasing toward finer scales as the paper found best. Scales before from-scale get 0 (every expert:
 // the dense FFN).
+import { routerFlopsPerToken } from '../analysis/flops';
 import type { PatchLayout } from '../analysis/var-structure';
 import { activeFraction, chooseThresholds as chooseForBudget, thresholdsFromTau } from '../calib/thresholds';
-import { CONVERT_DEFAULTS } from '../convert-options';
+import type { Recipe } from '../convert-options';
 import { MoefyError } from '../errors';
 import { formatThreshold } from '../format';
+import { stage } from './stage';
 import { FfnInputSample, RouterSet, ThresholdPlan } from './types';
 
-export interface ThresholdOptions {
-  experts: number;
-  fromScale: number;
-  thresholds?: number[];
-  tau?: number[];
-  budget?: number;
+export interface ThresholdOptions extends Pick<Recipe, 'experts' | 'fromScale' | 'thresholds' | 'tau' | 'budget'> {
   /**
    * The routers' FLOPs over the dense FFN's, per token (the same on every scale): the budget is what the user pays,
    * so the experts get the budget less this.
@@ -22,19 +19,27 @@ export interface ThresholdOptions {
   routerShare?: number;
 }
 
-/** Checks the threshold options against the layout before any work is done. */
-export function validateThresholdOptions(o: ThresholdOptions, numScales: number): void {
-  const n = numScales - o.fromScale + 1;
-  const given = [o.thresholds && '--threshold', o.tau && '--tau', o.budget !== undefined && '--budget'].filter(Boolean);
-  if (given.length > 1) throw new MoefyError(`give one of --threshold, --tau and --budget, not ${given.join(' and ')}`);
-  for (const [flag, list] of [['threshold', o.thresholds], ['tau', o.tau]] as const) {
-    if (!list) continue;
-    if (list.length !== n && list.length !== 1) throw new MoefyError(`--${flag} has ${list.length} values; scales ${o.fromScale}…${numScales} need ${n} (or 1 for all)`);
-    const bad = list.find((x) => !(x >= 0 && x <= 1));
-    if (bad !== undefined) throw new MoefyError(`--${flag} value ${bad} is outside [0, 1]`);
-  }
-  if (o.budget !== undefined && !(o.budget > 0 && o.budget <= 1)) throw new MoefyError(`--budget ${o.budget} is outside (0, 1]`);
-}
+export const thresholdsStage = stage({
+  name: 'thresholds',
+  needs: ['structure', 'sites', 'sample', 'routers', 'recipe'],
+  gives: 'plan',
+  steps: () => 1,
+  run: ({ structure, sites, sample, routers, recipe }) => {
+    // The budget is what the user pays: the routers' share of the FFN FLOPs comes off the experts' part.
+    const routerShare = routers.routers.reduce((a, r, k) => a + routerFlopsPerToken(sites[k].D, r.width, recipe.experts), 0) / sites.reduce((a, s) => a + 4 * s.D * s.H, 0);
+    return chooseThresholds(structure.layout, sample, routers, { ...recipe, routerShare });
+  },
+  summary: (plan, { structure, recipe }) => {
+    const S = structure.layout.patchNums.length;
+    const b = plan.basis;
+    const how = 'given' in b ? 'given'
+      : 'tau' in b ? `from τ ${b.tau.join(',')} (threshold = 1 − τ)`
+      : `chosen for a budget of ${b.budget} of the dense FFN FLOPs on scales ${recipe.fromScale}…${S}, routers included (reached ${b.reached.toFixed(3)}: experts ${b.experts.toFixed(3)} + routers ${b.routers.toFixed(3)})`;
+    return `thresholds ${plan.thresholds.slice(recipe.fromScale - 1).map(formatThreshold).join(',')} for scales ${recipe.fromScale}…${S}, ${how}`;
+  },
+  warnings: (plan) => plan.warnings,
+  layerReport: (plan, k) => ({ activeFractionPerScale: plan.activeFractionPerLayer[k] }),
+});
 
 export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, routers: RouterSet, o: ThresholdOptions): ThresholdPlan {
   const S = layout.patchNums.length;
@@ -43,7 +48,7 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
   const n = S - first;
   const layers = sample.layers;
   let chosen: number[];
-  let how: string;
+  let basis: ThresholdPlan['basis'];
   const warnings: string[] = [];
   const expand = (l: number[]) => (l.length === 1 ? Array(n).fill(l[0]) : l);
   // Scales that have captured tokens.
@@ -72,12 +77,13 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
   });
   if (o.thresholds) {
     chosen = expand(o.thresholds);
-    how = 'given';
+    basis = { given: chosen };
   } else if (o.tau) {
     chosen = thresholdsFromTau(expand(o.tau));
-    how = `from τ ${expand(o.tau).join(',')} (threshold = 1 − τ)`;
+    basis = { tau: expand(o.tau) };
   } else {
-    const budget = o.budget ?? CONVERT_DEFAULTS.budget;
+    const budget = o.budget;
+    if (budget === null) throw new Error('thresholds: no budget, thresholds or tau');
     const withData = perScale.filter((p) => p.count > 0);
     if (withData.length === 0) throw new MoefyError(`the calibration data holds no tokens of scales ${o.fromScale}…${S}; cannot choose thresholds for a budget (give --threshold)`);
     const share = o.routerShare ?? 0;
@@ -94,7 +100,7 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
       last = k >= 0 ? r.thresholds[k] : last;
       chosen.push(last);
     }
-    how = `chosen for a budget of ${budget} of the dense FFN FLOPs on scales ${o.fromScale}…${S}, routers included (reached ${reached.toFixed(3)}: experts ${r.spent.toFixed(3)} + routers ${share.toFixed(3)})`;
+    basis = { budget, reached, experts: r.spent, routers: share };
   }
   const thresholds = [...Array(first).fill(0), ...chosen];
   const activeFractions = thresholds.map((t, s) => {
@@ -112,5 +118,5 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
     }
     return m;
   });
-  return { thresholds, activeFractions, activeFractionPerLayer, warnings, summary: `thresholds ${chosen.map(formatThreshold).join(',')} for scales ${o.fromScale}…${S}, ${how}` };
+  return { thresholds, activeFractions, activeFractionPerLayer, basis, warnings };
 }

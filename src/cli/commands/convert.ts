@@ -1,95 +1,56 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
-import { CONVERT_DEFAULTS as D, ROUTER_WIDTH } from '../../convert-options';
-import { MoefyError } from '../../errors';
+import { checkOptions, CONVERT_OPTIONS, ConvertOptions, OptionSpec } from '../../convert-options';
 import { convert, defaultOutput, reportPath } from '../../pipeline';
 import { formatThreshold, human, pct, table } from '../../format';
 import { parseNumberList, parsePatchNums } from '../options';
 import { conversionUi } from '../progress';
-import { existing, integer, nonEmpty, number, once, whole } from '../validate';
+import { existing, nonEmpty, once } from '../validate';
 
-interface Args {
-  model: string;
-  experts: number;
-  'from-scale': number;
-  output?: string;
-  calib?: string;
-  'external-data'?: boolean;
-  'kv-prefix'?: string;
-  threshold?: string;
-  tau?: string;
-  budget?: number;
-  seed: number;
-  activation: string;
-  'cluster-by': string;
-  'patch-nums'?: string;
-  'router-width'?: number;
-  'router-epochs': number;
-  'router-target': string;
-  'synth-samples': number;
-  'max-tokens': number;
-  json?: boolean;
-  quiet?: boolean;
-  repair?: boolean;
-  'repair-epochs'?: number;
+/** The flags: the model and where the outputs go, and the conversion's options (src/convert-options.ts). */
+type Args = Record<string, unknown> & { model: string; output?: string; 'external-data'?: boolean; json?: boolean; quiet?: boolean };
+
+const OPTIONS = Object.entries(CONVERT_OPTIONS) as [keyof ConvertOptions, OptionSpec<unknown>][];
+
+/** The library's options from the flags given. */
+function optionsOf(a: Args): ConvertOptions {
+  const o: Record<string, unknown> = {};
+  for (const [key, spec] of OPTIONS) {
+    const v = a[spec.flag];
+    if (v === undefined) continue;
+    o[key] = spec.list === 'numbers' ? parseNumberList(spec.flag, v as string) : spec.list === 'patch-nums' ? parsePatchNums(v as string) : spec.list === 'paths' ? String(v).split(',') : v;
+  }
+  return o as ConvertOptions;
 }
 
 /** Every option checked before the model is read, in the user's words. */
-function validate(a: Args): void {
-  once(a, ['model', 'output', 'calib', 'kv-prefix', 'threshold', 'tau', 'budget', 'experts', 'from-scale', 'seed', 'activation', 'cluster-by', 'patch-nums', 'router-width', 'router-epochs', 'router-target', 'synth-samples', 'max-tokens', 'repair', 'repair-epochs']);
-  nonEmpty(a, ['output', 'calib', 'kv-prefix', 'threshold', 'tau', 'patch-nums']);
-  whole(a, 'experts');
-  whole(a, 'from-scale');
-  integer(a, 'seed', 0);
-  integer(a, 'router-width', 1);
-  integer(a, 'router-epochs', 1);
-  integer(a, 'synth-samples', 1);
-  integer(a, 'max-tokens', 1);
-  integer(a, 'repair-epochs', 0);
-  if ((a['repair-epochs'] ?? 0) > 0 && a.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
-  number(a, 'budget', 0, 1, { minExclusive: true });
+function validate(a: Args): ConvertOptions {
+  once(a, ['model', 'output', ...OPTIONS.map(([, s]) => s.flag)]);
+  nonEmpty(a, ['output', ...OPTIONS.filter(([, s]) => s.type === 'string' && !s.choices).map(([, s]) => s.flag)]);
+  const o = optionsOf(a);
+  checkOptions(o);
   existing('model', a.model, { file: true });
-  if (a.calib) existing('--calib', a.calib);
-  for (const p of a['kv-prefix']?.split(',') ?? []) existing('--kv-prefix', p, { file: true });
+  if (o.calib) existing('--calib', o.calib);
+  for (const p of o.kvPrefix ?? []) existing('--kv-prefix', p, { file: true });
+  return o;
 }
 
-const builder = (y: import('yargs').Argv) =>
-    y
-      .positional('model', { type: 'string', demandOption: true, describe: 'dense VAR ONNX model' })
-      .option('experts', { type: 'number', demandOption: true, describe: 'experts per FFN (must divide the hidden size)' })
-      .option('from-scale', { type: 'number', demandOption: true, describe: 'first scale (1-based) that runs as MoE' })
-      .option('output', { alias: 'o', type: 'string', describe: 'output model (default <model>.moe.onnx); the report goes beside it as .json' })
-      .option('external-data', { type: 'boolean', describe: 'write the weights to <output>.data (automatic above 2 GB)' })
-      .option('calib', { type: 'string', describe: 'calibration inputs: a folder of .bin + manifest.json, or an .npz' })
-      .option('kv-prefix', { type: 'string', describe: 'step graphs: comma-separated graphs of the earlier scales (scale 1 first), run to build the KV cache from full-sequence --calib data' })
-      .option('threshold', { type: 'string', describe: 'thresholds for scales from-scale…last, comma-separated (or one for all)' })
-      .option('tau', { type: 'string', describe: "DMoE-VAR's tau per scale (threshold = 1 − tau)" })
-      .option('budget', { type: 'number', describe: `fraction of the dense FFN FLOPs the MoE scales may spend, routers included (default ${D.budget})` })
-      .option('seed', { type: 'number', default: D.seed, describe: 'seed of every random choice' })
-      .option('activation', { choices: ['relu', 'keep'], default: D.activation, describe: "experts' activation: ReLU (DMoE-VAR) or keep the model's" })
-      .option('cluster-by', { choices: ['weights', 'activations'], default: D.clusterBy, describe: 'cluster neurons by co-activation on the calibration data (default: measured better) or by fc1 weights (DMoE-VAR reference)' })
-      .option('patch-nums', { type: 'string', describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' })
-      .option('router-width', { type: 'number', describe: `router hidden width (default: D/${1 / ROUTER_WIDTH.perD} within ${ROUTER_WIDTH.min}…${ROUTER_WIDTH.max})` })
-      .option('router-target', { choices: ['sqrt', 'norm'], default: D.routerTarget, describe: 'router regresses √norm (default, routes better) or the norm itself (DMoE-VAR)' })
-      .option('router-epochs', { type: 'number', default: D.routerEpochs, describe: 'router training epochs' })
-      .option('synth-samples', { type: 'number', default: D.synthSamples, describe: 'samples to synthesise without --calib' })
-      .option('max-tokens', { type: 'number', default: D.maxTokens, describe: 'captured tokens per layer (seeded subsample above this)' })
-      .option('repair', { type: 'boolean', describe: "refit the experts to the dense FFN's outputs on the calibration data under the chosen routing (default: on for GELU models converted for a --budget, H ≤ 1024; --no-repair turns it off)" })
-      .option('repair-epochs', { type: 'number', describe: `repair, then train all expert weights for up to N epochs (default ${D.repairEpochs} when repairing; 0: closed form only)` })
-      .option('json', { type: 'boolean', describe: 'print the conversion report as JSON on stdout (stage lines go to stderr)' })
-      .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing but warnings and errors' });
+const builder = (y: import('yargs').Argv) => {
+  y.positional('model', { type: 'string', demandOption: true, describe: 'dense VAR ONNX model' })
+    .option('output', { alias: 'o', type: 'string', describe: 'output model (default <model>.moe.onnx); the report goes beside it as .json' })
+    .option('external-data', { type: 'boolean', describe: 'write the weights to <output>.data (automatic above 2 GB)' });
+  for (const [, s] of OPTIONS)
+    y.option(s.flag, { type: s.type, describe: s.describe, demandOption: s.required, choices: s.choices, alias: s.alias, default: s.default !== undefined && !s.conditional ? s.default : undefined });
+  return y
+    .option('json', { type: 'boolean', describe: 'print the conversion report as JSON on stdout (stage lines go to stderr)' })
+    .option('quiet', { alias: 'q', type: 'boolean', describe: 'print nothing but warnings and errors' });
+};
 
 async function handler(a: Args): Promise<void> {
-    validate(a);
+    const options = validate(a);
     const start = Date.now();
-    const r = await convert(a.model, {
-      experts: a.experts, fromScale: a['from-scale'], output: a.output, externalData: a['external-data'], calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
-      thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
-      seed: a.seed, activation: a.activation as 'relu' | 'keep', clusterBy: a['cluster-by'] as 'weights' | 'activations',
-      patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'], routerTarget: a['router-target'] as 'sqrt' | 'norm',
-      synthSamples: a['synth-samples'], maxTokens: a['max-tokens'], repair: a.repair, repairEpochs: a['repair-epochs'],
-    }, conversionUi(a));
+    const r = await convert(a.model, { ...options, output: a.output, externalData: a['external-data'] }, conversionUi(a));
     const out = path.resolve(a.output ?? defaultOutput(a.model));
     const data = `${out}.data`;
     const wrote = [out, ...(fs.existsSync(data) && fs.statSync(data).mtimeMs >= start - 1000 ? [data] : []), path.resolve(reportPath(out))];

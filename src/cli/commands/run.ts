@@ -66,24 +66,6 @@ function moeView(file: string): MoeView {
   return view;
 }
 
-/** Best-effort read of patch_nums / experts from the converter's report beside the model (model.json). */
-function fromReport(model: string): { patchNums?: number[]; experts?: number } {
-  const p = model.replace(/\.onnx$/i, '') + '.json';
-  if (p === model || !fs.existsSync(p)) return {};
-  try {
-    const j = JSON.parse(fs.readFileSync(p, 'utf8')) as Record<string, unknown>;
-    const pick = (...keys: string[]) => keys.map((k) => j[k]).find((v) => v !== undefined);
-    const pn = pick('patchNums', 'patch_nums');
-    const ex = pick('experts', 'numExperts', 'num_experts');
-    return {
-      patchNums: Array.isArray(pn) && pn.every((x) => Number.isInteger(x)) ? (pn as number[]) : undefined,
-      experts: typeof ex === 'number' ? ex : undefined,
-    };
-  } catch {
-    return {};
-  }
-}
-
 /** `moefy run model.onnx --inputs <folder|npz> [--output <folder|npz>]` */
 const command: CommandModule<object, Args> = {
   command: 'run <model>',
@@ -152,9 +134,8 @@ const command: CommandModule<object, Args> = {
       const activeNames = view.active.length ? view.active : Object.keys(all).filter((n) => /active/i.test(n));
       const active = Object.entries(all).filter(([n, t]) => activeNames.includes(n) && (t.type === 'int32' || t.type === 'int64'));
       if (active.length) {
-        const rep = fromReport(a.model);
-        const patchNums = parsePatchNums(a['patch-nums']) ?? view.patchNums ?? rep.patchNums;
-        const experts = a.experts ?? view.experts ?? rep.experts;
+        const patchNums = parsePatchNums(a['patch-nums']) ?? view.patchNums;
+        const experts = a.experts ?? view.experts;
         try {
           const s = summarizeActive(active.map(([, t]) => t), { patchNums, numExperts: experts, scaleIndex: a['scale-index'] });
           say(`experts per token (${active.length} MoE layer output(s)):`);

@@ -1,4 +1,5 @@
-// Activations emitted into the IR with standard ops (the router's GELU, reference FFNs for reports).
+// Activations written into the IR with standard ops (the router's GELU, reference FFNs for reports); patterns.ts
+// reads the exporters' forms of them.
 import { ActivationKind, GELU_TANH } from '../op';
 import { attr, Graph, Value } from '../ir/graph';
 import { DataType } from '../onnx/schema';
