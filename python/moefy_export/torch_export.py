@@ -65,7 +65,9 @@ def _quiet():
     """The exporters' progress prints and tracer warnings stay out of moefy_export's output."""
     loggers = [logging.getLogger(n) for n in ('torch.onnx', 'torch.export', 'torch._dynamo', 'onnxscript')]
     levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    # NNPACK's "Unsupported hardware" comes from C++ on the small convolutions of a trace
+    nnpack_off = torch.backends.nnpack.flags(enabled=False)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), nnpack_off:
         warnings.simplefilter('ignore')
         for lg in loggers:
             lg.setLevel(logging.ERROR)
