@@ -2,14 +2,17 @@
 """Checks a pipeline folder written by moefy_export against VAR itself (its PyTorch code, in this process), with
 ONNX Runtime running the graphs. Used by test/export-pipeline.test.ts, which asserts on the JSON this prints.
 
-    check_pipeline.py checkpoints --var-code VAR --depth N --seed S [--patch-nums ..] [--shared-aln] [--vae VAE.pth] -o DIR
+    check_pipeline.py checkpoints --var-code VAR --depth N --seed S [--patch-nums ..] [--shared-aln] [--vae V] -o DIR
         random weights (moefy_export's --random recipe) saved as plain state_dicts DIR/var.pth and, without --vae,
         DIR/vae.pth: the test's stand-ins for the published checkpoints
     check_pipeline.py compare --var-code VAR --ckpt var.pth --vae vae.pth --pipeline DIR [--image] [--seed S]
         the reference is VAR's build_vae_var + load_state_dict of the checkpoints (none of moefy_export's code):
         full graph vs VAR.forward (label dropout off: cond_drop_rate 0); the step chain fed the tokens that
         VAR.autoregressive_infer_cfg sampled (recorded by wrapping models.var.sample_with_top_k_top_p_) vs that
-        run's guided logits per scale; the VQ graphs' f_hat vs VAR's; the decoder's image vs VAR's image.
+        run's guided logits per scale; the VQ graphs' f_hat vs VAR's; the decoder's image vs VAR's image; where the
+        graphs keep their weights; random ops in the graphs
+    check_pipeline.py repack --pipeline DIR -o OUT      transformer.data packing of one-file-per-tensor exports
+    check_pipeline.py fake-vae --vocab V -o FILE        a VQVAE-looking state_dict of another vocabulary
 Errors are max |a - b| / max |b| ("relative") or max |a - b| (images, in [0, 1])."""
 import argparse
 import contextlib
@@ -51,7 +54,8 @@ def cmd_checkpoints(a):
 
 def cmd_fake_vae(a):
     """A state_dict that has the VQVAE's tell-tale tensors but another vocabulary (a mismatched VAE)."""
-    torch.save({'quantize.embedding.weight': torch.zeros(a.vocab, 32), 'decoder.conv_out.weight': torch.zeros(3, 160, 3, 3),
+    torch.save({'quantize.embedding.weight': torch.zeros(a.vocab, 32),
+                'decoder.conv_out.weight': torch.zeros(3, 160, 3, 3),
                 **{f'quantize.quant_resi.qresi_ls.{k}.weight': torch.zeros(32, 32, 3, 3) for k in range(4)}}, a.o)
     print(json.dumps({'vae': a.o}))
 
@@ -111,7 +115,8 @@ def cmd_repack(a):
     inits = [numpy_helper.from_array(v, n) for v, n in ((t1, 't1'), (t2, 't2'), (t1.copy(), 't3'))]
     graph = helper.make_graph([helper.make_node('Concat', ['t1', 't2', 't3'], ['y'], axis=0)], 'odd', [],
                               [helper.make_tensor_value_info('y', onnx.TensorProto.FLOAT, [3005])], inits)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)], ir_version=8), os.path.join(odd, 'in.onnx'))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid('', 17)], ir_version=8)
+    onnx.save(model, os.path.join(odd, 'in.onnx'))
     weights = SharedWeights(odd)
     weights.add_graph(os.path.join(odd, 'in.onnx'), os.path.join(odd, 'out.onnx'))
     spans = {t.name: {e.key: e.value for e in t.external_data}
@@ -140,9 +145,9 @@ def reference(a, manifest):
     depth = 1 + max(int(k.split('.')[1]) for k in sd if k.startswith('blocks.'))
     patch_nums = tuple(a.patch_nums) if a.patch_nums else (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     with contextlib.redirect_stdout(sys.stderr):  # VAR prints its configuration; stdout is the JSON
-        vae, var = models.build_vae_var(device='cpu', patch_nums=patch_nums, V=4096, Cvae=32, ch=160, share_quant_resi=4,
-                                        num_classes=1000, depth=depth, shared_aln=a.shared_aln, attn_l2_norm=True,
-                                        flash_if_available=False, fused_if_available=False)
+        vae, var = models.build_vae_var(device='cpu', patch_nums=patch_nums, V=4096, Cvae=32, ch=160,
+                                        share_quant_resi=4, num_classes=1000, depth=depth, shared_aln=a.shared_aln,
+                                        attn_l2_norm=True, flash_if_available=False, fused_if_available=False)
     vae_sd['quantize.ema_vocab_hit_SV'] = vae.quantize.ema_vocab_hit_SV
     vae.load_state_dict(vae_sd, strict=True, assign=True)
     var.load_state_dict(sd, strict=True, assign=True)

@@ -143,7 +143,8 @@ def _assign_vae(vae: nn.Module, sd: dict, path: str, cfg: VaeConfig):
 
 
 def _with_layout_buffers(sd: dict, var: nn.Module) -> dict:
-    """Buffers that only depend on the patch layout (VAR computes them in its constructor) where a checkpoint lacks them."""
+    """The buffers that depend only on the patch layout (VAR's constructor computes them), where a checkpoint lacks
+    them."""
     missing = {k: v for k, v in var.state_dict().items() if k in ('lvl_1L', 'attn_bias_for_masking') and k not in sd}
     return dict(sd, **missing) if missing else sd
 
