@@ -61,7 +61,11 @@ def main(argv=None) -> int:
                                 shared_aln=args.shared_aln, dynamo=args.dynamo, half=args.half,
                                 vae_from=args.vae_from, quiet=args.quiet)
         check_options(options)
-        from .pipeline_export import run  # torch loads only once the command line and the files are found fine
+        try:  # torch loads only once the command line and the files are found fine
+            from .pipeline_export import run
+        except ModuleNotFoundError as e:
+            raise UserError(f'needs the Python package `{e.name}` (torch, onnx, numpy): install it in this '
+                            f'environment') from None
         run(options)
         return 0
     except UserError as e:

@@ -35,7 +35,7 @@ class GraphSpec:
 def _interpolation_as_matmuls():
     """F.interpolate's `area` and `bicubic` modes on a fixed output size become two MatMuls with the interpolation's
     own matrices (F.interpolate applied to the identity, in float64): the TorchScript exporter has no ONNX form of
-    `area` for sizes that do not divide (16 -> 13), and ONNX Resize's cubic border handling is not PyTorch's."""
+    `area` for sizes that do not divide (16 -> 13); both exporters then write the same resampling."""
     original = F.interpolate
     matrices = {}  # filled by an eager call before the export: the exporters then see constants
 

@@ -40,6 +40,12 @@ def _no_default_init():
             c.reset_parameters = f
 
 
+@contextlib.contextmanager
+def _stdout_off():
+    with open(os.devnull, 'w') as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
 def read_state_dict(path: str, what: str, flag: str) -> dict:
     if not os.path.isfile(path):
         raise UserError(f'{flag} {path}: no such file')
@@ -104,7 +110,7 @@ def _build(models, cfg: VarConfig, vae_cfg: VaeConfig):
     """VAR's classes with the arguments of VAR's build_vae_var; fused and flash kernels off (not exportable)."""
     vae = models.VQVAE(vocab_size=vae_cfg.vocab, z_channels=vae_cfg.cvae, ch=vae_cfg.ch, test_mode=True,
                        share_quant_resi=vae_cfg.share_quant_resi, v_patch_nums=cfg.patch_nums)
-    with contextlib.redirect_stdout(open(os.devnull, 'w')):  # VAR's constructor prints its configuration
+    with _stdout_off():  # VAR's constructor prints its configuration
         var = models.VAR(vae_local=vae, num_classes=cfg.num_classes, depth=cfg.depth, embed_dim=cfg.width,
                          num_heads=cfg.heads, mlp_ratio=cfg.hidden / cfg.width, drop_rate=0., attn_drop_rate=0.,
                          drop_path_rate=0.1 * cfg.depth / 24, norm_eps=1e-6, shared_aln=cfg.shared_aln,
@@ -168,7 +174,7 @@ def random_models(models, depth: int, seed: int, patch_nums, shared_aln: bool,
         var, vae = _build(models, cfg, vae_cfg)
     if vae_sd is not None:
         _assign_vae(vae, vae_sd, vae_path, vae_cfg)
-    with contextlib.redirect_stdout(open(os.devnull, 'w')):
+    with _stdout_off():
         var.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
     _redraw_gates_and_biases(var, cfg)
     return LoadedVar(var.eval(), vae.eval(), cfg, vae_cfg)
