@@ -4,7 +4,7 @@ import type { CommandModule } from 'yargs';
 import { CONVERT_DEFAULTS as D, ROUTER_WIDTH } from '../../convert-options';
 import { MoefyError } from '../../errors';
 import { convert, defaultOutput, reportPath } from '../../pipeline';
-import { formatThreshold, human, pct, table } from '../../format';
+import { formatThreshold, human, pct, scaleRange, table } from '../../format';
 import { parseNumberList, parsePatchNums } from '../options';
 import { conversionUi } from '../progress';
 import { existing, integer, nonEmpty, number, once, whole } from '../validate';
@@ -102,19 +102,16 @@ async function handler(a: Args): Promise<void> {
     process.stdout.write(table(['scale', 'patch', 'tokens', 'threshold', 'active', 'FFN dense', 'FFN MoE+routers', 'MoE/dense'], rows) + '\n');
     const t = r.totals;
     process.stdout.write(`FFN FLOPs per sample (MoE: experts + routers): dense ${human(t.ffnFlopsDense)}, MoE ${human(t.ffnFlopsMoe)} (${pct(t.ffnFlopsMoe / t.ffnFlopsDense)})` +
-      `${t.moeScalesBudgetSpent !== null ? `; MoE ${scaleRange(r.scales.filter((s) => s.moe).map((s) => s.scale))}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
+      `${t.moeScalesBudgetSpent !== null ? `; MoE ${moeScaleRange(r.scales.filter((s) => s.moe).map((s) => s.scale))}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
     process.stdout.write(`whole model FLOPs per sample: dense ${human(t.flopsDense)}, MoE ${human(t.flopsMoe)} (${pct(t.flopsMoe / t.flopsDense)})\n`);
     process.stdout.write(`router held-out R²: ${r.layers.map((l) => l.routerR2?.toFixed(3)).join(', ')}\n`);
     process.stdout.write(`wrote ${wrote.join(', ')}\n`);
 }
+
+const moeScaleRange = (scales: number[]) => scaleRange(scales[0], scales[scales.length - 1]);
 
 const describe = 'Convert a dense VAR into a dynamic-MoE VAR (DMoE-VAR)';
 /** `moefy convert model.onnx …`, and the bare `moefy model.onnx …` kept as the default command. */
 export const convertCommand: CommandModule<object, Args> = { command: 'convert <model>', describe, builder: builder as never, handler };
 const command: CommandModule<object, Args> = { command: '$0 <model>', describe: false as never, builder: builder as never, handler };
 export default command;
-
-/** "scale 9" or "scales 8…10" (a step graph holds one scale). */
-function scaleRange(scales: number[]): string {
-  return scales.length === 1 ? `scale ${scales[0]}` : `scales ${scales[0]}…${scales[scales.length - 1]}`;
-}
