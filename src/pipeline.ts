@@ -10,6 +10,7 @@ import { CONVERT_DEFAULTS, ConvertOptions, REPAIR_EPOCHS_MAX_HIDDEN, resolveOpti
 import { MoefyError } from './errors';
 import { withPath } from './files/env-errors';
 import { checkConvertOutputs } from './io/output-paths';
+import { checkKvPrefix } from './calib/check-inputs';
 import { commitTemp, removeTemp, tempSibling } from './files/temp';
 import { loadModel, saveModel } from './onnx/io';
 import { METADATA } from './op';
@@ -104,6 +105,7 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const model = loadModel(input);
   checkConvertOutputs(input, model, opts, output, reportFile);
   const structure = analyseVar(model, { patchNums: opts.patchNums });
+  if (opts.kvPrefix) checkKvPrefix(opts.kvPrefix, structure);
   checkConvertible(structure.blocks.filter((b) => b.ffn).map((b) => b.ffn!.precision));
   const S = structure.layout.patchNums.length;
   if (!Number.isInteger(opts.experts) || opts.experts < 1) throw new MoefyError(`--experts ${opts.experts} must be a positive integer`);

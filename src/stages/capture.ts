@@ -14,7 +14,7 @@ import { encodeCopy, saveCopy } from '../onnx/io';
 import { Node, Value } from '../ir/graph';
 import { AttributeType } from '../onnx/schema';
 import { removeTemp, tempDir } from '../files/temp';
-import { checkEmbeddingInputs, checkFinite } from '../calib/check-inputs';
+import { checkInputValues } from '../calib/check-inputs';
 import { scaleOfPositions, scaleOfStep } from '../op';
 import { FfnInputSample, LayerCapture } from './types';
 
@@ -38,9 +38,8 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
   if (o.calib) {
     if (!fs.existsSync(o.calib)) throw new MoefyError(`--calib ${o.calib}: no such file or folder`);
     const set = (await readTensorSet(o.calib)) as unknown as Record<string, ort.Tensor>;
-    // Non-finite values and out-of-range labels, named before anything runs.
-    checkFinite(set, `calibration data ${o.calib}`);
-    checkEmbeddingInputs(model, set, `calibration data ${o.calib}`);
+    // No samples, non-finite values and out-of-range labels, named before anything runs.
+    checkInputValues(model, set, `calibration data ${o.calib}`);
     if (s.kind === 'step' && isFullSequenceSet(set) && !hasAllInputs(model, set)) return captureChain(model, s, sites, o, set, onProgress);
     feeds = checkCalib(model, set, o.calib);
     if (s.kind === 'step') scaleIdx = stepScaleOf(s, feeds);
