@@ -8,6 +8,7 @@ import { analyseVar } from './analysis/var-structure';
 import { countFlops, moeFfnFlops, routerFlopsPerToken } from './analysis/flops';
 import { CONVERT_DEFAULTS, ConvertOptions, REPAIR_EPOCHS_MAX_HIDDEN, resolveOptions } from './convert-options';
 import { MoefyError } from './errors';
+import { scaleRange } from './format';
 import { withPath } from './files/env-errors';
 import { checkConvertOutputs } from './io/output-paths';
 import { checkKvPrefix } from './calib/check-inputs';
@@ -119,7 +120,7 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const sites = structure.blocks.map((b) => b.ffn!);
   validateThresholdOptions(opts, S);
   if (structure.kind === 'step' && structure.stepScale !== null && structure.stepScale < opts.fromScale)
-    throw new MoefyError(`this step graph computes scale ${structure.stepScale}, before --from-scale ${opts.fromScale}: it has nothing to run as MoE (convert only the step graphs of scales ${opts.fromScale}…${S})`);
+    throw new MoefyError(`this step graph computes scale ${structure.stepScale}, before --from-scale ${opts.fromScale}: it has nothing to run as MoE (convert only the step graphs of ${scaleRange(opts.fromScale, S)})`);
   const dense = countFlops(model, structure, 1);
 
   const passes: PassResult[] = [];

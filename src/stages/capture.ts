@@ -8,6 +8,7 @@ import { FfnSite, VarStructure, isKvInputName, isKvOutputName, kvOutputFor } fro
 import { checkCalib, Feeds, floatData, floatView, modelInputs, sliceFeeds, synthesise, toHalfTensor } from '../calib/inputs';
 import { deriveSeed, rng } from '../calib/random';
 import { MoefyError } from '../errors';
+import { scaleRange } from '../format';
 import { readTensorSet } from '../io';
 import { Model } from '../ir/model';
 import { encodeCopy, saveCopy } from '../onnx/io';
@@ -307,5 +308,5 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
     for (const x of sessions) await x.release();
   }
   const layers = toCaptures(chunks, scales, s.D, o);
-  return { layers, warnings: [], summary: `captured ${layers[0].N} tokens × ${sites.length} FFN inputs of scales ${first + 1}…${last + 1} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };
+  return { layers, warnings: [], summary: `captured ${layers[0].N} tokens × ${sites.length} FFN inputs of ${scaleRange(first + 1, last + 1)} from ${samples} calibration samples through a KV-cache chain of ${first} earlier step(s)` };
 }

@@ -6,7 +6,7 @@ import type { PatchLayout } from '../analysis/var-structure';
 import { activeFraction, chooseThresholds as chooseForBudget, thresholdsFromTau } from '../calib/thresholds';
 import { CONVERT_DEFAULTS } from '../convert-options';
 import { MoefyError } from '../errors';
-import { formatThreshold } from '../format';
+import { formatThreshold, scaleRange } from '../format';
 import { FfnInputSample, RouterSet, ThresholdPlan } from './types';
 
 export interface ThresholdOptions {
@@ -29,7 +29,7 @@ export function validateThresholdOptions(o: ThresholdOptions, numScales: number)
   if (given.length > 1) throw new MoefyError(`give one of --threshold, --tau and --budget, not ${given.join(' and ')}`);
   for (const [flag, list] of [['threshold', o.thresholds], ['tau', o.tau]] as const) {
     if (!list) continue;
-    if (list.length !== n && list.length !== 1) throw new MoefyError(`--${flag} has ${list.length} values; scales ${o.fromScale}…${numScales} need ${n} (or 1 for all)`);
+    if (list.length !== n && list.length !== 1) throw new MoefyError(`--${flag} has ${list.length} values; ${n === 1 ? `scale ${numScales} takes 1` : `${scaleRange(o.fromScale, numScales)} need ${n} (or 1 for all)`}`);
     const bad = list.find((x) => !(x >= 0 && x <= 1));
     if (bad !== undefined) throw new MoefyError(`--${flag} value ${bad} is outside [0, 1]`);
   }
@@ -79,12 +79,12 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
   } else {
     const budget = o.budget ?? CONVERT_DEFAULTS.budget;
     const withData = perScale.filter((p) => p.count > 0);
-    if (withData.length === 0) throw new MoefyError(`the calibration data holds no tokens of scales ${o.fromScale}…${S}; cannot choose thresholds for a budget (give --threshold)`);
+    if (withData.length === 0) throw new MoefyError(`the calibration data holds no tokens of ${scaleRange(o.fromScale, S)}; cannot choose thresholds for a budget (give --threshold)`);
     const share = o.routerShare ?? 0;
     const r = chooseForBudget(withData, Math.max(budget - share, 1e-9));
     const reached = r.spent + share;
     if (r.clamped === 'below-minimum' || budget - share <= 0)
-      warnings.push(`--budget ${budget} cannot be met: the least scales ${o.fromScale}…${S} can spend is ${reached.toFixed(3)} of their dense FFN FLOPs (one expert per token: ${r.spent.toFixed(3)}, routers: ${share.toFixed(3)}); converted at that`);
+      warnings.push(`--budget ${budget} cannot be met: the least ${scaleRange(o.fromScale, S)} can spend is ${reached.toFixed(3)} of their dense FFN FLOPs (one expert per token: ${r.spent.toFixed(3)}, routers: ${share.toFixed(3)}); converted at that`);
     else if (r.note) warnings.push(`--budget ${budget}: ${r.note.replace(/spends (\d\.\d+)/, () => `reaches ${reached.toFixed(3)} with the routers`)}`);
     // Scales without calibration tokens take the nearest coarser scale's threshold (monotone).
     chosen = [];
@@ -94,7 +94,7 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
       last = k >= 0 ? r.thresholds[k] : last;
       chosen.push(last);
     }
-    how = `chosen for a budget of ${budget} of the dense FFN FLOPs on scales ${o.fromScale}…${S}, routers included (reached ${reached.toFixed(3)}: experts ${r.spent.toFixed(3)} + routers ${share.toFixed(3)})`;
+    how = `chosen for a budget of ${budget} of the dense FFN FLOPs on ${scaleRange(o.fromScale, S)}, routers included (reached ${reached.toFixed(3)}: experts ${r.spent.toFixed(3)} + routers ${share.toFixed(3)})`;
   }
   const thresholds = [...Array(first).fill(0), ...chosen];
   const activeFractions = thresholds.map((t, s) => {
@@ -112,5 +112,5 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
     }
     return m;
   });
-  return { thresholds, activeFractions, activeFractionPerLayer, warnings, summary: `thresholds ${chosen.map(formatThreshold).join(',')} for scales ${o.fromScale}…${S}, ${how}` };
+  return { thresholds, activeFractions, activeFractionPerLayer, warnings, summary: `thresholds ${chosen.map(formatThreshold).join(',')} for ${scaleRange(o.fromScale, S)}, ${how}` };
 }
