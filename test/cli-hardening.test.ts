@@ -101,7 +101,7 @@ test('-o a FIFO or a device node made in a temp dir is refused, and the node is 
 test('bad options: one line in the user\'s words, before any work', () => {
   const cases: [string, string[], RegExp][] = [
     ['--router-width 0', ['--router-width', '0'], /^moefy: --router-width must be a whole number ≥ 1 \(got 0\)$/],
-    ['--max-tokens 0', ['--max-tokens', '0'], /--max-tokens must be a whole number ≥ 1/],
+    ['--max-tokens 0', ['--max-tokens', '0'], /--max-tokens must be a whole number ≥ 2: router training holds some of the tokens out/],
     ['--seed abc', ['--seed', 'abc'], /--seed must be a whole number ≥ 0 \(the value given is not a number\)/],
     ['--seed 1.5', ['--seed', '1.5'], /--seed must be a whole number ≥ 0 \(got 1\.5\)/],
     ["--threshold ''", ['--threshold', ''], /--threshold needs a value/],

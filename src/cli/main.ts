@@ -10,6 +10,7 @@ import run from './commands/run';
 import libPath from './commands/lib-path';
 import evalCommand from './commands/eval';
 import bench from './commands/bench';
+import { checkCommandWord, checkFlagValues } from './argv';
 import { stopAllBars } from './progress';
 
 const verbose = process.argv.includes('--verbose');
@@ -37,6 +38,8 @@ export async function main(argv: string[]): Promise<void> {
     .strict()
     .recommendCommands()
     .help()
+    // Before yargs' own checks (a missing --experts): a flag that lost its value is the cause to name.
+    .middleware(((_args: unknown, inst: { getOptions(): Parameters<typeof checkFlagValues>[1] }) => checkFlagValues(argv, inst.getOptions())) as never, true)
     .fail((msg, err) => {
       if (err) throw err;
       if (argv.length === 0) throw new MoefyError('nothing to do: moefy convert <model.onnx> --experts N --from-scale S converts a model; moefy --help lists the commands');
@@ -44,6 +47,7 @@ export async function main(argv: string[]): Promise<void> {
     });
   for (const c of commands) y = y.command(c as never);
   try {
+    checkCommandWord(argv);
     await y.parseAsync();
   } catch (e) {
     fail(e);

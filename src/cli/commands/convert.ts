@@ -45,7 +45,7 @@ function validate(a: Args): void {
   integer(a, 'router-width', 1);
   integer(a, 'router-epochs', 1);
   integer(a, 'synth-samples', 1);
-  integer(a, 'max-tokens', 1);
+  integer(a, 'max-tokens', 2, 'router training holds some of the tokens out to measure its fit');
   integer(a, 'repair-epochs', 0);
   if ((a['repair-epochs'] ?? 0) > 0 && a.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
   number(a, 'budget', 0, 1, { minExclusive: true });
