@@ -124,12 +124,38 @@ export function installSignalCleanup(restore?: () => void): void {
 
 /** Writes a whole file atomically: a temporary sibling, then a rename; an error names `target`, not the temporary. */
 export function writeFileAtomic(target: string, data: string | Uint8Array): void {
-  const tmp = tempSibling(target);
+  writeFilesAtomic(path.dirname(target), [{ name: path.basename(target), data }]);
+}
+
+/**
+ * Writes a set of files into `dir`, all or none: every file goes to a temporary name first and all are renamed into
+ * place once each is written, so that a failure (a full disk) leaves none of them. The part of `dir` that does not
+ * exist yet is made as one temporary folder and renamed into place at the end (a failure leaves no empty folder).
+ * An error names the file being written. Returns the files' paths.
+ */
+export function writeFilesAtomic(dir: string, files: { name: string; data: string | Uint8Array }[]): string[] {
+  // The first missing folder on the way to dir (null: dir exists), and dir's path inside its temporary stand-in.
+  let top: string | null = null;
+  for (let d = path.resolve(dir); !fs.existsSync(d); d = path.dirname(d)) top = d;
+  const stand = top ? tempSibling(top) : null;
+  const inside = (p: string) => (top && stand ? path.join(stand, path.relative(top, p)) : p);
+  const placed: [string, string][] = [];
+  let writing = dir;
   try {
-    fs.writeFileSync(tmp, data);
-    commitTemp(tmp, target);
+    if (stand) fs.mkdirSync(inside(path.resolve(dir)), { recursive: true });
+    for (const f of files) {
+      const target = path.join(dir, f.name);
+      writing = target;
+      const tmp = stand ? inside(path.resolve(target)) : tempSibling(target);
+      placed.push([tmp, target]);
+      fs.writeFileSync(tmp, f.data);
+    }
+    if (stand) commitTemp(stand, top!);
+    else for (const [tmp, target] of placed) commitTemp(tmp, target);
   } catch (e) {
-    removeTemp(tmp);
-    throw envError(e, target);
+    for (const [tmp] of placed) removeTemp(tmp);
+    if (stand) removeTemp(stand);
+    throw envError(e, writing);
   }
+  return files.map((f) => path.join(dir, f.name));
 }
