@@ -9,7 +9,9 @@ import { synthesiseInputs } from '../../calib/inputs';
 import { createSession } from '../../runtime';
 import { table } from '../../format';
 import { parsePatchNums } from '../options';
-import { existing, integer, nonEmpty, once } from '../validate';
+import { existing, integer, nonEmpty, once, threads } from '../validate';
+import { checkEmbeddingInputs, checkSamples } from '../../calib/check-inputs';
+import { checkPair } from '../../eval/pair';
 
 interface Args {
   dense: string;
@@ -65,7 +67,7 @@ const command: CommandModule<object, Args> = {
     once(a, ['dense', 'moe', 'inputs', 'samples', 'threads', 'reps', 'seed', 'patch-nums']);
     nonEmpty(a, ['inputs', 'patch-nums']);
     integer(a, 'samples', 1);
-    integer(a, 'threads', 0);
+    threads(a, 0);
     integer(a, 'reps', 1);
     integer(a, 'seed', 0);
     existing('dense model', a.dense, { file: true });
@@ -73,11 +75,17 @@ const command: CommandModule<object, Args> = {
     if (a.inputs) existing('--inputs', a.inputs);
     // The converted model first: its DynamicMoE nodes carry the patch layout that the dense export lacks.
     const override = parsePatchNums(a['patch-nums']);
-    const md = analyseVar(loadModel(a.moe), { patchNums: override });
-    if (!md.blocks.some((b) => b.moe)) throw new MoefyError(`${a.moe} holds no DynamicMoE node`);
+    const moe = loadModel(a.moe);
+    const md = analyseVar(moe, { patchNums: override });
     const dense = loadModel(a.dense);
     const structure = analyseVar(dense, { patchNums: override ?? md.layout.patchNums });
-    const feeds = a.inputs ? await readTensorSet(a.inputs) : (synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>);
+    checkPair({ file: a.dense, model: dense, structure }, { file: a.moe, model: moe, structure: md });
+    let feeds: Record<string, Tensor>;
+    if (a.inputs) {
+      feeds = await readTensorSet(a.inputs);
+      checkSamples(feeds, `--inputs ${a.inputs}`);
+      checkEmbeddingInputs(dense, feeds, `--inputs ${a.inputs}`);
+    } else feeds = synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>;
     const d = await time(a.dense, feeds, a.threads, a.reps);
     const m = await time(a.moe, feeds, a.threads, a.reps);
     const kind = structure.kind === 'step' ? `step graph${structure.stepScale ? ` (scale ${structure.stepScale})` : ''}` : 'full sequence';
