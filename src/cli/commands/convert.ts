@@ -7,6 +7,8 @@ import { convert, defaultOutput, reportPath } from '../../pipeline';
 import { formatThreshold, human, pct, scaleRange, table } from '../../format';
 import { parseNumberList, parsePatchNums } from '../options';
 import { conversionUi } from '../progress';
+import { fileIdentity, ownExternalData } from '../../io/output-paths';
+import { withPath } from '../../files/env-errors';
 import { existing, integer, nonEmpty, number, once, whole } from '../validate';
 
 interface Args {
@@ -82,7 +84,11 @@ const builder = (y: import('yargs').Argv) =>
 
 async function handler(a: Args): Promise<void> {
     validate(a);
-    const start = Date.now();
+    const out = path.resolve(a.output ?? defaultOutput(a.model));
+    const data = `${out}.data`;
+    // The earlier output's weights, when they are there: removed if the new model does not write them again.
+    const stale = ownExternalData(out);
+    const before = fileIdentity(data);
     const r = await convert(a.model, {
       experts: a.experts, fromScale: a['from-scale'], output: a.output, externalData: a['external-data'], calib: a.calib, kvPrefix: a['kv-prefix'] ? a['kv-prefix'].split(',') : undefined,
       thresholds: parseNumberList('threshold', a.threshold), tau: parseNumberList('tau', a.tau), budget: a.budget,
@@ -90,11 +96,13 @@ async function handler(a: Args): Promise<void> {
       patchNums: parsePatchNums(a['patch-nums']), routerWidth: a['router-width'], routerEpochs: a['router-epochs'], routerTarget: a['router-target'] as 'sqrt' | 'norm',
       synthSamples: a['synth-samples'], maxTokens: a['max-tokens'], repair: a.repair, repairEpochs: a['repair-epochs'],
     }, conversionUi(a));
-    const out = path.resolve(a.output ?? defaultOutput(a.model));
-    const data = `${out}.data`;
-    const wrote = [out, ...(fs.existsSync(data) && fs.statSync(data).mtimeMs >= start - 1000 ? [data] : []), path.resolve(reportPath(out))];
+    // saveModel renames a new file over <output>.data: the same file as before means this conversion did not write it.
+    const dataWritten = fileIdentity(data) !== null && fileIdentity(data) !== before;
+    const removed = stale && !dataWritten ? [data] : [];
+    for (const f of removed) withPath(f, () => fs.rmSync(f, { force: true }), "cannot remove the earlier output's external data");
+    const wrote = [out, ...(dataWritten ? [data] : []), path.resolve(reportPath(out))];
     if (a.json) {
-      process.stdout.write(JSON.stringify({ ...r, wrote }, null, 2) + '\n');
+      process.stdout.write(JSON.stringify({ ...r, wrote, removed }, null, 2) + '\n');
       return;
     }
     if (a.quiet) return;
@@ -105,7 +113,7 @@ async function handler(a: Args): Promise<void> {
       `${t.moeScalesBudgetSpent !== null ? `; MoE ${moeScaleRange(r.scales.filter((s) => s.moe).map((s) => s.scale))}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
     process.stdout.write(`whole model FLOPs per sample: dense ${human(t.flopsDense)}, MoE ${human(t.flopsMoe)} (${pct(t.flopsMoe / t.flopsDense)})\n`);
     process.stdout.write(`router held-out R²: ${r.layers.map((l) => l.routerR2?.toFixed(3)).join(', ')}\n`);
-    process.stdout.write(`wrote ${wrote.join(', ')}\n`);
+    process.stdout.write(`wrote ${wrote.join(', ')}${removed.length ? `; removed ${removed.join(', ')} (the earlier output's weights, which the new model does not use)` : ''}\n`);
 }
 
 const moeScaleRange = (scales: number[]) => scaleRange(scales[0], scales[scales.length - 1]);
