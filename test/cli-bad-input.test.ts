@@ -134,6 +134,13 @@ test('auxiliary models that are damaged, foreign or in the wrong place: one line
   refuses('--kv-prefix a full-sequence graph', conv(IN), /^moefy: --kv-prefix .*in\.onnx: a full-sequence graph; the KV cache comes from step graphs/);
   refuses('--kv-prefix the last scale first', conv(fixture('var_tiny_step_last_static.onnx')), /^moefy: --kv-prefix .*var_tiny_step_last_static\.onnx computes scale 10 but is number 1 in the list/);
   refuses('--kv-prefix another network', conv(path.join(GELU_STEPS, 'var_step_s0.onnx')), /^moefy: --kv-prefix .*var_step_s0\.onnx is not a graph of the model being converted: blocks 4 against 2$/);
+  // The control: the right chain converts, also into a graph exported with a static batch of 1 (the chain ran it in
+  // batches of 4: ONNX Runtime's 'invalid dimensions for input label_B', exit 2).
+  const chain = [fixture('var_tiny_step0.onnx'), ...Array(8).fill(step)].join(',');
+  const out = path.join(fresh('bad-chain'), 's.onnx');
+  const ok = moefy([fixture('var_tiny_step_last_static.onnx'), '--experts', '4', '--from-scale', '8', '--calib', CALIB, '--kv-prefix', chain, '--router-epochs', '2', '-o', out, '-q']);
+  assert.equal(ok.status, 0, ok.stderr);
+  assert.ok(fs.existsSync(out));
   // --samples 100000 would run for hours: the decoder is refused before the generation.
   const gen = (extra: string[]) => ['eval', 'generate', '--steps', GELU_STEPS, '--vq', GELU_STEPS, '--samples', '100000', ...extra];
   refuses('--decoder random bytes', gen(['--decoder', rand, '--images', path.join(W, 'g.png')]), /^moefy: --decoder .*rand\.onnx: not an ONNX model/);

@@ -268,7 +268,9 @@ async function captureChain(model: Model, s: VarStructure, sites: FfnSite[], o: 
   try {
     for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p, SESSION_OPTIONS));
     const self = await captureSession(model, [...model.graph.outputs, ...sites.map((x) => x.ffnIn)], SESSION_OPTIONS);
-    const batch = 4;
+    // A graph exported with a static batch (B 1) takes exactly that many samples per run.
+    const fixed = modelInputs(model).find((v) => v.name === 'label_B')?.shape()?.[0];
+    const batch = typeof fixed === 'number' && fixed > 0 ? fixed : 4;
     for (let a = 0; a < samples; a += batch) {
       const b = Math.min(samples, a + batch);
       let past: Record<string, ort.Tensor> = {};
