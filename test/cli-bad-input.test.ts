@@ -63,6 +63,24 @@ test('inputs with 0 samples are refused by convert, eval, bench and run (no NaN 
   refuses('run --inputs', ['run', MOE, '--inputs', ZERO], zero);
 });
 
+test('inputs that do not fit the model (type, shape, samples that disagree): eval, bench and run say which, before running', async () => {
+  const io = await readTensorSet(CALIB);
+  const x = io.x_BLCv_wo_first_l;
+  const sets: [string, Record<string, Tensor>, RegExp, RegExp][] = [
+    ['int32 labels', { label_B: new Tensor('int32', Int32Array.from([1, 2]), [2]), x_BLCv_wo_first_l: x }, /'label_B' is int32, the model expects int64/, /'label_B' is int32, the model expects int64/],
+    ['a short sequence', { label_B: io.label_B, x_BLCv_wo_first_l: new Tensor('float32', (x.data as Float32Array).slice(0, 2 * 100 * 32), [2, 100, 32]) }, /'x_BLCv_wo_first_l' has shape \[2, 100, 32\], the model expects \[B, 679, 32\]/, /'x_BLCv_wo_first_l' has shape \[2, 100, 32\]/],
+    ['3 labels for 2 sequences', { label_B: new Tensor('int64', BigInt64Array.from([1n, 2n, 3n]), [3]), x_BLCv_wo_first_l: x }, /'x_BLCv_wo_first_l' has 2 samples, other inputs have 3/, /'x_BLCv_wo_first_l' has 2 along 'B', 'label_B' has 3/],
+  ];
+  for (const [what, set, expect, expectRun] of sets) {
+    const f = path.join(W, 'unfit.npz');
+    await writeTensorSet(f, set);
+    refuses(`eval: ${what}`, ['eval', IN, MOE, '--inputs', f], expect);
+    refuses(`bench: ${what}`, ['bench', IN, MOE, '--inputs', f, '--reps', '1'], expect);
+    refuses(`run: ${what}`, ['run', IN, '--inputs', f], expectRun);
+    fs.rmSync(f);
+  }
+});
+
 test('damaged archives and tensor folders are refused, never read as data', async () => {
   const good = await readTensorSet(CALIB);
   const npz = path.join(W, 'good.npz');

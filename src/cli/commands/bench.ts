@@ -5,7 +5,7 @@ import { analyseVar } from '../../analysis/var-structure';
 import { MoefyError } from '../../errors';
 import { readTensorSet } from '../../io';
 import { loadModel } from '../../onnx/io';
-import { synthesiseInputs } from '../../calib/inputs';
+import { checkCalib, synthesiseInputs } from '../../calib/inputs';
 import { createSession } from '../../runtime';
 import { table } from '../../format';
 import { parsePatchNums } from '../options';
@@ -28,7 +28,8 @@ interface Args {
 
 /** Best wall time of `reps` runs after one warm-up, in ms. */
 async function time(file: string, feeds: Record<string, Tensor>, threads: number, reps: number): Promise<number> {
-  const s = await createSession(file, { intraOpNumThreads: threads });
+  // ONNX Runtime's own log lines off (fatal only): its errors come back in the one line moefy prints.
+  const s = await createSession(file, { intraOpNumThreads: threads, logSeverity: 4 });
   try {
     const f = Object.fromEntries(s.inputNames.map((n) => {
       if (!feeds[n]) throw new MoefyError(`${file} needs input '${n}', which the inputs do not hold`);
@@ -84,6 +85,7 @@ const command: CommandModule<object, Args> = {
     if (a.inputs) {
       feeds = await readTensorSet(a.inputs);
       checkSamples(feeds, `--inputs ${a.inputs}`);
+      checkCalib(dense, feeds, a.inputs, `--inputs ${a.inputs}`);
       checkEmbeddingInputs(dense, feeds, `--inputs ${a.inputs}`);
     } else feeds = synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>;
     const d = await time(a.dense, feeds, a.threads, a.reps);

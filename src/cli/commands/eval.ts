@@ -3,6 +3,7 @@ import type { CommandModule } from 'yargs';
 import { MoefyError } from '../../errors';
 import { checkOutputs, inputFiles } from '../../io/output-paths';
 import { checkEmbeddingInputs, checkFinite, checkSamples } from '../../calib/check-inputs';
+import { checkCalib } from '../../calib/inputs';
 import { printEval } from '../../eval/format';
 import { GENERATE_BATCH, generate, printGenerate } from '../../eval/generate';
 import { checkMapScales, writeRouterMaps } from '../../eval/router-maps';
@@ -150,6 +151,7 @@ async function withSides(a: Args, form: string, withFfnIn: boolean, f: (x: { den
   try {
     // The MoE side may be the dense model again (the harness check: KL 0).
     checkPair(dense, moe, { moeMayBeDense: true });
+    checkCalib(dense.model, inputs as never, a.inputs, `--inputs ${a.inputs}`);
     checkEmbeddingInputs(dense.model, inputs as never, `--inputs ${a.inputs}`);
     const S = dense.structure.layout.patchNums.length;
     let thr = thrList;

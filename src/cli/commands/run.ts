@@ -124,7 +124,8 @@ const command: CommandModule<object, Args> = {
     const S = (patchNums ?? VAR_PATCH_NUMS).length;
     if (a['scale-index'] !== undefined && a['scale-index'] >= S) throw new MoefyError(`--scale-index ${a['scale-index']} is out of range: the patch layout has ${S} scales, numbered 0…${S - 1} here`);
     if (a.experts !== undefined && view.experts !== undefined && a.experts !== view.experts) throw new MoefyError(`--experts ${a.experts}: the model's DynamicMoE nodes have ${view.experts} experts (leave --experts out)`);
-    const session = await createSession(view.bytes ?? a.model, { intraOpNumThreads: a.threads });
+    // ONNX Runtime's own log lines off (fatal only): its errors come back in the one line moefy prints.
+    const session = await createSession(view.bytes ?? a.model, { intraOpNumThreads: a.threads, logSeverity: 4 });
     try {
       const missing = session.inputNames.filter((n) => !(n in feeds));
       if (missing.length) throw new MoefyError(`--inputs ${a.inputs}: no tensor named ${missing.map((n) => `'${n}'`).join(', ')} (model inputs: ${session.inputNames.join(', ')})`);
