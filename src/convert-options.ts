@@ -5,6 +5,7 @@
 // resolved once, in resolveForModel.
 import * as path from 'node:path';
 import { MoefyError } from './errors';
+import { scaleRange } from './format';
 
 export type ClusterBy = 'weights' | 'activations';
 export type RouterTarget = 'norm' | 'sqrt';
@@ -12,8 +13,8 @@ export type ExpertActivationOption = 'relu' | 'keep';
 
 /** A value's check, said in the flag's words when it fails. */
 export type ValueCheck =
-  /** A whole number ≥ min (null: any; its range is the model's, e.g. --from-scale). */
-  | { integer: number | null }
+  /** A whole number ≥ min (null: any; its range is the model's, e.g. --from-scale); `why` says where min comes from. */
+  | { integer: number | null; why?: string }
   /** A finite number in [min, max] (or (min, max]). */
   | { number: [number, number]; minExclusive?: boolean }
   /** Every value of a list in [min, max]; whole numbers when `integers`. */
@@ -103,7 +104,7 @@ export const CONVERT_OPTIONS = {
   }),
   patchNums: option<number[]>()({ flag: 'patch-nums', type: 'string', list: 'patch-nums', check: { each: [1, Infinity], integers: true }, describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' }),
   synthSamples: option<number>()({ flag: 'synth-samples', type: 'number', default: 16, check: { integer: 1 }, record: false, describe: 'samples to synthesise without --calib' }),
-  maxTokens: option<number>()({ flag: 'max-tokens', type: 'number', default: 65536, check: { integer: 1 }, record: false, describe: 'captured tokens per layer (seeded subsample above this)' }),
+  maxTokens: option<number>()({ flag: 'max-tokens', type: 'number', default: 65536, check: { integer: 2, why: 'router training holds some of the tokens out to measure its fit' }, record: false, describe: 'captured tokens per layer (seeded subsample above this)' }),
 } as const;
 
 type Table = typeof CONVERT_OPTIONS;
@@ -146,7 +147,7 @@ function checkValue(spec: OptionSpec<unknown>, v: unknown): void {
   const c = spec.check;
   if (!c) return;
   if ('integer' in c) {
-    if (typeof v !== 'number' || !Number.isSafeInteger(v) || (c.integer !== null && v < c.integer)) throw new MoefyError(`${f} must be a whole number${c.integer !== null ? ` ≥ ${c.integer}` : ''} (${got(v)})`);
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || (c.integer !== null && v < c.integer)) throw new MoefyError(`${f} must be a whole number${c.integer !== null ? ` ≥ ${c.integer}` : ''}${c.why ? `: ${c.why}` : ''} (${got(v)})`);
   } else if ('number' in c) {
     const [min, max] = c.number;
     const n = v as number;
@@ -180,10 +181,10 @@ export function resolveForModel(o: ConvertOptions, m: ModelFacts): Recipe {
   if (o.fromScale < 1 || o.fromScale > S) throw new MoefyError(`--from-scale ${o.fromScale} is out of range: the model has scales 1…${S}`);
   const n = S - o.fromScale + 1;
   for (const [flag, list] of [['threshold', o.thresholds], ['tau', o.tau]] as const) {
-    if (list && list.length !== n && list.length !== 1) throw new MoefyError(`--${flag} has ${list.length} values; scales ${o.fromScale}…${S} need ${n} (or 1 for all)`);
+    if (list && list.length !== n && list.length !== 1) throw new MoefyError(`--${flag} has ${list.length} values; ${n === 1 ? `scale ${S} takes 1` : `${scaleRange(o.fromScale, S)} need ${n} (or 1 for all)`}`);
   }
   if (m.stepScale !== null && m.stepScale < o.fromScale)
-    throw new MoefyError(`this step graph computes scale ${m.stepScale}, before --from-scale ${o.fromScale}: it has nothing to run as MoE (convert only the step graphs of scales ${o.fromScale}…${S})`);
+    throw new MoefyError(`this step graph computes scale ${m.stepScale}, before --from-scale ${o.fromScale}: it has nothing to run as MoE (convert only the step graphs of ${scaleRange(o.fromScale, S)})`);
   const d = CONVERT_DEFAULTS;
   const given = !!(o.thresholds || o.tau);
   // Repair is the default for models whose FFNs are not ReLU (stock GELU checkpoints) when the thresholds are chosen

@@ -22,7 +22,28 @@ export function pct(x: number): string {
   return `${(x * 100).toFixed(1)}%`;
 }
 
-/** Thresholds of very sparse models sit near 1e-5: print those in exponent form. */
+/**
+ * Thresholds of very sparse models sit near 1e-5: print those in exponent form. Rounded through float32, the type the
+ * model stores them in, so that the conversion's 0.5675 and the model's 0.56749999 print alike.
+ */
 export function formatThreshold(t: number): string {
-  return t === 0 ? '0' : t < 1e-3 ? t.toExponential(1) : t.toFixed(3);
+  const f = Math.fround(t);
+  return f === 0 ? '0' : f < 1e-3 ? f.toExponential(1) : f.toFixed(3);
+}
+
+/** "scale 10" or "scales 8…10" (a step graph holds one scale). */
+export function scaleRange(first: number, last: number): string {
+  return first === last ? `scale ${first}` : `scales ${first}…${last}`;
+}
+
+/**
+ * An ONNX Runtime error as one line for the user: its C++ source locations and function signatures
+ * (`…/model.cc:187 onnxruntime::Model::Model(onnx::ModelProto&&, …)`) dropped, line breaks and colour codes gone.
+ */
+export function ortMessage(s: string): string {
+  return s
+    .replace(/\x1b\[[0-9;]*m/g, '')
+    .replace(/(?:\/[\w.-]+)*\/?[\w-]+\.(?:cc|cpp|h):\d+(?:\s+[\w:~<>*&]+\([^()]*\)(?:\s*const)?)?\s*/g, '')
+    .replace(/\s*\n\s*/g, ' ')
+    .trim();
 }

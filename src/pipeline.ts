@@ -8,6 +8,7 @@ import { analyseVar } from './analysis/var-structure';
 import { checkOptions, ConvertOptions, Recipe, recordedOptions, resolveForModel } from './convert-options';
 import { MoefyError } from './errors';
 import { withPath } from './files/env-errors';
+import { checkKvPrefix } from './calib/check-inputs';
 import { checkConvertOutputs } from './io/output-paths';
 import { commitTemp, removeTemp, tempSibling } from './files/temp';
 import { Model } from './ir/model';
@@ -58,6 +59,7 @@ export async function convert(input: string, given: ConvertOptions & { output?: 
   const model = loadModel(input);
   checkConvertOutputs(input, model, given, output, reportFile);
   const structure = analyseVar(model, { patchNums: given.patchNums });
+  if (given.kvPrefix) checkKvPrefix(given.kvPrefix, structure);
   checkConvertible(structure.blocks.filter((b) => b.ffn).map((b) => b.ffn!.precision));
   for (const b of structure.blocks) if (b.moe) throw new MoefyError(`${input} is already converted (block ${b.index} holds a DynamicMoE node)`);
   const sites = structure.blocks.map((b) => b.ffn!);

@@ -21,7 +21,7 @@ test('moefy bench times the dense and the converted model and prints their ratio
     // A dense model in the MoE slot is refused with one line.
     const bad = runCli(['bench', dense, dense]);
     assert.notEqual(bad.status, 0);
-    assert.match(bad.stderr.trim(), /^moefy: .*holds no DynamicMoE node$/);
+    assert.match(bad.stderr.trim(), /^moefy: .*holds no DynamicMoE node: give the dense model first, then its conversion$/);
   } finally {
     rmDir(dir);
   }

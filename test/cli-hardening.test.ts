@@ -8,45 +8,19 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { createHash } from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import { Tensor } from 'onnxruntime-common';
 import { readTensorSet, writeTensorSet } from '../src/io';
 import { loadModel, saveModel } from '../src/onnx/io';
-import { fixture, repoRoot, rmDir, tmpDir } from './helpers/fixtures';
-
-const BIN = path.join(repoRoot, 'bin', 'moefy.js');
-const STACK = /^\s+at .+(:\d+:\d+\)?)$/m;
+import { fixture, rmDir, tmpDir } from './helpers/fixtures';
+import { BIN, inNamespace as inNamespaceAt, interruptWhen as interruptAt, oneLine, Run, runMoefy, sha, snapshot as snapshotOf } from './helpers/cli-run';
 
 let W = ''; // the work folder: inputs and outputs side by side, as a user has them
 let IN = '', EXT = '', CALIB = '', NANCALIB = '', BADLABEL = '';
 const roots: string[] = [];
 
-function sha(p: string): string {
-  return createHash('sha256').update(fs.readFileSync(p)).digest('hex');
-}
-
-/** Every regular file under W (following no links) with its hash: the inputs a case must leave untouched. */
-function snapshot(): Map<string, string> {
-  const m = new Map<string, string>();
-  const walk = (d: string) => {
-    for (const e of fs.readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) m.set(p, sha(p));
-      else m.set(p, e.isSymbolicLink() ? `link → ${fs.readlinkSync(p)}` : 'special');
-    }
-  };
-  walk(W);
-  return m;
-}
-
-interface Run {
-  status: number | null;
-  stdout: string;
-  stderr: string;
-  tmpLeft: string[];
-}
+/** Every file under W with its hash: the inputs a case must leave untouched. */
+const snapshot = () => snapshotOf(W);
 
 function freshTmp(): string {
   const t = tmpDir('hard-tmp');
@@ -54,23 +28,7 @@ function freshTmp(): string {
   return t;
 }
 
-function moefy(args: string[], o: { timeoutMs?: number } = {}): Run {
-  const tmp = freshTmp();
-  const r = spawnSync(process.execPath, [BIN, ...args], { cwd: W, encoding: 'utf8', timeout: o.timeoutMs ?? 120_000, env: { ...process.env, TMPDIR: tmp } });
-  if (r.error) throw r.error;
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr, tmpLeft: fs.readdirSync(tmp) };
-}
-
-/** One line, `moefy: `, matching `expect`, no stack, not internal. */
-function oneLine(what: string, r: { status: number | null; stderr: string }, expect: RegExp, status = 1): void {
-  assert.equal(r.status, status, `${what}: exit status (stderr ${JSON.stringify(r.stderr)})`);
-  const lines = r.stderr.trimEnd().split('\n');
-  assert.equal(lines.length, 1, `${what}: one line on stderr, got ${JSON.stringify(r.stderr)}`);
-  assert.match(lines[0], /^moefy: /, what);
-  assert.match(lines[0], expect, what);
-  assert.doesNotMatch(r.stderr, STACK, `${what}: no stack trace`);
-  assert.doesNotMatch(r.stderr, /internal error/, `${what}: a user error`);
-}
+const moefy = (args: string[], o: { timeoutMs?: number } = {}): Run => runMoefy(args, { cwd: W, tmp: freshTmp(), timeoutMs: o.timeoutMs });
 
 /** A bad-input case: one line, exit 1, nothing left in the temp dir, the work folder byte-for-byte as before. */
 function refuses(what: string, args: string[], expect: RegExp): void {
@@ -143,7 +101,7 @@ test('-o a FIFO or a device node made in a temp dir is refused, and the node is 
 test('bad options: one line in the user\'s words, before any work', () => {
   const cases: [string, string[], RegExp][] = [
     ['--router-width 0', ['--router-width', '0'], /^moefy: --router-width must be a whole number ≥ 1 \(got 0\)$/],
-    ['--max-tokens 0', ['--max-tokens', '0'], /--max-tokens must be a whole number ≥ 1/],
+    ['--max-tokens 0', ['--max-tokens', '0'], /--max-tokens must be a whole number ≥ 2: router training holds some of the tokens out/],
     ['--seed abc', ['--seed', 'abc'], /--seed must be a whole number ≥ 0 \(the value given is not a number\)/],
     ['--seed 1.5', ['--seed', '1.5'], /--seed must be a whole number ≥ 0 \(got 1\.5\)/],
     ["--threshold ''", ['--threshold', ''], /--threshold needs a value/],
@@ -210,12 +168,7 @@ test('convert: the explicit subcommand, full paths, --json, --quiet; nothing lef
 });
 
 /** Runs a shell script in a private mount namespace; null when the system does not allow one. */
-function inNamespace(script: string): { status: number | null; stdout: string; stderr: string } | null {
-  const probe = spawnSync('unshare', ['-m', 'sh', '-c', 'mount -t tmpfs -o size=16k tmpfs "$0"', freshTmp()]);
-  if (probe.status !== 0) return null;
-  const r = spawnSync('unshare', ['-m', 'sh', '-c', script], { encoding: 'utf8', timeout: 120_000 });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
+const inNamespace = (script: string) => inNamespaceAt(script, freshTmp());
 
 /** The case as a shell script: mount, run moefy (TMPDIR fresh), then report status, stderr, and what is left. */
 function mountedCase(mount: string, dir: string, out: string): string {
@@ -401,18 +354,8 @@ test('SIGINT while the routers train in worker threads: exit 130, one line, no a
 
 /** Starts `args`, waits until `ready` matches its output (if given), then `settle` ms, sends SIGINT; the exit code and what is left. */
 async function interruptWhen(args: string[], ready: RegExp | null, settle: number, out: string): Promise<{ code: number | null; stdout: string; stderr: string; tmpLeft: string[]; outLeft: string[] }> {
-  const tmp = freshTmp();
-  const child = spawn(process.execPath, [BIN, ...args], { cwd: W, env: { ...process.env, TMPDIR: tmp } });
-  let stderr = '', stdout = '';
-  child.stderr.on('data', (d) => (stderr += d));
-  child.stdout.on('data', (d) => (stdout += d));
-  const exited = new Promise<number | null>((res) => child.on('exit', (code) => res(code)));
-  for (let i = 0; ready && i < 1200 && !ready.test(stdout + stderr); i++) await new Promise((r) => setTimeout(r, 50));
-  await new Promise((r) => setTimeout(r, settle));
-  const seen = stdout;
-  child.kill('SIGINT');
-  const code = await exited;
-  return { code, stdout: seen, stderr, tmpLeft: fs.readdirSync(tmp), outLeft: fs.readdirSync(out) };
+  const r = await interruptAt(args, { cwd: W, tmp: freshTmp(), ready, settle, signals: ['SIGINT'] });
+  return { code: r.code, stdout: r.stdoutAtSignal, stderr: r.stderr, tmpLeft: r.tmpLeft, outLeft: fs.readdirSync(out) };
 }
 
 test('SIGINT while the experts are repaired in worker threads: exit 130, one line, no abort, nothing left behind', async () => {

@@ -79,22 +79,25 @@ export function synthesiseInputs(model: Model, structure: VarStructure, count: n
   return synthesise(model, structure, count, seed).feeds;
 }
 
-/** Checks calibration tensors against the model's signature: one clear line for a wrong name, type or shape. */
-export function checkCalib(model: Model, set: Feeds, file: string): Feeds {
+/**
+ * Checks calibration tensors against the model's signature: one clear line for a wrong name, type or shape, or
+ * inputs that disagree on the samples. `where` names the set in the messages (e.g. "--inputs x.npz" for eval).
+ */
+export function checkCalib(model: Model, set: Feeds, file: string, where = `calibration data ${file}`): Feeds {
   const feeds: Feeds = {};
   let batch: number | null = null;
   for (const v of modelInputs(model)) {
     let t = set[v.name];
-    if (!t) throw new MoefyError(`calibration data ${file}: no tensor named '${v.name}' (the model's inputs: ${modelInputs(model).map((x) => x.name).join(', ')}; found: ${Object.keys(set).join(', ') || 'nothing'})`);
+    if (!t) throw new MoefyError(`${where}: no tensor named '${v.name}' (the model's inputs: ${modelInputs(model).map((x) => x.name).join(', ')}; found: ${Object.keys(set).join(', ') || 'nothing'})`);
     const want = ORT_TYPE[v.elemType() ?? 1];
     // float32 calibration data for a float16 model is rounded to float16, as the model's own input would be.
     if (want === 'float16' && t.type === 'float32') t = toHalfTensor(t.data as Float32Array, t.dims);
-    if (t.type !== want) throw new MoefyError(`calibration data ${file}: '${v.name}' is ${t.type}, the model expects ${want}`);
+    if (t.type !== want) throw new MoefyError(`${where}: '${v.name}' is ${t.type}, the model expects ${want}`);
     const shape = v.shape() ?? [];
     const bad = t.dims.length !== shape.length || shape.some((d, k) => typeof d === 'number' && d !== t.dims[k]);
-    if (bad) throw new MoefyError(`calibration data ${file}: '${v.name}' has shape [${t.dims.join(', ')}], the model expects [${shape.map((d) => d ?? '?').join(', ')}]`);
+    if (bad) throw new MoefyError(`${where}: '${v.name}' has shape [${t.dims.join(', ')}], the model expects [${shape.map((d) => d ?? '?').join(', ')}]`);
     if (!isKvInputName(v.name) && t.dims.length > 0) {
-      if (batch !== null && t.dims[0] !== batch) throw new MoefyError(`calibration data ${file}: '${v.name}' has ${t.dims[0]} samples, other inputs have ${batch}`);
+      if (batch !== null && t.dims[0] !== batch) throw new MoefyError(`${where}: '${v.name}' has ${t.dims[0]} samples, other inputs have ${batch}`);
       batch = t.dims[0];
     }
     feeds[v.name] = t;

@@ -4,28 +4,32 @@ import { MoefyError } from '../errors';
 
 import convert, { convertCommand } from './commands/convert';
 import { envErrorLine } from '../files/env-errors';
-import { installSignalCleanup } from '../files/temp';
+import { endProcess, installSignalCleanup } from '../files/temp';
 import inspect from './commands/inspect';
 import run from './commands/run';
 import libPath from './commands/lib-path';
 import evalCommand from './commands/eval';
 import bench from './commands/bench';
+import { checkCommandWord, checkFlagValues } from './argv';
+import { stopAllBars } from './progress';
 
 const verbose = process.argv.includes('--verbose');
 
-function fail(e: unknown): never {
+function fail(e: unknown): void {
   const env = envErrorLine(e);
-  if (verbose && e instanceof Error) process.stderr.write(`${e.stack}\n`);
-  else if (e instanceof MoefyError) process.stderr.write(`moefy: ${e.message}\n`);
-  else if (env) process.stderr.write(`moefy: ${env}\n`);
-  else process.stderr.write(`moefy: internal error: ${(e as Error)?.message ?? String(e)} (run with --verbose for details)\n`);
-  process.exit(e instanceof MoefyError || env ? 1 : 2);
+  const line =
+    verbose && e instanceof Error ? (e.stack ?? e.message)
+    : e instanceof MoefyError ? `moefy: ${e.message}`
+    : env ? `moefy: ${env}`
+    : `moefy: internal error: ${(e as Error)?.message ?? String(e)} (run with --verbose for details)`;
+  endProcess(e instanceof MoefyError || env ? 1 : 2, line, stopAllBars);
 }
 
 process.on('unhandledRejection', fail);
+process.on('uncaughtException', fail);
 
 export async function main(argv: string[]): Promise<void> {
-  installSignalCleanup();
+  installSignalCleanup(stopAllBars);
   const commands = [convertCommand, inspect, run, libPath, evalCommand, bench, convert];
   let y = yargs(argv)
     .scriptName('moefy')
@@ -34,6 +38,8 @@ export async function main(argv: string[]): Promise<void> {
     .strict()
     .recommendCommands()
     .help()
+    // Before yargs' own checks (a missing --experts): a flag that lost its value is the cause to name.
+    .middleware(((_args: unknown, inst: { getOptions(): Parameters<typeof checkFlagValues>[1] }) => checkFlagValues(argv, inst.getOptions())) as never, true)
     .fail((msg, err) => {
       if (err) throw err;
       if (argv.length === 0) throw new MoefyError('nothing to do: moefy convert <model.onnx> --experts N --from-scale S converts a model; moefy --help lists the commands');
@@ -41,6 +47,7 @@ export async function main(argv: string[]): Promise<void> {
     });
   for (const c of commands) y = y.command(c as never);
   try {
+    checkCommandWord(argv);
     await y.parseAsync();
   } catch (e) {
     fail(e);

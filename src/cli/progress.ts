@@ -10,6 +10,17 @@ export interface Bar {
 
 const none: Bar = { tick: () => {}, stop: () => {} };
 
+/** Bars drawing now: a bar hides the cursor and turns line wrap off until it stops. */
+const live = new Set<cliProgress.SingleBar>();
+
+/** Stops every bar still drawing (on an error or a signal), which shows the cursor and turns line wrap back on. */
+export function stopAllBars(): void {
+  for (const b of [...live]) {
+    b.stop();
+    live.delete(b);
+  }
+}
+
 export function progressBar(name: string, total: number, unit: string, enabled = !!process.stderr.isTTY): Bar {
   if (!enabled) return none;
   const bar = new cliProgress.SingleBar(
@@ -21,13 +32,14 @@ export function progressBar(name: string, total: number, unit: string, enabled =
     tick(done, t) {
       if (!started) {
         bar.start(t ?? total, 0);
+        live.add(bar);
         started = true;
       }
       if (t !== undefined && t !== bar.getTotal()) bar.setTotal(t);
       bar.update(done);
     },
     stop() {
-      if (started) bar.stop();
+      if (started && live.delete(bar)) bar.stop();
     },
   };
 }

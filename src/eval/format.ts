@@ -1,5 +1,5 @@
 // Terminal rendering of eval reports.
-import { human, pct, table } from '../format';
+import { formatThreshold, human, pct, table } from '../format';
 import type { EvalReport } from './teacher';
 
 const f = (x: number | null, d = 4) => (x === null || Number.isNaN(x) ? '-' : x.toFixed(d));
@@ -8,10 +8,10 @@ export function printEval(r: EvalReport): string {
   const out: string[] = [];
   out.push(`dense ${r.dense}  vs  MoE ${r.moe}  on ${r.samples} samples${r.inputs ? ` of ${r.inputs}` : ''}`);
   if (!r.groundTruth) out.push('(no ground truth in the inputs: CE not measured)');
-  if (r.thresholds) out.push(`thresholds ${r.thresholds.map((t) => t.toFixed(3)).join(',')}${r.fromScale ? `, MoE from scale ${r.fromScale}` : ''}`);
+  if (r.thresholds) out.push(`thresholds ${r.thresholds.map(formatThreshold).join(',')}${r.fromScale ? `, MoE from scale ${r.fromScale}` : ''}`);
   // Two tables, each readable at 100 columns: quality, then cost. Per-layer FFN errors are in --json (a d16 model
   // has 16 layers): here their mean and worst.
-  const thr = (s: EvalReport['scales'][number]) => (s.threshold === null ? '-' : s.threshold.toFixed(3));
+  const thr = (s: EvalReport['scales'][number]) => (s.threshold === null ? '-' : formatThreshold(s.threshold));
   const errs = (e: number[]) => (e.length ? `${(e.reduce((a, x) => a + x, 0) / e.length).toFixed(3)} / ${Math.max(...e).toFixed(3)}` : '-');
   out.push(table(['scale', 'patch', 'thr', 'KL', 'top-1', 'CE dense', 'CE MoE', 'ΔCE', 'FFN err mean/max'], r.scales.map((s) => [
     s.scale, `${s.patch}x${s.patch}`, thr(s), f(s.kl, 5), pct(s.top1), f(s.ceDense), f(s.ceMoe), f(s.ceIncrease), errs(s.ffnRelErr),

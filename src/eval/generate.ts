@@ -20,7 +20,7 @@ import { closeSide, EvalSide, openSide } from './side';
 import { commitTemp, removeTemp, tempSibling } from '../files/temp';
 import { writeImageGrid } from './image-grid';
 import { sampleTopKTopP } from './sampling';
-import { stepGraphs, vqGraphs } from './step-graphs';
+import { openAuxGraph, stepGraphs, vqGraphs } from './step-graphs';
 
 export interface GenerateOptions {
   steps: string;
@@ -128,8 +128,10 @@ interface ScaleSums {
 
 export async function generate(o: GenerateOptions): Promise<GenerateReport> {
   const dense = stepGraphs(o.steps, o.patchNums);
+  if (dense.size === 0) throw new MoefyError(`--steps ${o.steps}: no VAR step graph with a static scale found (var_step_s{k}.onnx, one per scale)`);
   const moe = o.moeSteps ? stepGraphs(o.moeSteps, o.patchNums) : new Map<number, string>();
   const vq = vqGraphs(o.vq);
+  if (o.images && !o.decoder) throw new MoefyError('--images needs --decoder');
   const S = dense.size;
   for (let k = 0; k < S; k++) {
     if (!dense.has(k)) throw new MoefyError(`--steps: no step graph for scale ${k + 1} (found scales ${[...dense.keys()].map((x) => x + 1).join(',')})`);
@@ -151,13 +153,13 @@ export async function generate(o: GenerateOptions): Promise<GenerateReport> {
   const newDumpDir = o.dumpCalib && !fs.existsSync(o.dumpCalib) ? tempSibling(o.dumpCalib) : null;
   let done = false;
   try {
+    // The decoder runs last: a wrong one is found before the generation, not after it.
+    if (o.decoder) decoder = await openAuxGraph(o.decoder, '--decoder', 'a VQVAE decoder', 'f_hat');
     for (let k = 0; k < S; k++) {
       sides.dense.push(await openSide(dense.get(k)!, { kind: 'step', keepOutputs: true, withFfn: false, patchNums: o.patchNums }));
       sides.moe.push(moe.has(k) ? await openSide(moe.get(k)!, { kind: 'step', keepOutputs: true, withFfn: false, patchNums: o.patchNums }) : null);
-      vqSess.push(await ort.InferenceSession.create(vq.get(k)!));
+      vqSess.push(await openAuxGraph(vq.get(k)!, '--vq', "a tokenizer's next-scale graph", ['f_hat', 'idx_Bl']));
     }
-    if (o.decoder) decoder = await ort.InferenceSession.create(o.decoder);
-    else if (o.images) throw new MoefyError('--images needs --decoder');
     const fdims = vqSess[0].inputMetadata.find((m) => m.name === 'f_hat');
     const fshape = fdims && 'shape' in fdims ? (fdims.shape as (number | string)[]).slice(1).map(Number) : [32, 16, 16];
     if (fshape.some((x) => !Number.isFinite(x))) throw new MoefyError(`${vq.get(0)}: f_hat has no static shape`);

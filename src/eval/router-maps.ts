@@ -1,10 +1,9 @@
 // Router maps (DMoE-VAR's figure 12): for one sample, a pn×pn heat map per scale of the experts run per token (mean
 // over the layers), with a colour legend.
-import * as path from 'node:path';
 import type { PatchLayout } from '../analysis/var-structure';
 import { MoefyError } from '../errors';
 import { vegaLiteToPng } from './plot';
-import { writeFileAtomic } from '../files/temp';
+import { writeFilesAtomic } from '../files/temp';
 
 export const ROUTER_MAP_SIZE = { width: 640, height: 560 };
 
@@ -25,12 +24,20 @@ export function scaleMap(maps: Int32Array[], layout: PatchLayout, scale: number)
   return out;
 }
 
+/** Throws unless every scale is one of the layout's (1-based), before the evaluation that the maps come from. */
+export function checkMapScales(scales: number[], layout: PatchLayout): void {
+  const S = layout.patchNums.length;
+  const bad = scales.find((s) => !(Number.isInteger(s) && s >= 1 && s <= S));
+  if (bad !== undefined) throw new MoefyError(`--map-scales: ${bad} is not a scale of the model (scales 1…${S})`);
+}
+
+/** The maps of `scales` as PNG files in `dir`, written together or not at all. */
 export async function writeRouterMaps(dir: string, maps: Int32Array[], layout: PatchLayout, scales: number[], o: RouterMapOptions): Promise<string[]> {
+  checkMapScales(scales, layout);
   const size = o.size ?? ROUTER_MAP_SIZE;
   const E = Math.max(...o.experts.filter((e): e is number => e !== null));
-  const files: string[] = [];
+  const files: { name: string; data: Uint8Array }[] = [];
   for (const scale of scales) {
-    if (!(scale >= 1 && scale <= layout.patchNums.length)) throw new MoefyError(`router maps: scale ${scale} is outside 1…${layout.patchNums.length}`);
     const pn = layout.patchNums[scale - 1];
     const m = scaleMap(maps, layout, scale);
     const values = Array.from(m, (v, i) => ({ row: Math.floor(i / pn), col: i % pn, experts: Math.round(v * 100) / 100 }));
@@ -48,10 +55,7 @@ export async function writeRouterMaps(dir: string, maps: Int32Array[], layout: P
         color: { field: 'experts', type: 'quantitative', title: ['experts', '(mean over', 'layers)'], scale: { domain: [0, E], scheme: 'viridis' }, legend: { gradientLength: 300 } },
       },
     };
-    const png = await vegaLiteToPng(spec, size.width, size.height);
-    const f = path.join(dir, `router_map_scale${scale}.png`);
-    writeFileAtomic(f, png);
-    files.push(f);
+    files.push({ name: `router_map_scale${scale}.png`, data: await vegaLiteToPng(spec, size.width, size.height) });
   }
-  return files;
+  return writeFilesAtomic(dir, files);
 }

@@ -7,6 +7,7 @@ import * as ort from 'onnxruntime-node';
 import { analyseVar, VarStructure } from '../analysis/var-structure';
 import { countFlops, FlopReport, routerFlopsPerToken } from '../analysis/flops';
 import { MoefyError } from '../errors';
+import { ortMessage } from '../format';
 import { Model } from '../ir/model';
 import { Value } from '../ir/graph';
 import { loadModel, saveCopy } from '../onnx/io';
@@ -106,7 +107,7 @@ export async function openSide(file: string, opts: SideOptions = {}): Promise<Ev
     session = await ort.InferenceSession.create(tmp, { graphOptimizationLevel: 'all', logSeverityLevel: 3 });
   } catch (e) {
     removeTemp(dir);
-    throw new MoefyError(`${file}: onnxruntime could not open the model: ${(e as Error).message}`);
+    throw new MoefyError(`${file}: ONNX Runtime cannot open the model: ${ortMessage((e as Error).message)}`);
   }
   const feeds = g.inputs.filter((v) => !v.tensor && v.name !== THRESHOLD_INPUT).map((v) => v.name);
   return {

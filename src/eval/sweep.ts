@@ -2,7 +2,6 @@
 // family: uniform (the same threshold on every scale), per-scale (the calibrated per-scale thresholds scaled by a
 // factor, non-decreasing toward finer scales) and from-scale 7/8/9 (the same threshold from that scale on, zero
 // before). Written as sweep.csv, sweep.json and sweep.png (quality against FFN FLOPs, as DMoE-VAR's figures 3, 4).
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { MoefyError } from '../errors';
 import { human, pct, table } from '../format';
@@ -11,7 +10,7 @@ import { THRESHOLD_INPUT } from '../op';
 import { vegaLiteToPng } from './plot';
 import type { EvalSide } from './side';
 import { evaluate, EvalSummary } from './teacher';
-import { writeFileAtomic } from '../files/temp';
+import { writeFilesAtomic } from '../files/temp';
 
 export const DEFAULT_GRID = [0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7];
 export const SWEEP_PNG_SIZE = { width: 1200, height: 520 };
@@ -63,6 +62,13 @@ export function sweepSettings(S: number, cal: number[] | null, grid: number[], f
   return out;
 }
 
+/** The grid's values are thresholds: in [0, 1], as --threshold's. */
+export function checkGrid(grid: number[]): number[] {
+  const bad = grid.find((t) => !(t >= 0 && t <= 1));
+  if (bad !== undefined) throw new MoefyError(`--grid values must lie in [0, 1] (got ${bad})`);
+  return grid;
+}
+
 export interface SweepOptions {
   dir: string;
   grid?: number[];
@@ -109,17 +115,16 @@ export function sweepSpec(rows: SweepRow[], groundTruth: boolean, title: string)
 export async function sweep(dense: EvalSide, moe: EvalSide, inputs: TensorSet, o: SweepOptions): Promise<SweepReport> {
   if (!moe.hasThresholdInput) throw new MoefyError(`${moe.file} has no '${THRESHOLD_INPUT}' input: --sweep needs a converted model`);
   const S = dense.structure.layout.patchNums.length;
-  const settings = sweepSettings(S, moe.thresholdDefault, o.grid ?? DEFAULT_GRID);
+  const settings = sweepSettings(S, moe.thresholdDefault, checkGrid(o.grid ?? DEFAULT_GRID));
   const res = await evaluate(dense, moe, inputs, { settings: settings.map((s) => s.thresholds), batch: o.batch, limit: o.limit, names: o.names, moeScalesBy: 'threshold', onProgress: o.onProgress });
   const rows: SweepRow[] = settings.map((s, k) => ({ ...s, totals: res.reports[k].totals, moeScales: res.reports[k].moeScales }));
-  fs.mkdirSync(o.dir, { recursive: true });
   const files = { csv: path.join(o.dir, 'sweep.csv'), png: path.join(o.dir, 'sweep.png'), json: path.join(o.dir, 'sweep.json') };
   const r0 = res.reports[0];
   const report: SweepReport = { dense: r0.dense, moe: r0.moe, samples: r0.samples, groundTruth: r0.groundTruth, rows, files };
-  writeFileAtomic(files.csv, sweepCsv(rows));
-  writeFileAtomic(files.json, JSON.stringify(report, null, 2) + '\n');
   const size = o.size ?? SWEEP_PNG_SIZE;
-  writeFileAtomic(files.png, await vegaLiteToPng(sweepSpec(rows, r0.groundTruth, `${r0.moe} vs ${r0.dense}, ${r0.samples} samples${o.names?.inputs ? ` of ${o.names.inputs}` : ''}`), size.width, size.height));
+  const png = await vegaLiteToPng(sweepSpec(rows, r0.groundTruth, `${r0.moe} vs ${r0.dense}, ${r0.samples} samples${o.names?.inputs ? ` of ${o.names.inputs}` : ''}`), size.width, size.height);
+  // The three files together or none (a full disk must not leave a csv without its plot).
+  writeFilesAtomic(o.dir, [{ name: 'sweep.csv', data: sweepCsv(rows) }, { name: 'sweep.json', data: JSON.stringify(report, null, 2) + '\n' }, { name: 'sweep.png', data: png }]);
   return report;
 }
 

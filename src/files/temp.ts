@@ -5,7 +5,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { envError } from './env-errors';
+import { envError, envErrorLine } from './env-errors';
 
 const live = new Set<string>();
 
@@ -57,6 +57,8 @@ export function liveTemps(): string[] {
 
 let installed = false;
 const stoppers = new Set<() => Promise<void>>();
+/** Set once the process is ending on a signal or a closed output: later signals and errors change nothing. */
+let ending = false;
 
 /**
  * Work that must end before the process exits on a signal: exiting under worker threads that are inside ONNX
@@ -68,34 +70,92 @@ export function onInterrupt(stop: () => Promise<void>): () => void {
 }
 
 /**
- * SIGINT → exit 130, SIGTERM → exit 143 (the shell's 128 + signal), after removing every temporary path; one line on
- * stderr. Also removes them on a normal exit. The CLI installs this; the library leaves signals to its caller.
+ * Ends the process with `code` after removing every temporary path, printing `line` (if any) and stopping the
+ * registered work (onInterrupt). Only the first call acts: npx forwards a terminal's Ctrl-C to its child, which then
+ * gets SIGINT twice, and a second exit while the workers stop would abort the process under them.
  */
-export function installSignalCleanup(): void {
+export function endProcess(code: number, line?: string, restore?: () => void): void {
+  if (ending) return;
+  ending = true;
+  try {
+    restore?.();
+  } catch {
+    /* the terminal is best effort */
+  }
+  removeAllTemps();
+  if (line) {
+    try {
+      process.stderr.write(`${line}\n`);
+    } catch {
+      /* stderr closed: nothing to say it on */
+    }
+  }
+  if (stoppers.size === 0) process.exit(code);
+  // Running calibration workers stop at their next epoch (well under a second), then the process exits.
+  const stopping = [...stoppers].map((f) => f());
+  stoppers.clear();
+  void Promise.allSettled(stopping).then(() => process.exit(code));
+}
+
+/** 128 + SIGPIPE: the status a shell reports for a Unix tool whose output pipe was closed (`… | head -1`). */
+export const CLOSED_OUTPUT_STATUS = 141;
+
+/**
+ * SIGINT → exit 130, SIGTERM → exit 143 (the shell's 128 + signal), after removing every temporary path; one line on
+ * stderr. A closed stdout or stderr (EPIPE: the reader went away) ends the process quietly with 141, as SIGPIPE ends
+ * a Unix tool. Also removes the temporary paths on a normal exit. `restore` puts the terminal back (progress bars
+ * hide the cursor). The CLI installs this; the library leaves signals to its caller.
+ */
+export function installSignalCleanup(restore?: () => void): void {
   if (installed) return;
   installed = true;
   process.on('exit', removeAllTemps);
   for (const [sig, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
-    process.on(sig, () => {
-      removeAllTemps();
-      process.stderr.write(`${process.stderr.isTTY ? '\n' : ''}moefy: interrupted (${sig}); removed temporary files\n`);
-      if (stoppers.size === 0) process.exit(code);
-      // Running calibration workers stop at their next epoch (well under a second), then the process exits.
-      const stopping = [...stoppers].map((f) => f());
-      stoppers.clear();
-      void Promise.allSettled(stopping).then(() => process.exit(code));
+    // On a terminal the line starts below the ^C the terminal echoed.
+    process.on(sig, () => endProcess(code, `${process.stderr.isTTY ? '\n' : ''}moefy: interrupted (${sig}); removed temporary files`, restore));
+  }
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE' || ending) endProcess(CLOSED_OUTPUT_STATUS, undefined, restore);
+      else endProcess(1, `moefy: cannot write to ${stream === process.stdout ? 'standard output' : 'standard error'}: ${envErrorLine(e) ?? e.message}`, restore);
     });
   }
 }
 
 /** Writes a whole file atomically: a temporary sibling, then a rename; an error names `target`, not the temporary. */
 export function writeFileAtomic(target: string, data: string | Uint8Array): void {
-  const tmp = tempSibling(target);
+  writeFilesAtomic(path.dirname(target), [{ name: path.basename(target), data }]);
+}
+
+/**
+ * Writes a set of files into `dir`, all or none: every file goes to a temporary name first and all are renamed into
+ * place once each is written, so that a failure (a full disk) leaves none of them. The part of `dir` that does not
+ * exist yet is made as one temporary folder and renamed into place at the end (a failure leaves no empty folder).
+ * An error names the file being written. Returns the files' paths.
+ */
+export function writeFilesAtomic(dir: string, files: { name: string; data: string | Uint8Array }[]): string[] {
+  // The first missing folder on the way to dir (null: dir exists), and dir's path inside its temporary stand-in.
+  let top: string | null = null;
+  for (let d = path.resolve(dir); !fs.existsSync(d); d = path.dirname(d)) top = d;
+  const stand = top ? tempSibling(top) : null;
+  const inside = (p: string) => (top && stand ? path.join(stand, path.relative(top, p)) : p);
+  const placed: [string, string][] = [];
+  let writing = dir;
   try {
-    fs.writeFileSync(tmp, data);
-    commitTemp(tmp, target);
+    if (stand) fs.mkdirSync(inside(path.resolve(dir)), { recursive: true });
+    for (const f of files) {
+      const target = path.join(dir, f.name);
+      writing = target;
+      const tmp = stand ? inside(path.resolve(target)) : tempSibling(target);
+      placed.push([tmp, target]);
+      fs.writeFileSync(tmp, f.data);
+    }
+    if (stand) commitTemp(stand, top!);
+    else for (const [tmp, target] of placed) commitTemp(tmp, target);
   } catch (e) {
-    removeTemp(tmp);
-    throw envError(e, target);
+    for (const [tmp] of placed) removeTemp(tmp);
+    if (stand) removeTemp(stand);
+    throw envError(e, writing);
   }
+  return files.map((f) => path.join(dir, f.name));
 }

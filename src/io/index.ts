@@ -14,6 +14,7 @@ import { unzipSync, zipSync, Zippable } from 'fflate';
 import { MoefyError } from '../errors';
 import { IoDType, isIoDType, parseDType, tensorBytes, tensorFromBytes } from './dtypes';
 import { decodeNpy, encodeNpy } from './npy';
+import { centralCrcs, checkCrcs } from './zip-crc';
 import { tempSibling, removeTemp } from '../files/temp';
 import { envError } from '../files/env-errors';
 
@@ -115,6 +116,7 @@ export function decodeNpz(buf: Uint8Array, where: string): TensorSet {
   } catch (e) {
     throw new MoefyError(`${where}: cannot unzip .npz (${(e as Error).message})`);
   }
+  checkCrcs(files, centralCrcs(buf, where), where);
   const out: TensorSet = {};
   for (const [fname, data] of Object.entries(files)) {
     if (fname.endsWith('/')) continue;

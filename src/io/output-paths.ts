@@ -8,6 +8,7 @@ import { MoefyError } from '../errors';
 import { envCode, envError } from '../files/env-errors';
 import { removeTemp, tempSibling } from '../files/temp';
 import type { Model } from '../ir/model';
+import { loadModel } from '../onnx/io';
 
 /** A file the command reads, and what it is in the user's words ("the input model", "calibration data"). */
 export interface InputFile {
@@ -180,3 +181,24 @@ export function checkConvertOutputs(input: string, model: Model, opts: { calib?:
   );
 }
 
+
+/** `${dev}:${ino}` of a file, or null when it does not exist: tells a file rewritten (renamed over) from one left alone. */
+export function fileIdentity(p: string): string | null {
+  return identity(p);
+}
+
+/**
+ * `<output>.data` when it is the external data of the model now at `output` (moefy's own earlier output, which a
+ * conversion without --external-data would otherwise leave beside the new model), else null.
+ */
+export function ownExternalData(output: string): string | null {
+  const data = path.join(path.dirname(output), `${path.basename(output)}.data`);
+  try {
+    if (!fs.statSync(output).isFile() || !fs.statSync(data).isFile()) return null;
+    const old = loadModel(output);
+    const real = fs.realpathSync(data);
+    return old.graph.initializers.some((v) => v.tensor?.source.kind === 'external' && fs.realpathSync(v.tensor.source.path) === real) ? data : null;
+  } catch {
+    return null; // not a model moefy can read: not ours to remove
+  }
+}

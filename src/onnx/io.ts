@@ -41,17 +41,28 @@ const MAGIC: [string, number[]][] = [
   ['a gzip file', [0x1f, 0x8b]],
 ];
 
+/** 'a JSON file' or 'a text file' when the first bytes are text (an ONNX model starts with binary protobuf fields). */
+function textKind(buf: Uint8Array): string | null {
+  const head = buf.subarray(0, 512);
+  if (!head.every((b) => b === 9 || b === 10 || b === 13 || b >= 32)) return null;
+  const first = Buffer.from(head).toString('utf8').trimStart()[0];
+  return first === '{' || first === '[' ? 'a JSON file' : 'a text file';
+}
+
 export function decodeModel(buf: Uint8Array, file = '<memory>'): Model {
   if (buf.byteLength === 0) throw new MoefyError(`${file}: empty file (0 bytes), not an ONNX model`);
   for (const [what, magic] of MAGIC) {
     if (magic.every((b, k) => buf[k] === b)) throw new MoefyError(`${file}: this is ${what}, not an ONNX model`);
   }
+  const text = textKind(buf);
+  if (text) throw new MoefyError(`${file}: this is ${text}, not an ONNX model`);
   let proto: ModelProto;
   try {
     proto = ModelProtoType.decode(buf) as unknown as ModelProto;
   } catch (e) {
     const msg = (e as Error).message;
-    if (/index out of range/.test(msg)) throw new MoefyError(`${file}: truncated ONNX model (the data ends inside a field: ${msg})`);
+    // Every ONNX writer puts ir_version (field 1, a varint: tag 0x08) first; other bytes that end early are not ONNX.
+    if (/index out of range/.test(msg) && buf[0] === 0x08) throw new MoefyError(`${file}: truncated ONNX model (the data ends inside a field: ${msg})`);
     throw new MoefyError(`${file}: not an ONNX model (protobuf decoding failed: ${msg})`);
   }
   if (!proto.graph || !(Number(proto.ir_version) > 0) || !(proto.opset_import && proto.opset_import.length > 0)) {

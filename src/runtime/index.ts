@@ -9,6 +9,7 @@ import { Tensor } from 'onnxruntime-common';
 import { MoefyError } from '../errors';
 import type { IoDType } from '../io/dtypes';
 import { packageRoot } from '../files/package-root';
+import { ortMessage } from '../format';
 
 export { dynamicMoeReference } from './reference';
 export type { DynamicMoeInputs, DynamicMoeAttributes, DynamicMoeResult, Activation } from './reference';
@@ -199,7 +200,7 @@ class Session implements MoefySession {
     try {
       res = await this.native.run(nf, outs);
     } catch (e) {
-      throw new MoefyError(`run failed: ${oneLine((e as Error).message)}`);
+      throw new MoefyError(`run failed: ${ortMessage((e as Error).message)}`);
     }
     const out: Record<string, Tensor> = {};
     for (const o of outs) {
@@ -212,10 +213,6 @@ class Session implements MoefySession {
     this.native?.release();
     this.native = null;
   }
-}
-
-function oneLine(s: string): string {
-  return s.replace(/\s*\n\s*/g, ' ').trim();
 }
 
 /** Opens a session on a model file path or its bytes, with libmoefy_ops.so registered. */
@@ -252,7 +249,7 @@ export async function createSession(model: string | Uint8Array, options: MoefySe
   try {
     native = await a.createSession(model, o);
   } catch (e) {
-    throw new MoefyError(`cannot open the model: ${oneLine((e as Error).message)}`);
+    throw new MoefyError(`${typeof model === 'string' ? `${path.relative(process.cwd(), model) || model}: ` : ''}ONNX Runtime cannot open the model: ${ortMessage((e as Error).message)}`);
   }
   return new Session(native);
 }

@@ -12,13 +12,14 @@ import { checkCalib, Feeds, floatData, floatView, modelInputs, sliceFeeds, synth
 import { deriveSeed, rng } from '../calib/random';
 import type { Recipe } from '../convert-options';
 import { MoefyError } from '../errors';
+import { scaleRange } from '../format';
 import { readTensorSet } from '../io';
 import { Lendable } from '../calib/layer-pool';
 import { Model, ModelCopy } from '../ir/model';
 import { encodeModel, saveModel } from '../onnx/io';
 import { Value } from '../ir/graph';
 import { removeTemp, tempDir } from '../files/temp';
-import { checkEmbeddingInputs, checkFinite } from '../calib/check-inputs';
+import { checkInputValues } from '../calib/check-inputs';
 import { scaleOfPositions, scaleOfStep } from '../op';
 import { relufied } from './relufy';
 import { stage } from './stage';
@@ -43,7 +44,7 @@ export const captureStage = stage({
   summary: (s, { sites }) => {
     const src = s.source;
     const what = `captured ${s.layers[0].N} tokens × ${sites.length} FFN inputs`;
-    if (typeof src === 'object') return `${what} of scales ${src.chain.firstScale}…${src.chain.lastScale} from ${s.samples} calibration samples through a KV-cache chain of ${src.chain.steps} earlier step(s)`;
+    if (typeof src === 'object') return `${what} of ${scaleRange(src.chain.firstScale, src.chain.lastScale)} from ${s.samples} calibration samples through a KV-cache chain of ${src.chain.steps} earlier step(s)`;
     return `${what} from ${s.samples} ${src} samples`;
   },
   warnings: (s, { recipe }) => (s.source === 'synthesised' ? [`no --calib given: synthesised ${recipe.synthSamples} inputs from the model's signature (seed ${recipe.seed}); real calibration data routes better`] : []),
@@ -58,9 +59,8 @@ export async function capture(model: Model, s: VarStructure, sites: FfnSite[], o
   if (o.calib) {
     if (!fs.existsSync(o.calib)) throw new MoefyError(`--calib ${o.calib}: no such file or folder`);
     const set = (await readTensorSet(o.calib)) as unknown as Record<string, ort.Tensor>;
-    // Non-finite values and out-of-range labels, named before anything runs.
-    checkFinite(set, `calibration data ${o.calib}`);
-    checkEmbeddingInputs(model, set, `calibration data ${o.calib}`);
+    // No samples, non-finite values and out-of-range labels, named before anything runs.
+    checkInputValues(model, set, `calibration data ${o.calib}`);
     if (s.kind === 'step' && isFullSequenceSet(set) && !hasAllInputs(model, set)) return captureChain(run, s, sites, o, set, onProgress);
     feeds = checkCalib(model, set, o.calib);
     if (s.kind === 'step') scaleIdx = stepScaleOf(s, feeds);
@@ -257,7 +257,9 @@ async function captureChain(run: ModelCopy, s: VarStructure, sites: FfnSite[], o
   try {
     for (const p of prefix.slice(0, first)) sessions.push(await ort.InferenceSession.create(p, SESSION_OPTIONS));
     const self = await captureSession(run.model, [...run.model.graph.outputs, ...sites.map((x) => run.valueOf(x.ffnIn))], SESSION_OPTIONS);
-    const batch = 4;
+    // A graph exported with a static batch (B 1) takes exactly that many samples per run.
+    const fixed = s.label?.shape()?.[0];
+    const batch = typeof fixed === 'number' && fixed > 0 ? fixed : 4;
     for (let a = 0; a < samples; a += batch) {
       const b = Math.min(samples, a + batch);
       let past: Record<string, ort.Tensor> = {};

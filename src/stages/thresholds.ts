@@ -7,7 +7,7 @@ import type { PatchLayout } from '../analysis/var-structure';
 import { activeFraction, chooseThresholds as chooseForBudget, thresholdsFromTau } from '../calib/thresholds';
 import type { Recipe } from '../convert-options';
 import { MoefyError } from '../errors';
-import { formatThreshold } from '../format';
+import { formatThreshold, scaleRange } from '../format';
 import { stage } from './stage';
 import { FfnInputSample, RouterSet, ThresholdPlan } from './types';
 
@@ -34,8 +34,8 @@ export const thresholdsStage = stage({
     const b = plan.basis;
     const how = 'given' in b ? 'given'
       : 'tau' in b ? `from τ ${b.tau.join(',')} (threshold = 1 − τ)`
-      : `chosen for a budget of ${b.budget} of the dense FFN FLOPs on scales ${recipe.fromScale}…${S}, routers included (reached ${b.reached.toFixed(3)}: experts ${b.experts.toFixed(3)} + routers ${b.routers.toFixed(3)})`;
-    return `thresholds ${plan.thresholds.slice(recipe.fromScale - 1).map(formatThreshold).join(',')} for scales ${recipe.fromScale}…${S}, ${how}`;
+      : `chosen for a budget of ${b.budget} of the dense FFN FLOPs on ${scaleRange(recipe.fromScale, S)}, routers included (reached ${b.reached.toFixed(3)}: experts ${b.experts.toFixed(3)} + routers ${b.routers.toFixed(3)})`;
+    return `thresholds ${plan.thresholds.slice(recipe.fromScale - 1).map(formatThreshold).join(',')} for ${scaleRange(recipe.fromScale, S)}, ${how}`;
   },
   warnings: (plan) => plan.warnings,
   layerReport: (plan, k) => ({ activeFractionPerScale: plan.activeFractionPerLayer[k] }),
@@ -85,12 +85,12 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
     const budget = o.budget;
     if (budget === null) throw new Error('thresholds: no budget, thresholds or tau');
     const withData = perScale.filter((p) => p.count > 0);
-    if (withData.length === 0) throw new MoefyError(`the calibration data holds no tokens of scales ${o.fromScale}…${S}; cannot choose thresholds for a budget (give --threshold)`);
+    if (withData.length === 0) throw new MoefyError(`the calibration data holds no tokens of ${scaleRange(o.fromScale, S)}; cannot choose thresholds for a budget (give --threshold)`);
     const share = o.routerShare ?? 0;
     const r = chooseForBudget(withData, Math.max(budget - share, 1e-9));
     const reached = r.spent + share;
     if (r.clamped === 'below-minimum' || budget - share <= 0)
-      warnings.push(`--budget ${budget} cannot be met: the least scales ${o.fromScale}…${S} can spend is ${reached.toFixed(3)} of their dense FFN FLOPs (one expert per token: ${r.spent.toFixed(3)}, routers: ${share.toFixed(3)}); converted at that`);
+      warnings.push(`--budget ${budget} cannot be met: the least ${scaleRange(o.fromScale, S)} can spend is ${reached.toFixed(3)} of their dense FFN FLOPs (one expert per token: ${r.spent.toFixed(3)}, routers: ${share.toFixed(3)}); converted at that`);
     else if (r.note) warnings.push(`--budget ${budget}: ${r.note.replace(/spends (\d\.\d+)/, () => `reaches ${reached.toFixed(3)} with the routers`)}`);
     // Scales without calibration tokens take the nearest coarser scale's threshold (monotone).
     chosen = [];

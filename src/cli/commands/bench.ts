@@ -5,11 +5,13 @@ import { analyseVar } from '../../analysis/var-structure';
 import { MoefyError } from '../../errors';
 import { readTensorSet } from '../../io';
 import { loadModel } from '../../onnx/io';
-import { synthesiseInputs } from '../../calib/inputs';
+import { checkCalib, synthesiseInputs } from '../../calib/inputs';
 import { createSession } from '../../runtime';
 import { table } from '../../format';
 import { parsePatchNums } from '../options';
-import { existing, integer, nonEmpty, once } from '../validate';
+import { existing, integer, nonEmpty, once, threads } from '../validate';
+import { checkEmbeddingInputs, checkSamples } from '../../calib/check-inputs';
+import { checkPair } from '../../eval/pair';
 
 interface Args {
   dense: string;
@@ -26,7 +28,8 @@ interface Args {
 
 /** Best wall time of `reps` runs after one warm-up, in ms. */
 async function time(file: string, feeds: Record<string, Tensor>, threads: number, reps: number): Promise<number> {
-  const s = await createSession(file, { intraOpNumThreads: threads });
+  // ONNX Runtime's own log lines off (fatal only): its errors come back in the one line moefy prints.
+  const s = await createSession(file, { intraOpNumThreads: threads, logSeverity: 4 });
   try {
     const f = Object.fromEntries(s.inputNames.map((n) => {
       if (!feeds[n]) throw new MoefyError(`${file} needs input '${n}', which the inputs do not hold`);
@@ -65,7 +68,7 @@ const command: CommandModule<object, Args> = {
     once(a, ['dense', 'moe', 'inputs', 'samples', 'threads', 'reps', 'seed', 'patch-nums']);
     nonEmpty(a, ['inputs', 'patch-nums']);
     integer(a, 'samples', 1);
-    integer(a, 'threads', 0);
+    threads(a, 0);
     integer(a, 'reps', 1);
     integer(a, 'seed', 0);
     existing('dense model', a.dense, { file: true });
@@ -73,11 +76,18 @@ const command: CommandModule<object, Args> = {
     if (a.inputs) existing('--inputs', a.inputs);
     // The converted model first: its DynamicMoE nodes carry the patch layout that the dense export lacks.
     const override = parsePatchNums(a['patch-nums']);
-    const md = analyseVar(loadModel(a.moe), { patchNums: override });
-    if (!md.blocks.some((b) => b.moe)) throw new MoefyError(`${a.moe} holds no DynamicMoE node`);
+    const moe = loadModel(a.moe);
+    const md = analyseVar(moe, { patchNums: override });
     const dense = loadModel(a.dense);
     const structure = analyseVar(dense, { patchNums: override ?? md.layout.patchNums });
-    const feeds = a.inputs ? await readTensorSet(a.inputs) : (synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>);
+    checkPair({ file: a.dense, model: dense, structure }, { file: a.moe, model: moe, structure: md });
+    let feeds: Record<string, Tensor>;
+    if (a.inputs) {
+      feeds = await readTensorSet(a.inputs);
+      checkSamples(feeds, `--inputs ${a.inputs}`);
+      checkCalib(dense, feeds, a.inputs, `--inputs ${a.inputs}`);
+      checkEmbeddingInputs(dense, feeds, `--inputs ${a.inputs}`);
+    } else feeds = synthesiseInputs(dense, structure, a.samples, a.seed) as unknown as Record<string, Tensor>;
     const d = await time(a.dense, feeds, a.threads, a.reps);
     const m = await time(a.moe, feeds, a.threads, a.reps);
     const kind = structure.kind === 'step' ? `step graph${structure.stepScale ? ` (scale ${structure.stepScale})` : ''}` : 'full sequence';

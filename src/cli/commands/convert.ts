@@ -3,9 +3,11 @@ import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { checkOptions, CONVERT_OPTIONS, ConvertOptions, OptionSpec } from '../../convert-options';
 import { convert, defaultOutput, reportPath } from '../../pipeline';
-import { formatThreshold, human, pct, table } from '../../format';
+import { formatThreshold, human, pct, scaleRange, table } from '../../format';
 import { parseNumberList, parsePatchNums } from '../options';
 import { conversionUi } from '../progress';
+import { fileIdentity, ownExternalData } from '../../io/output-paths';
+import { withPath } from '../../files/env-errors';
 import { existing, nonEmpty, once } from '../validate';
 
 /** The flags: the model and where the outputs go, and the conversion's options (src/convert-options.ts). */
@@ -49,13 +51,19 @@ const builder = (y: import('yargs').Argv) => {
 
 async function handler(a: Args): Promise<void> {
     const options = validate(a);
-    const start = Date.now();
-    const r = await convert(a.model, { ...options, output: a.output, externalData: a['external-data'] }, conversionUi(a));
     const out = path.resolve(a.output ?? defaultOutput(a.model));
     const data = `${out}.data`;
-    const wrote = [out, ...(fs.existsSync(data) && fs.statSync(data).mtimeMs >= start - 1000 ? [data] : []), path.resolve(reportPath(out))];
+    // The earlier output's weights, when they are there: removed if the new model does not write them again.
+    const stale = ownExternalData(out);
+    const before = fileIdentity(data);
+    const r = await convert(a.model, { ...options, output: a.output, externalData: a['external-data'] }, conversionUi(a));
+    // saveModel renames a new file over <output>.data: the same file as before means this conversion did not write it.
+    const dataWritten = fileIdentity(data) !== null && fileIdentity(data) !== before;
+    const removed = stale && !dataWritten ? [data] : [];
+    for (const f of removed) withPath(f, () => fs.rmSync(f, { force: true }), "cannot remove the earlier output's external data");
+    const wrote = [out, ...(dataWritten ? [data] : []), path.resolve(reportPath(out))];
     if (a.json) {
-      process.stdout.write(JSON.stringify({ ...r, wrote }, null, 2) + '\n');
+      process.stdout.write(JSON.stringify({ ...r, wrote, removed }, null, 2) + '\n');
       return;
     }
     if (a.quiet) return;
@@ -63,19 +71,16 @@ async function handler(a: Args): Promise<void> {
     process.stdout.write(table(['scale', 'patch', 'tokens', 'threshold', 'active', 'FFN dense', 'FFN MoE+routers', 'MoE/dense'], rows) + '\n');
     const t = r.totals;
     process.stdout.write(`FFN FLOPs per sample (MoE: experts + routers): dense ${human(t.ffnFlopsDense)}, MoE ${human(t.ffnFlopsMoe)} (${pct(t.ffnFlopsMoe / t.ffnFlopsDense)})` +
-      `${t.moeScalesBudgetSpent !== null ? `; MoE ${scaleRange(r.scales.filter((s) => s.moe).map((s) => s.scale))}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
+      `${t.moeScalesBudgetSpent !== null ? `; MoE ${moeScaleRange(r.scales.filter((s) => s.moe).map((s) => s.scale))}: ${pct(t.moeScalesBudgetSpent)}${r.options.budget !== null ? ` (budget ${pct(r.options.budget as number)})` : ''}` : ''}\n`);
     process.stdout.write(`whole model FLOPs per sample: dense ${human(t.flopsDense)}, MoE ${human(t.flopsMoe)} (${pct(t.flopsMoe / t.flopsDense)})\n`);
     process.stdout.write(`router held-out R²: ${r.layers.map((l) => l.routerR2?.toFixed(3)).join(', ')}\n`);
-    process.stdout.write(`wrote ${wrote.join(', ')}\n`);
+    process.stdout.write(`wrote ${wrote.join(', ')}${removed.length ? `; removed ${removed.join(', ')} (the earlier output's weights, which the new model does not use)` : ''}\n`);
 }
+
+const moeScaleRange = (scales: number[]) => scaleRange(scales[0], scales[scales.length - 1]);
 
 const describe = 'Convert a dense VAR into a dynamic-MoE VAR (DMoE-VAR)';
 /** `moefy convert model.onnx …`, and the bare `moefy model.onnx …` kept as the default command. */
 export const convertCommand: CommandModule<object, Args> = { command: 'convert <model>', describe, builder: builder as never, handler };
 const command: CommandModule<object, Args> = { command: '$0 <model>', describe: false as never, builder: builder as never, handler };
 export default command;
-
-/** "scale 9" or "scales 8…10" (a step graph holds one scale). */
-function scaleRange(scales: number[]): string {
-  return scales.length === 1 ? `scale ${scales[0]}` : `scales ${scales[0]}…${scales[scales.length - 1]}`;
-}

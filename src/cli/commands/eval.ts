@@ -1,14 +1,15 @@
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { CommandModule } from 'yargs';
 import { MoefyError } from '../../errors';
 import { checkOutputs, inputFiles } from '../../io/output-paths';
-import { checkEmbeddingInputs, checkFinite } from '../../calib/check-inputs';
+import { checkEmbeddingInputs, checkFinite, checkSamples } from '../../calib/check-inputs';
+import { checkCalib } from '../../calib/inputs';
 import { printEval } from '../../eval/format';
 import { GENERATE_BATCH, generate, printGenerate } from '../../eval/generate';
-import { writeRouterMaps } from '../../eval/router-maps';
+import { checkMapScales, writeRouterMaps } from '../../eval/router-maps';
+import { checkPair } from '../../eval/pair';
 import { closeSide, EvalSide, openSide } from '../../eval/side';
-import { printSweep, sweep } from '../../eval/sweep';
+import { checkGrid, printSweep, sweep } from '../../eval/sweep';
 import { evaluate, loadInputs } from '../../eval/teacher';
 import { parseNumberList, parsePatchNums } from '../options';
 import { progressCallback } from '../progress';
@@ -133,8 +134,10 @@ async function withSides(a: Args, form: string, withFfnIn: boolean, f: (x: { den
   existing('--inputs', a.inputs);
   const patchNums = parsePatchNums(a['patch-nums']);
   const thrList = parseNumberList('threshold', a.threshold) ?? null;
-  if (thrList && thrList.some((t) => !(t >= 0 && t <= 1))) throw new MoefyError(`--threshold values must lie in [0, 1]`);
+  const badThr = thrList?.find((t) => !(t >= 0 && t <= 1));
+  if (badThr !== undefined) throw new MoefyError(`--threshold values must lie in [0, 1] (got ${badThr})`);
   const inputs = await loadInputs(a.inputs);
+  checkSamples(inputs as never, `--inputs ${a.inputs}`);
   checkFinite(inputs as never, `--inputs ${a.inputs}`);
   // The converted model first: its DynamicMoE nodes carry the patch layout that the dense export lacks.
   const moe = await openSide(a.moe, { patchNums });
@@ -146,6 +149,9 @@ async function withSides(a: Args, form: string, withFfnIn: boolean, f: (x: { den
     throw e;
   }
   try {
+    // The MoE side may be the dense model again (the harness check: KL 0).
+    checkPair(dense, moe, { moeMayBeDense: true });
+    checkCalib(dense.model, inputs as never, a.inputs, `--inputs ${a.inputs}`);
     checkEmbeddingInputs(dense.model, inputs as never, `--inputs ${a.inputs}`);
     const S = dense.structure.layout.patchNums.length;
     let thr = thrList;
@@ -167,9 +173,11 @@ async function withSides(a: Args, form: string, withFfnIn: boolean, f: (x: { den
 async function runSweep(a: Args): Promise<void> {
   const dir = a.out ?? a.sweep;
   if (!dir) throw new MoefyError('eval sweep needs --out <folder> for sweep.csv, sweep.png and sweep.json');
+  const grid = parseNumberList('grid', a.grid);
+  if (grid) checkGrid(grid);
   checkOutputs([{ path: dir, flag: `--out ${dir}`, what: 'the output', kind: 'folder' }], [{ path: a.dense ?? '', what: 'the dense model' }, { path: a.moe ?? '', what: 'the MoE model' }, ...inputFiles(a.inputs ?? '', 'the inputs (--inputs)')]);
   await withSides(a, 'eval sweep', false, async ({ dense, moe, inputs, names }) => {
-    const r = await sweep(dense, moe, inputs, { dir, grid: parseNumberList('grid', a.grid), batch: a.batch, limit: a.limit, names, onProgress: progress('sweep', a) });
+    const r = await sweep(dense, moe, inputs, { dir, grid, batch: a.batch, limit: a.limit, names, onProgress: progress('sweep', a) });
     process.stdout.write((a.json ? JSON.stringify(r, null, 2) : printSweep(r)) + '\n');
   });
 }
@@ -180,18 +188,20 @@ async function runTeacher(a: Args): Promise<void> {
   if (a.sweep) return runSweep(a);
   const maps = a['router-maps'];
   if (maps) checkOutputs([{ path: maps, flag: `--router-maps ${maps}`, what: 'the output', kind: 'folder' }], [a.dense, a.moe, a.inputs].filter((x): x is string => !!x).flatMap((x) => inputFiles(x, 'an input (the models, --inputs)')));
+  const mapScales = parseNumberList('map-scales', a['map-scales']);
   await withSides(a, 'eval', a.replay, async ({ dense, moe, inputs, thr, S, names }) => {
-    const mapScales = parseNumberList('map-scales', a['map-scales']) ?? [8, 9, 10].filter((s) => s <= S);
-    const res = await evaluate(dense, moe, inputs, { settings: [thr], batch: a.batch, limit: a.limit, names, keepActiveOf: a['router-maps'] ? a.sample : undefined, replayRouters: a.replay, onProgress: progress('eval', a) });
-    const r = res.reports[0];
-    let maps: string[] = [];
-    if (a['router-maps']) {
-      const m = res.activeMaps[0];
-      if (!m) throw new MoefyError(`${a.moe} has no DynamicMoE 'active' outputs (or --sample ${a.sample} is past the inputs): no router maps`);
-      fs.mkdirSync(a['router-maps'], { recursive: true });
-      maps = await writeRouterMaps(a['router-maps'], m, moe.structure.layout, mapScales, { experts: moe.experts, title: names.moe, sample: a.sample, thresholds: r.thresholds });
+    const scales = mapScales ?? [8, 9, 10].filter((s) => s <= S);
+    // Everything the maps need is checked before the evaluation, so that it never runs to fail at the end.
+    if (maps) {
+      checkMapScales(scales, moe.structure.layout);
+      const samples = Math.min(inputs[dense.feeds[0]]?.dims[0] ?? Infinity, a.limit ?? Infinity);
+      if (a.sample >= samples) throw new MoefyError(`--sample ${a.sample} is past the inputs (${samples} samples${a.limit !== undefined ? ` with --limit ${a.limit}` : ''}, numbered from 0)`);
+      if (!moe.active.some((x) => x !== null)) throw new MoefyError(`${a.moe} has no DynamicMoE 'active' outputs: no router maps`);
     }
-    process.stdout.write((a.json ? JSON.stringify({ ...r, routerMaps: maps }, null, 2) : printEval(r) + (maps.length ? `\nrouter maps: ${maps.map((f) => path.resolve(f)).join(', ')}` : '')) + '\n');
+    const res = await evaluate(dense, moe, inputs, { settings: [thr], batch: a.batch, limit: a.limit, names, keepActiveOf: maps ? a.sample : undefined, replayRouters: a.replay, onProgress: progress('eval', a) });
+    const r = res.reports[0];
+    const written = maps ? await writeRouterMaps(maps, res.activeMaps[0]!, moe.structure.layout, scales, { experts: moe.experts, title: names.moe, sample: a.sample, thresholds: r.thresholds }) : [];
+    process.stdout.write((a.json ? JSON.stringify({ ...r, routerMaps: written }, null, 2) : printEval(r) + (written.length ? `\nrouter maps: ${written.map((f) => path.resolve(f)).join(', ')}` : '')) + '\n');
   });
 }
 

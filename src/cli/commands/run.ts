@@ -6,12 +6,13 @@ import * as path from 'node:path';
 import { readTensorSet, writeTensorSet, describeTensor, formatOfPath } from '../../io';
 import { checkOutputs, inputFiles } from '../../io/output-paths';
 import { checkRunInputs } from '../run-inputs';
-import { checkEmbeddingInputs } from '../../calib/check-inputs';
-import { existing, integer, nonEmpty, once } from '../validate';
+import { checkEmbeddingInputs, checkSamples } from '../../calib/check-inputs';
+import { existing, integer, nonEmpty, once, threads } from '../validate';
 import { createSession, formatActiveSummary, summarizeActive } from '../../runtime';
 import { encodeCopy, loadModel, PROTOBUF_LIMIT } from '../../onnx/io';
 import { DataType } from '../../onnx/schema';
-import { isDynamicMoe, MOE_OUTPUT } from '../../op';
+import { isDynamicMoe, MOE_OUTPUT, VAR_PATCH_NUMS } from '../../op';
+import type { Model } from '../../ir/model';
 import { parsePatchNums } from '../options';
 
 interface Args {
@@ -43,11 +44,8 @@ interface MoeView {
  * Finds the DynamicMoE nodes and, when their `active` outputs are not graph outputs, re-encodes the model in memory
  * with those outputs added, so that one run can report the experts used per scale. The file is not changed.
  */
-function moeView(file: string): MoeView {
+function moeView(m: Model): MoeView {
   const view: MoeView = { added: [], active: [] };
-  const st = fs.statSync(file);
-  if (st.size > PROTOBUF_LIMIT / 2) return view;
-  const m = loadModel(file);
   const nodes = m.graph.nodes.filter(isDynamicMoe);
   if (nodes.length === 0) return view;
   view.patchNums = nodes[0].attrInts('patch_nums');
@@ -86,9 +84,10 @@ const command: CommandModule<object, Args> = {
   handler: async (a) => {
     once(a, ['model', 'inputs', 'output', 'threads', 'fetch', 'patch-nums', 'experts', 'scale-index']);
     nonEmpty(a, ['inputs', 'output', 'fetch', 'patch-nums']);
-    integer(a, 'threads', 1);
+    threads(a, 1);
     integer(a, 'experts', 1);
     integer(a, 'scale-index', 0);
+    const givenPatchNums = parsePatchNums(a['patch-nums']);
     existing('model', a.model, { file: true });
     existing('--inputs', a.inputs);
     const modelFiles = inputFiles(a.model, 'the model');
@@ -97,20 +96,22 @@ const command: CommandModule<object, Args> = {
       checkOutputs([{ path: a.output, flag: `-o ${a.output}`, what: 'the output', kind }], [...modelFiles, { path: `${a.model}.data`, what: "the model's external data" }, ...inputFiles(a.inputs, 'the inputs (--inputs)')]);
     }
     const feeds = await readTensorSet(a.inputs);
-    let view: MoeView = { added: [], active: [] };
-    if (a.summary) {
-      try {
-        view = moeView(a.model);
-      } catch (e) {
-        if (!(e instanceof MoefyError)) throw e;
-      }
-    }
-    const session = await createSession(view.bytes ?? a.model, { intraOpNumThreads: a.threads });
+    checkSamples(feeds, `--inputs ${a.inputs}`);
+    // Read here (not only by ONNX Runtime) so that a bad file or short external data is said in moefy's words; a
+    // model over 1 GB without external data is left to ONNX Runtime alone (it would be held twice).
+    const model = fs.statSync(a.model).size <= PROTOBUF_LIMIT / 2 ? loadModel(a.model) : null;
+    const view: MoeView = model && a.summary ? moeView(model) : { added: [], active: [] };
+    const patchNums = givenPatchNums ?? view.patchNums;
+    const S = (patchNums ?? VAR_PATCH_NUMS).length;
+    if (a['scale-index'] !== undefined && a['scale-index'] >= S) throw new MoefyError(`--scale-index ${a['scale-index']} is out of range: the patch layout has ${S} scales, numbered 0…${S - 1} here`);
+    if (a.experts !== undefined && view.experts !== undefined && a.experts !== view.experts) throw new MoefyError(`--experts ${a.experts}: the model's DynamicMoE nodes have ${view.experts} experts (leave --experts out)`);
+    // ONNX Runtime's own log lines off (fatal only): its errors come back in the one line moefy prints.
+    const session = await createSession(view.bytes ?? a.model, { intraOpNumThreads: a.threads, logSeverity: 4 });
     try {
       const missing = session.inputNames.filter((n) => !(n in feeds));
       if (missing.length) throw new MoefyError(`--inputs ${a.inputs}: no tensor named ${missing.map((n) => `'${n}'`).join(', ')} (model inputs: ${session.inputNames.join(', ')})`);
       checkRunInputs(session.inputMetadata, feeds, a.inputs);
-      if (fs.statSync(a.model).size <= PROTOBUF_LIMIT / 2) checkEmbeddingInputs(loadModel(a.model), feeds, `--inputs ${a.inputs}`);
+      if (model) checkEmbeddingInputs(model, feeds, `--inputs ${a.inputs}`);
       const say = (line: string) => {
         if (!a.quiet && !a.json) process.stdout.write(line + '\n');
       };
@@ -134,7 +135,6 @@ const command: CommandModule<object, Args> = {
       const activeNames = view.active.length ? view.active : Object.keys(all).filter((n) => /active/i.test(n));
       const active = Object.entries(all).filter(([n, t]) => activeNames.includes(n) && (t.type === 'int32' || t.type === 'int64'));
       if (active.length) {
-        const patchNums = parsePatchNums(a['patch-nums']) ?? view.patchNums;
         const experts = a.experts ?? view.experts;
         try {
           const s = summarizeActive(active.map(([, t]) => t), { patchNums, numExperts: experts, scaleIndex: a['scale-index'] });
