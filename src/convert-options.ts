@@ -6,6 +6,7 @@
 import * as path from 'node:path';
 import { MoefyError } from './errors';
 import { scaleRange } from './format';
+import { DEFAULT_ROUTING, ROUTING_RULES, type RoutingRule } from './op';
 
 export type ClusterBy = 'weights' | 'activations';
 export type RouterTarget = 'norm' | 'sqrt';
@@ -63,6 +64,12 @@ export function defaultRouterWidth(D: number): number {
 /** Defaults that apply only in some conversions (see resolveForModel), named for their help lines. */
 const BUDGET = 0.6;
 const REPAIR_EPOCHS = 30;
+/**
+ * The routing rule of a conversion for a --budget: measured best on held-out calibration sequences of both trained
+ * models (README, "Routing rules and skipped-expert compensation"). Given thresholds (--threshold, --tau) keep
+ * DMoE-VAR's relative rule, whose values they are.
+ */
+export const BUDGET_ROUTING: RoutingRule = 'absolute';
 
 /**
  * The options, in the order the report records them. The defaults are the recipe measured best on the trained model
@@ -83,6 +90,10 @@ export const CONVERT_OPTIONS = {
     flag: 'budget', type: 'number', default: BUDGET, conditional: true, check: { number: [0, 1], minExclusive: true },
     describe: `fraction of the dense FFN FLOPs the MoE scales may spend, routers included (default ${BUDGET} without --threshold or --tau)`,
   }),
+  routing: option<RoutingRule>()({
+    flag: 'routing', type: 'string', choices: ROUTING_RULES, conditional: true,
+    describe: `which experts a token runs: relative (norm ≥ t·max, DMoE-VAR's), absolute (norm ≥ t, norms normalised per layer) or topk (the k largest) (default ${BUDGET_ROUTING} with --budget, ${DEFAULT_ROUTING} with --threshold or --tau)`,
+  }),
   calib: option<string>()({ flag: 'calib', type: 'string', record: (v) => (v ? path.basename(v) : null), describe: 'calibration inputs: a folder of .bin + manifest.json, or an .npz' }),
   kvPrefix: option<string[]>()({
     flag: 'kv-prefix', type: 'string', list: 'paths', record: false,
@@ -101,6 +112,10 @@ export const CONVERT_OPTIONS = {
   repairEpochs: option<number>()({
     flag: 'repair-epochs', type: 'number', default: REPAIR_EPOCHS, conditional: true, check: { integer: 0 },
     describe: `repair, then train all expert weights for up to N epochs (default ${REPAIR_EPOCHS} when repairing FFNs with H ≤ ${REPAIR_EPOCHS_MAX_HIDDEN}, else 0; 0: closed form only)`,
+  }),
+  skipBias: option<boolean>()({
+    flag: 'skip-bias', type: 'boolean', conditional: true,
+    describe: 'fit a vector per expert that a token adds when it skips that expert (the op\'s skip_bias), jointly with the repair or alone (default: with a closed-form-only repair; --no-skip-bias turns it off)',
   }),
   patchNums: option<number[]>()({ flag: 'patch-nums', type: 'string', list: 'patch-nums', check: { each: [1, Infinity], integers: true }, describe: 'patch side per scale (default VAR 1,2,3,4,5,6,8,10,13,16)' }),
   synthSamples: option<number>()({ flag: 'synth-samples', type: 'number', default: 16, check: { integer: 1 }, record: false, describe: 'samples to synthesise without --calib' }),
@@ -124,8 +139,9 @@ export const CONVERT_DEFAULTS = Object.fromEntries(
  * The options of one conversion with every default resolved for its model: what the stages read and what the report
  * records. `budget` is null when thresholds were given (--threshold, --tau); `repairEpochs` is 0 without repair.
  */
-export type Recipe = Omit<ConvertOptions, DefaultedKeys | 'routerWidth' | 'repair' | 'patchNums'> &
-  { [K in Exclude<DefaultedKeys, 'budget'>]: ValueOf<Table[K]> } & { budget: number | null; routerWidth: number; repair: boolean; patchNums: number[] };
+export type Recipe = Omit<ConvertOptions, DefaultedKeys | 'routerWidth' | 'repair' | 'patchNums' | 'routing' | 'skipBias'> &
+  { [K in Exclude<DefaultedKeys, 'budget'>]: ValueOf<Table[K]> } &
+  { budget: number | null; routerWidth: number; repair: boolean; patchNums: number[]; routing: RoutingRule; skipBias: boolean };
 
 /** What the defaults and checks need to know of the model. */
 export interface ModelFacts {
@@ -172,6 +188,7 @@ export function checkOptions(o: ConvertOptions): void {
   const given = [o.thresholds && '--threshold', o.tau && '--tau', o.budget !== undefined && '--budget'].filter(Boolean);
   if (given.length > 1) throw new MoefyError(`give one of --threshold, --tau and --budget, not ${given.join(' and ')}`);
   if ((o.repairEpochs ?? 0) > 0 && o.repair === false) throw new MoefyError('--repair-epochs needs the repair (it was turned off with --no-repair)');
+  if (o.tau && o.routing && o.routing !== 'relative') throw new MoefyError(`--tau is DMoE-VAR's relative rule (threshold = 1 − τ); it cannot be given with --routing ${o.routing} (give --threshold)`);
 }
 
 /** The checks against the model, then every default resolved for it. */
@@ -194,6 +211,11 @@ export function resolveForModel(o: ConvertOptions, m: ModelFacts): Recipe {
   // the closed form is the default only for FFNs up to REPAIR_EPOCHS_MAX_HIDDEN (its cost).
   const repair = o.repair ?? ((o.repairEpochs ?? 0) > 0 || (!given && m.ffns.some((f) => f.activation !== 'relu')));
   const repairEpochs = o.repairEpochs ?? (m.ffns.every((f) => f.H <= REPAIR_EPOCHS_MAX_HIDDEN) ? d.repairEpochs : 0);
+  // Skipped-expert compensation (skip_bias) is the default where it measured better: with a repair by the closed form
+  // alone (the default above REPAIR_EPOCHS_MAX_HIDDEN), fitted jointly with W2, b2. After the gradient epochs it gained
+  // nothing, and fitted alone on a ReLU model it lost a little (README, "Routing rules and skipped-expert
+  // compensation"); asked for without the repair (--skip-bias), it is fitted alone, which keeps the dense scales exact.
+  const skipBias = o.skipBias ?? (repair && repairEpochs === 0);
   const statics = Object.entries(CONVERT_OPTIONS).filter(([, spec]) => 'default' in spec && !('conditional' in spec));
   return {
     ...o,
@@ -203,6 +225,8 @@ export function resolveForModel(o: ConvertOptions, m: ModelFacts): Recipe {
     repair,
     repairEpochs: repair ? repairEpochs : 0,
     patchNums: m.patchNums,
+    routing: o.routing ?? (given ? DEFAULT_ROUTING : BUDGET_ROUTING),
+    skipBias,
   } as Recipe;
 }
 

@@ -43,6 +43,8 @@ export interface InspectReport {
   flops: { batch: number; total: number; totals: Record<FlopKind, number> };
   moe: null | {
     experts: number; expertSize: number; routerParams: number; routerWidth: number | null; thresholds: number[]; fromScale: number | null;
+    /** The nodes' routing rule and whether they add a skip_bias (one function body serves every node: all share them). */
+    routing: string; skipBias: boolean;
     metadata: Record<string, string>;
     /** Per scale, from the conversion's expected active fraction (calibration data): FFN FLOPs dense and MoE (routers included), batch 1. */
     expected: { scale: number; activeFraction: number | null; ffnFlopsDense: number; ffnFlopsMoe: number; routerFlops: number }[] | null;
@@ -98,7 +100,7 @@ export function inspectModel(model: Model, file: string, opts: { patchNums?: num
     moe = {
       experts: m0.experts, expertSize: m0.expertSize,
       routerParams: moeBlocks.reduce((a, m) => a + m.routerParams, 0), routerWidth: m0.routerWidth,
-      thresholds, fromScale: s.moe?.fromScale ?? null,
+      thresholds, fromScale: s.moe?.fromScale ?? null, routing: m0.routing, skipBias: m0.skipBias,
       metadata: Object.fromEntries(Object.entries(md).filter(([k]) => k.startsWith(METADATA_PREFIX))),
       expected: null,
     };

@@ -77,7 +77,7 @@ test('gramAdd adds the upper triangle of AᵀA into a wider float64 matrix and l
 
 test('routingMask: expert e runs iff norm ≥ t·max (the argmax always runs)', () => {
   const norms = Float32Array.from([1, 0.5, 0.2, 0.49, /**/ 0, 0, 3, 1, /**/ 2, 2, 2, 2]);
-  const m = routingMask(norms, 3, 4, (n) => [0.5, 1, 0][n]);
+  const m = routingMask(norms, 3, 4, 'relative', (n) => [0.5, 1, 0][n]);
   assert.deepStrictEqual([...m.mask], [1, 1, 0, 0, /**/ 0, 0, 1, 0, /**/ 1, 1, 1, 1]);
 });
 
@@ -136,6 +136,81 @@ test('repairExperts with the dense target computed in its moments equals the fit
   assert.ok(b.heldOut.after < b.heldOut.before * 0.9, `the fit helps: ${b.heldOut.before} → ${b.heldOut.after}`);
 });
 
+/** Σ over the experts a token skips of C[e] [E, D], added to out [N, D] (plain TypeScript). */
+function addSkipped(out: Float32Array, mask: Uint8Array, C: Float32Array, N: number, D: number, E: number): Float32Array {
+  const y = Float32Array.from(out);
+  for (let n = 0; n < N; n++) for (let e = 0; e < E; e++) if (!mask[n * E + e]) for (let d = 0; d < D; d++) y[n * D + d] += C[e * D + d];
+  return y;
+}
+
+test('repairExperts with skip_bias: recovers a planted W2, B2 and skipped-expert vectors jointly, or the vectors alone with W2, B2 kept', async () => {
+  const r = rng(12);
+  const N = 1500, D = 5, H = 12, E = 4;
+  const X = rand(r, N * D), W1 = rand(r, D * H, 0.8), B1 = rand(r, H, 0.3);
+  const W2true = rand(r, H * D, 0.5), B2true = rand(r, D, 0.4), Ctrue = rand(r, E * D, 0.6);
+  const mask = new Uint8Array(N * E);
+  for (let n = 0; n < N; n++) {
+    mask[n * E + Math.floor(r() * E)] = 1;
+    for (let e = 0; e < E; e++) if (r() < 0.5) mask[n * E + e] = 1;
+  }
+  // Every expert on for a quarter of the tokens (as the dense scales): the indicators are 0 there.
+  for (let n = 0; n < N / 4; n++) mask.fill(1, n * E, (n + 1) * E);
+  const target = addSkipped(maskedFfn(X, N, D, W1, B1, W2true, B2true, mask, E, 'relu'), mask, Ctrue, N, D, E);
+  const start = { W1, B1, W2: rand(r, H * D, 0.5), B2: new Float32Array(D) };
+  const joint = await repairExperts({ X, N, D, target, weights: start, activation: 'relu', routing: { mask, E } }, { ridge: [0, 1e-3], fit: { experts: true, skipBias: true } });
+  for (let i = 0; i < H * D; i++) assert.ok(Math.abs(joint.W2[i] - W2true[i]) < 2e-3, `W2[${i}]: ${joint.W2[i]} vs ${W2true[i]}`);
+  for (let d = 0; d < D; d++) assert.ok(Math.abs(joint.B2[d] - B2true[d]) < 2e-3, `B2[${d}]`);
+  for (let i = 0; i < E * D; i++) assert.ok(Math.abs(joint.skipBias![i] - Ctrue[i]) < 2e-3, `skipBias[${i}]: ${joint.skipBias![i]} vs ${Ctrue[i]}`);
+  assert.ok(joint.heldOut.after < 1e-3, `joint held-out error ${joint.heldOut.after}`);
+  // Without the indicator columns the same problem cannot be fitted exactly.
+  const plain = await repairExperts({ X, N, D, target, weights: start, activation: 'relu', routing: { mask, E } }, { ridge: [0, 1e-3] });
+  assert.strictEqual(plain.skipBias, null);
+  assert.ok(plain.heldOut.after > 0.05, `without skip_bias ${plain.heldOut.after}`);
+
+  // Alone: the experts are the planted ones and stay; only the vectors are fitted (to the residual).
+  const planted = { W1, B1, W2: W2true, B2: B2true };
+  const alone = await repairExperts({ X, N, D, target, weights: planted, activation: 'relu', routing: { mask, E } }, { ridge: [0, 1e-3], fit: { experts: false, skipBias: true } });
+  assert.deepStrictEqual([...alone.W2], [...W2true]);
+  assert.deepStrictEqual([...alone.B2], [...B2true]);
+  for (let i = 0; i < E * D; i++) assert.ok(Math.abs(alone.skipBias![i] - Ctrue[i]) < 2e-3, `alone skipBias[${i}]: ${alone.skipBias![i]} vs ${Ctrue[i]}`);
+  // Its errors are relative to the dense output (not to the residual): before = the experts without the vectors.
+  const moe = maskedFfn(X, N, D, W1, B1, W2true, B2true, mask, E, 'relu');
+  const held = Math.max(1, Math.floor(N * 0.125));
+  let num = 0, den = 0;
+  for (let i = (N - held) * D; i < N * D; i++) {
+    num += (moe[i] - target[i]) ** 2;
+    den += target[i] ** 2;
+  }
+  assert.ok(Math.abs(alone.heldOut.before - Math.sqrt(num / den)) < 1e-4, `before ${alone.heldOut.before} vs ${Math.sqrt(num / den)}`);
+  assert.ok(alone.heldOut.after < 1e-3);
+});
+
+test('trainExperts trains a skip_bias with the experts: lowers the held-out error, byte-reproducible', async () => {
+  const r = rng(13);
+  const N = 2000, D = 6, H = 16, E = 4;
+  const X = rand(r, N * D), W1 = rand(r, D * H, 0.8), B1 = rand(r, H, 0.3), W2 = rand(r, H * D, 0.5), B2 = rand(r, D, 0.2), C = rand(r, E * D, 0.5);
+  const mask = new Uint8Array(N * E).fill(1);
+  for (let n = 0; n < N; n++) mask[n * E + Math.floor(r() * E)] = 0;
+  const target = addSkipped(maskedFfn(X, N, D, W1, B1, W2, B2, mask, E, 'relu'), mask, C, N, D, E);
+  // The vectors start away from the planted ones (steps are relative to each tensor's RMS, as the closed form's start has).
+  const inp = { X, N, D, target, weights: { W1, B1, W2, B2 }, skipBias: C.map((v) => v + (r() - 0.5)), activation: 'relu' as const, routing: { mask, E } };
+  const a = await trainExperts(inp, { epochs: 10, seed: 3, lr: 1e-2, weightDecay: 0, batchSize: 64 });
+  assert.ok(a.weights.SB, 'the skip_bias is returned');
+  assert.ok(a.heldOutAfter < 0.5 * a.heldOutBefore, `held-out error ${a.heldOutBefore} → ${a.heldOutAfter}`);
+  // The reported error is the plain reference's with the trained vectors.
+  const w = a.weights;
+  const moe = addSkipped(maskedFfn(X, N, D, w.W1, w.B1, w.W2, w.B2, mask, E, 'relu'), mask, w.SB!, N, D, E);
+  const held = Math.max(1, Math.floor(N * 0.125));
+  let num = 0, den = 0;
+  for (let i = (N - held) * D; i < N * D; i++) {
+    num += (moe[i] - target[i]) ** 2;
+    den += target[i] ** 2;
+  }
+  assert.ok(Math.abs(Math.sqrt(num / den) - a.heldOutAfter) < 1e-4, `reported ${a.heldOutAfter}, reference ${Math.sqrt(num / den)}`);
+  const b = await trainExperts(inp, { epochs: 10, seed: 3, lr: 1e-2, weightDecay: 0, batchSize: 64 });
+  for (const p of ['W1', 'B1', 'W2', 'B2', 'SB'] as const) assert.deepStrictEqual(Buffer.from(b.weights[p]!.buffer), Buffer.from(a.weights[p]!.buffer), p);
+});
+
 test('repairExperts: bad sizes are one clear error', async () => {
   const w = { W1: new Float32Array(8), B1: new Float32Array(4), W2: new Float32Array(8), B2: null };
   await assert.rejects(repairExperts({ X: new Float32Array(6), N: 3, D: 2, target: new Float32Array(6), weights: w, activation: 'relu', routing: { mask: new Uint8Array(5), E: 2 } }), /routing mask/);
@@ -167,7 +242,7 @@ test('repair jobs on worker threads: the same bytes as in one thread, captures g
     const r = rng(seed);
     const mask = new Uint8Array(N * E).fill(1);
     for (let n = 0; n < N; n++) mask[n * E + Math.floor(r() * E)] = 0;
-    return { X: new Lendable(rand(r, N * D)), N, D, W1: rand(r, D * H, 0.8), B1: rand(r, H, 0.3), W2: rand(r, H * D, 0.5), B2: rand(r, D, 0.2), activation: 'relu', original: 'gelu_tanh', mask, E, epochs: 4, seed };
+    return { X: new Lendable(rand(r, N * D)), N, D, W1: rand(r, D * H, 0.8), B1: rand(r, H, 0.3), W2: rand(r, H * D, 0.5), B2: rand(r, D, 0.2), activation: 'relu', original: 'gelu_tanh', fit: { experts: true, skipBias: false }, mask, E, epochs: 4, seed };
   });
   const a = jobs(), b = jobs();
   const keep = b.map((j) => Float32Array.from(j.X.data));

@@ -140,3 +140,63 @@ test('chooseThresholds: a very sparse model (most predicted norms a hair above 0
   for (let s = 1; s < c.thresholds.length; s++) assert.ok(c.thresholds[s] >= c.thresholds[s - 1]);
   assert.ok(c.thresholds.every((t) => t > 0 && t < 1e-3), `thresholds ${c.thresholds.join(',')}`);
 });
+
+/** Experts that run per token under a rule, counted plainly from the contract's table (not through src/op). */
+function plainCount(p: Float32Array, o: number, E: number, rule: 'absolute' | 'topk', t: number): number {
+  const row = Array.from(p.subarray(o, o + E));
+  if (!(Math.fround(t) > 0)) return E;
+  const max = Math.max(...row);
+  if (rule === 'absolute') return row.filter((v) => v >= Math.fround(t) || v === max).length;
+  const k = Math.max(1, E - Math.floor(Math.fround(Math.fround(t) * E)));
+  const kth = [...row].sort((a, b) => b - a)[k - 1];
+  return row.filter((v) => v >= kth).length;
+}
+
+function plainSpend(perScale: ScaleCalibration[], th: number[], rule: 'absolute' | 'topk'): number {
+  let num = 0, den = 0;
+  perScale.forEach((sc, s) => {
+    let on = 0, n = 0;
+    for (const a of sc.norms) for (let o = 0; o < a.length; o += sc.E, n++) on += plainCount(a, o, sc.E, rule, th[s]);
+    num += sc.tokensPerSample * (on / (n * sc.E));
+    den += sc.tokensPerSample;
+  });
+  return num / den;
+}
+
+for (const rule of ['absolute', 'topk'] as const) {
+  test(`chooseThresholds under ${rule}: the budget met (counted by the rule's plain definition), non-decreasing, held-out within 0.05`, () => {
+    const cal = synth(7, 64), held = synth(8, 64);
+    for (const budget of [0.3, 0.5, 0.7]) {
+      const r = chooseThresholds(cal, budget, { routing: rule });
+      for (let s = 1; s < 4; s++) assert.ok(r.thresholds[s] >= r.thresholds[s - 1], `non-decreasing: ${r.thresholds}`);
+      const spent = plainSpend(cal, r.thresholds, rule);
+      assert.ok(Math.abs(spent - r.spent) < 1e-9, `${rule} ${budget}: reported ${r.spent}, counted ${spent}`);
+      assert.ok(r.spent <= budget + 1e-9 && r.spent >= budget - 0.02, `${rule} ${budget}: spent ${r.spent}`);
+      assert.ok(Math.abs(plainSpend(held, r.thresholds, rule) - budget) <= 0.05, `held-out spend for ${budget}`);
+      r.activeFractions.forEach((f, s) => {
+        const fs = cal[s].norms.map((a) => activeFraction(a, a.length / 16, 16, r.thresholds[s], rule));
+        assert.ok(Math.abs(f - fs.reduce((x, y) => x + y, 0) / fs.length) < 1e-12);
+      });
+      if (rule === 'topk') {
+        // Each threshold is one k, and the spend of a scale is k/E (no ties in these norms).
+        for (const [s, t] of r.thresholds.entries()) {
+          const k = 16 - Math.floor(Math.fround(Math.fround(t) * 16));
+          assert.ok(Math.abs(r.activeFractions[s] - k / 16) < 1e-12, `scale ${s}: t ${t}, k ${k}, fraction ${r.activeFractions[s]}`);
+        }
+      }
+    }
+  });
+}
+
+test('chooseThresholds clamps under top-k and absolute to the argmax alone', () => {
+  const cal = synth(9, 8, 4, 1);
+  for (const rule of ['absolute', 'topk'] as const) {
+    const lo = chooseThresholds(cal, 0.05, { routing: rule });
+    assert.strictEqual(lo.clamped, 'below-minimum');
+    assert.ok(Math.abs(lo.spent - 0.25) < 1e-6, `${rule}: ${lo.spent}`);
+    assert.ok(Math.abs(plainSpend(cal, lo.thresholds, rule) - 0.25) < 1e-6);
+  }
+  // An absolute threshold is in the norms' unit: above 1 is allowed.
+  assert.strictEqual(activeFraction(Float32Array.from([3, 2, 0.5, 0.1]), 1, 4, 1.5, 'absolute'), 2 / 4);
+  assert.throws(() => activeFraction(Float32Array.from([3, 2, 0.5, 0.1]), 1, 4, 1.5, 'topk'), MoefyError);
+});

@@ -2,7 +2,7 @@
 // checks come from it, the library checks the same way, and the defaults that depend on the model are resolved once.
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
-import { checkOptions, CONVERT_DEFAULTS, CONVERT_OPTIONS, ConvertOptions, recordedOptions, resolveForModel } from '../src/convert-options';
+import { BUDGET_ROUTING, checkOptions, CONVERT_DEFAULTS, CONVERT_OPTIONS, ConvertOptions, recordedOptions, resolveForModel } from '../src/convert-options';
 import { MoefyError } from '../src/errors';
 import { runCli } from './helpers/fixtures';
 
@@ -29,9 +29,12 @@ test('checks: each value in the flag\'s words; options that exclude each other',
     [{ activation: 'gelu' as never }, /^--activation must be one of relu, keep \(got gelu\)$/],
     [{ thresholds: [0.2], budget: 0.5 }, /^give one of --threshold, --tau and --budget, not --threshold and --budget$/],
     [{ repair: false, repairEpochs: 2 }, /^--repair-epochs needs the repair/],
+    [{ routing: 'largest' as never }, /^--routing must be one of relative, absolute, topk \(got largest\)$/],
+    [{ tau: [0.8], routing: 'absolute' }, /^--tau is DMoE-VAR's relative rule \(threshold = 1 − τ\); it cannot be given with --routing absolute \(give --threshold\)$/],
   ];
   for (const [o, re] of cases) assert.throws(() => checkOptions({ ...base, ...o }), (e: Error) => e instanceof MoefyError && re.test(e.message), JSON.stringify(o));
-  checkOptions({ ...base, thresholds: [0, 1], seed: 3, repairEpochs: 0 });
+  checkOptions({ ...base, thresholds: [0, 1], seed: 3, repairEpochs: 0, routing: 'topk' });
+  checkOptions({ ...base, tau: [0.8], routing: 'relative' });
 });
 
 const facts = (activation: string, H = 512) => ({ D: 128, patchNums: [1, 2, 3, 4, 5, 6, 8, 10, 13, 16], stepScale: null, ffns: [0, 1].map((block) => ({ block, H, activation })) });
@@ -46,6 +49,19 @@ test('defaults resolved for the model: repair, its epochs, the router width, the
   const given = resolveForModel({ experts: 8, fromScale: 8, tau: [0.5] }, facts('gelu_tanh'));
   assert.deepEqual([given.repair, given.repairEpochs, given.budget], [false, 0, null]);
   assert.equal(resolveForModel({ experts: 8, fromScale: 8, routerWidth: 7 }, facts('relu')).routerWidth, 7);
+  // The routing rule: the measured best for a budget, DMoE-VAR's relative rule for given thresholds, or as asked.
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8 }, facts('relu')).routing, BUDGET_ROUTING);
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8, thresholds: [0.2] }, facts('relu')).routing, 'relative');
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8, routing: 'topk' }, facts('relu')).routing, 'topk');
+  // skip_bias: with a closed-form-only repair (a GELU model with H above 1024, or --repair-epochs 0); not after the
+  // gradient epochs, not on a ReLU model unless asked (then fitted alone).
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8 }, facts('gelu_tanh', 4096)).skipBias, true);
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8, repairEpochs: 0 }, facts('gelu_tanh')).skipBias, true);
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8 }, facts('gelu_tanh')).skipBias, false);
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8, repairEpochs: 0, skipBias: false }, facts('gelu_tanh')).skipBias, false);
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8 }, facts('relu')).skipBias, false);
+  assert.deepEqual([resolveForModel({ experts: 8, fromScale: 8, skipBias: true }, facts('relu'))].map((r) => [r.repair, r.skipBias])[0], [false, true]);
+  assert.equal(resolveForModel({ experts: 8, fromScale: 8, tau: [0.5] }, facts('gelu_tanh')).skipBias, false);
   assert.throws(() => resolveForModel({ experts: 3, fromScale: 8 }, facts('relu')), /--experts 3 does not divide the FFN hidden size H = 512 \(block 0\)/);
   assert.throws(() => resolveForModel({ experts: 8, fromScale: 11 }, facts('relu')), /--from-scale 11 is out of range: the model has scales 1…10/);
   assert.throws(() => resolveForModel({ experts: 8, fromScale: 8, thresholds: [0.1, 0.2] }, facts('relu')), /--threshold has 2 values; scales 8…10 need 3/);
@@ -55,8 +71,8 @@ test('defaults resolved for the model: repair, its epochs, the router width, the
 test('the report records the resolved options in the table\'s order', () => {
   const r = resolveForModel({ experts: 8, fromScale: 8, calib: '/data/calib-set', kvPrefix: ['a.onnx'], maxTokens: 100 }, facts('relu'));
   assert.deepEqual(recordedOptions(r), {
-    experts: 8, fromScale: 8, activation: 'relu', clusterBy: 'activations', seed: 0, thresholds: null, tau: null, budget: 0.6, calib: 'calib-set',
-    routerWidth: 32, routerEpochs: 25, routerTarget: 'sqrt', repair: false, repairEpochs: 0, patchNums: [1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
+    experts: 8, fromScale: 8, activation: 'relu', clusterBy: 'activations', seed: 0, thresholds: null, tau: null, budget: 0.6, routing: BUDGET_ROUTING, calib: 'calib-set',
+    routerWidth: 32, routerEpochs: 25, routerTarget: 'sqrt', repair: false, repairEpochs: 0, skipBias: false, patchNums: [1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
   });
-  assert.deepEqual(Object.keys(recordedOptions(r)), ['experts', 'fromScale', 'activation', 'clusterBy', 'seed', 'thresholds', 'tau', 'budget', 'calib', 'routerWidth', 'routerEpochs', 'routerTarget', 'repair', 'repairEpochs', 'patchNums']);
+  assert.deepEqual(Object.keys(recordedOptions(r)), ['experts', 'fromScale', 'activation', 'clusterBy', 'seed', 'thresholds', 'tau', 'budget', 'routing', 'calib', 'routerWidth', 'routerEpochs', 'routerTarget', 'repair', 'repairEpochs', 'skipBias', 'patchNums']);
 });

@@ -6,6 +6,8 @@ import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { Tensor } from 'onnxruntime-common';
 import { createSession } from '../src/runtime';
+import { analyseVar } from '../src/analysis/var-structure';
+import { loadModel } from '../src/onnx/io';
 import { convert } from '../src/pipeline';
 import { relufied } from './helpers/relufied';
 import { fixture, readIo, rmDir, tmpDir } from './helpers/fixtures';
@@ -96,3 +98,35 @@ test('runtime: moe_threshold is overridable per run (zeros = every expert = the 
     rmDir(dir);
   }
 });
+
+for (const routing of ['relative', 'absolute', 'topk'] as const) {
+  test(`runtime: --routing ${routing} --skip-bias (fitted alone): the nodes carry the rule and skip_bias, kernel = function body, moe_threshold 0 = the dense model`, async () => {
+    const dir = tmpDir('rt-rule');
+    try {
+      const io = readIo(fixture('var_tiny_full_io'));
+      const file = path.join(dir, `${routing}.moe.onnx`);
+      const r = await convert(fixture('var_tiny_full.onnx'), { ...FAST, experts: 8, fromScale: 8, budget: 0.5, routing, skipBias: true, repair: false, output: file });
+      assert.equal(r.options.routing, routing);
+      assert.ok(r.layers.every((l) => l.repair?.skipBias), 'a skip_bias per layer');
+      const moe = analyseVar(loadModel(file)).blocks.map((b) => b.moe!);
+      for (const m of moe) {
+        assert.equal(m.routing, routing);
+        assert.equal(m.skipBias, true);
+        // relative is the attribute's default: not written, as in every model made before the attribute.
+        assert.equal(m.node.attr('routing') === undefined, routing === 'relative');
+      }
+      const kern = await native(file, io);
+      const body = await stock(file, io);
+      for (const k of Object.keys(body)) assert.ok(relMaxErr(kern[k], body[k]) < 1e-5, `${k}: kernel vs function body ${relMaxErr(kern[k], body[k])}`);
+      const dense = (await stock(relufied(fixture('var_tiny_full.onnx')), io)).logits_BLV;
+      assert.ok(relMaxErr(kern.logits_BLV, dense) > 1e-4, 'the budget skipped nothing');
+      // Every expert on: skip_bias adds nothing and the experts are the model's own.
+      const s = await createSession(file, { intraOpNumThreads: 2 });
+      const zeros = (await s.run({ ...feeds(io, s.inputNames), moe_threshold: new Tensor('float32', new Float32Array(10), [10]) })).logits_BLV.data as Float32Array;
+      s.release();
+      assert.ok(relMaxErr(zeros, dense) < 1e-5, `threshold 0 vs dense ${relMaxErr(zeros, dense)}`);
+    } finally {
+      rmDir(dir);
+    }
+  });
+}

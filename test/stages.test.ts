@@ -16,7 +16,9 @@ import { resolveForModel } from '../src/convert-options';
 import { capture } from '../src/stages/capture';
 import { cluster } from '../src/stages/cluster';
 import { permute } from '../src/stages/permute';
-import { trainRouters } from '../src/stages/routers';
+import { normaliseRouters, trainRouters } from '../src/stages/routers';
+import { routerNorms } from '../src/analysis/router-graph';
+import { routeTokens } from '../src/op';
 import { chooseThresholds } from '../src/stages/thresholds';
 import { FfnInputSample, RouterSet } from '../src/stages/types';
 import { sliceFeeds } from '../src/calib/inputs';
@@ -209,6 +211,49 @@ test('trainRouters → RouterSet: targets are the true expert norms; √norm rou
   }
 });
 
+test('normaliseRouters (the absolute rule\'s): norms in units of the layer\'s RMS expert energy on the MoE scales, folded into the router', async () => {
+  const { sites } = open(SMALL);
+  const full = await smallSample();
+  const acts = sites.map(() => 'relu' as const);
+  const w = permute(sites, await cluster(sites, acts, full, { experts: 4, clusterBy: 'weights', seed: 0 }), acts);
+  for (const routerTarget of ['sqrt', 'norm'] as const) {
+    const set = await trainRouters(full, w, { experts: 4, routerWidth: 16, routerEpochs: 1, routerTarget, seed: 0 });
+    const fromScale = 9;
+    const n = await normaliseRouters(set, full, fromScale);
+    n.routers.forEach((r, k) => {
+      const c = full.layers[k];
+      // Reference: the factor from the true norms of the tokens of scales 9–10, by a plain loop.
+      let sum = 0, cnt = 0;
+      for (let t = 0; t < c.N; t++) {
+        if (c.scaleOfToken[t] < fromScale - 1) continue;
+        cnt++;
+        for (let e = 0; e < 4; e++) sum += set.norms[k].trueNorms[t * 4 + e] ** 2;
+      }
+      assert.ok(cnt > 0);
+      const f = 1 / Math.sqrt(sum / cnt);
+      assert.ok(Math.abs(f - 1) > 0.05, `the factor is not trivially 1 (${f})`);
+      for (let i = 0; i < 200; i++) assert.ok(Math.abs(n.norms[k].trueNorms[i] - f * set.norms[k].trueNorms[i]) <= 1e-5 * (1 + n.norms[k].trueNorms[i]));
+      // The emitted router's norms (its TypeScript reference on the new weights) are f times the old router's, and
+      // are the predictions the thresholds are chosen on.
+      const before = routerNorms(set.routers[k]), after = routerNorms(r);
+      for (let t = 0; t < 50; t++) {
+        const b = Float32Array.from(before(c.X.data, t)), a = after(c.X.data, t);
+        for (let e = 0; e < 4; e++) {
+          assert.ok(Math.abs(a[e] - f * b[e]) <= 1e-4 * (1e-3 + f * b[e]), `token ${t} expert ${e}: ${a[e]} vs ${f * b[e]}`);
+          assert.ok(Math.abs(n.norms[k].predicted[t * 4 + e] - a[e]) <= 1e-4 * (1e-3 + a[e]), `prediction ${t},${e}`);
+        }
+      }
+      // The relative and top-k rules compare a token's norms with each other: the normalisation changes nothing there.
+      for (const rule of ['relative', 'topk'] as const) {
+        const m0 = routeTokens(set.norms[k].predicted, c.N, 4, rule, 0.4).mask, m1 = routeTokens(n.norms[k].predicted, c.N, 4, rule, 0.4).mask;
+        let diff = 0;
+        for (let i = 0; i < m0.length; i++) diff += m0[i] !== m1[i] ? 1 : 0;
+        assert.ok(diff <= 2, `${rule}: ${diff} routing decisions changed`);
+      }
+    });
+  }
+});
+
 /** A sample whose tokens all belong to scale `s` (0-based) with given predicted norms [N, E], one layer. */
 function synthetic(norms: number[][], scales: number[]): { sample: FfnInputSample; routers: RouterSet } {
   const p = Float32Array.from(norms.flat());
@@ -222,18 +267,18 @@ test('chooseThresholds → ThresholdPlan: given, τ and budget thresholds; activ
   const layout = analyseVar(loadModel(fixture('var_tiny_full.onnx'))).layout;
   // Scale 9 (index 8): norms relative to the max 1, .6, .3, .1; scale 10: 1, .8, .7, .05.
   const { sample, routers } = synthetic([[1, 0.6, 0.3, 0.1], [0.1, 1, 0.6, 0.3], [1, 0.8, 0.7, 0.05]], [8, 8, 9]);
-  const given = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, thresholds: [0.5], budget: null });
+  const given = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, thresholds: [0.5], budget: null, routing: 'relative' });
   assert.deepEqual(given.thresholds, [0, 0, 0, 0, 0, 0, 0, 0, 0.5, 0.5]);
   // norms >= 0.5 · max: two of four on scale 9, three on scale 10; dense scales run everything.
   assert.deepEqual(given.activeFractions.slice(0, 8), Array(8).fill(1));
   assert.equal(given.activeFractions[8], 0.5);
   assert.equal(given.activeFractions[9], 0.75);
   assert.deepEqual(given.activeFractionPerLayer, [{ 9: 0.5, 10: 0.75 }]);
-  const tau = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, tau: [0.75, 0.2], budget: null });
+  const tau = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, tau: [0.75, 0.2], budget: null, routing: 'relative' });
   assert.deepEqual(tau.thresholds.slice(8).map((t) => +t.toFixed(6)), [0.25, 0.8]);
   assert.equal(tau.activeFractions[8], 0.75);
   // A budget spends at most its share of the MoE scales' FFN FLOPs on this data, thresholds non-decreasing.
-  const b = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, budget: 0.6 });
+  const b = chooseThresholds(layout, sample, routers, { experts: 4, fromScale: 9, budget: 0.6, routing: 'relative' });
   const [t9, t10] = b.thresholds.slice(8);
   assert.ok(t9 <= t10, `non-decreasing: ${t9}, ${t10}`);
   const spent = (169 * b.activeFractions[8] + 256 * b.activeFractions[9]) / (169 + 256);

@@ -59,6 +59,15 @@ export function routerOps(g: Graph, x: Value, w1: Value, w2: Value, squared: boo
   return { pre, hidden, out, norms };
 }
 
+/**
+ * The router's last MatMul weights [width, E] with its norms multiplied by f > 0: W2·f, or W2·√f when the router
+ * squares its output (|h·W2·√f|² = f·|h·W2|²). How a per-layer normalisation is folded into the router.
+ */
+export function scaledNormsW2(W2: Float32Array, squared: boolean, f: number): Float32Array {
+  const g = squared ? Math.sqrt(f) : f;
+  return W2.map((v) => v * g);
+}
+
 /** Writes a trained router reading x into g: its weights as initializers `${name}.W1`, `${name}.W2`, then its ops. */
 export function writeRouter(g: Graph, x: Value, r: RouterWeights, o: RouterGraphOptions): Value {
   const DT = o.dataType ?? DataType.FLOAT;

@@ -4,7 +4,7 @@ import { MoefyError } from '../errors';
 import { Graph, Node, Value } from '../ir/graph';
 import { describeFailure, MatchFailure, matchAny } from '../ir/match';
 import { Model } from '../ir/model';
-import { ActivationKind, isDynamicMoe, METADATA, MOE_INPUT, scaleOfStep, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
+import { ActivationKind, DEFAULT_ROUTING, isDynamicMoe, METADATA, MOE_INPUT, RoutingRule, scaleOfStep, THRESHOLD_INPUT, VAR_PATCH_NUMS } from '../op';
 import { FloatPrecision, precisionOf, storedWeight } from './exporter-styles';
 import { feedsRouterNorms, readRouter, routerNodes as routerOfMoe, RouterWeights } from './router-graph';
 import { ACTIVATION_PATTERNS } from './patterns';
@@ -66,6 +66,10 @@ export interface MoeSite {
   experts: number;
   expertSize: number;
   activation: string;
+  /** The node's routing rule (its `routing` attribute; relative when absent). */
+  routing: RoutingRule;
+  /** Whether the node has a skip_bias input. */
+  skipBias: boolean;
   /** Parameters of the router subgraph that computes the node's norms. */
   routerParams: number;
   routerWidth: number | null;
@@ -329,7 +333,7 @@ function moeSiteOf(n: Node, block: number): MoeSite {
   const tIn = n.inputs[MOE_INPUT.threshold];
   const tt = tIn?.tensor ?? tIn?.constantTensor();
   if (tt) thresholds = tt.numbers();
-  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routerParams, routerWidth, routerNodes: [...seen], thresholds, router: n.inputs[MOE_INPUT.norms] ? readRouter(n.inputs[MOE_INPUT.norms]!) : null };
+  return { block, node: n, ffnIn: x, D, H, experts: E, expertSize: E ? H / E : 0, activation: n.attrString('activation', 'relu')!, routing: n.attrString('routing', DEFAULT_ROUTING) as RoutingRule, skipBias: !!n.inputs[MOE_INPUT.skip_bias], routerParams, routerWidth, routerNodes: [...seen], thresholds, router: n.inputs[MOE_INPUT.norms] ? readRouter(n.inputs[MOE_INPUT.norms]!) : null };
 }
 
 /** The patch layout a converted model's DynamicMoE nodes carry (their patch_nums attribute), or null. */

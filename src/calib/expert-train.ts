@@ -1,6 +1,7 @@
-// Expert repair by gradient descent: all four FFN tensors (W1, B1, W2, B2) trained so that the experts the routing
-// keeps reproduce the dense FFN's output, with the routing mask in the loop (dropped experts contribute nothing and
-// get no gradient), MSE + Adam, decoupled weight decay toward the starting weights, a held-out split of the tokens
+// Expert repair by gradient descent: all four FFN tensors (W1, B1, W2, B2), and the skip_bias vectors when the
+// closed form fitted them (SB [E, D]: a token adds SB[e] for each expert e it skips), trained so that the experts the
+// routing keeps reproduce the dense FFN's output, with the routing mask in the loop (dropped experts contribute
+// nothing and get no gradient), MSE + Adam, decoupled weight decay toward the starting weights, a held-out split of the tokens
 // (the last ones: whole sequences) and early stopping on it (the best held-out epoch is returned). One step is one
 // ONNX graph run in onnxruntime-node (forward and a hand-written backward, as the routers' training step), seeded.
 import * as ort from 'onnxruntime-node';
@@ -8,7 +9,7 @@ import { MoefyError } from '../errors';
 import { GELU_TANH, type ActivationKind as FfnActivation } from '../op';
 import { GraphBuilder, activationOp, f32, f32Scalar } from './ort-graph';
 import { deriveSeed, permutation, rng } from './random';
-import type { RepairInputs } from './repair';
+import { neuronMask, type RepairInputs } from './repair';
 
 export interface TrainExpertsOptions {
   epochs?: number;
@@ -38,7 +39,7 @@ export interface TrainExpertsResult {
 
 const K = GELU_TANH.sqrt2OverPi, C3 = GELU_TANH.cubic;
 
-type FullFfnWeights = { W1: Float32Array; B1: Float32Array; W2: Float32Array; B2: Float32Array };
+type FullFfnWeights = { W1: Float32Array; B1: Float32Array; W2: Float32Array; B2: Float32Array; SB?: Float32Array };
 
 /** d act / dz for the activations the experts use. */
 function activationGrad(b: GraphBuilder, z: ReturnType<GraphBuilder['input']>, activation: FfnActivation) {
@@ -55,21 +56,24 @@ function activationGrad(b: GraphBuilder, z: ReturnType<GraphBuilder['input']>, a
   return b.op('Add', [Phi, b.op('Mul', [z, phi])]);
 }
 
-const PARAMS = ['W1', 'B1', 'W2', 'B2'] as const;
+type Param = 'W1' | 'B1' | 'W2' | 'B2' | 'SB';
+const paramsOf = (skip: boolean): Param[] => (skip ? ['W1', 'B1', 'W2', 'B2', 'SB'] : ['W1', 'B1', 'W2', 'B2']);
 
-function buildStep(D: number, H: number, E: number, activation: FfnActivation, train: boolean): GraphBuilder {
-  const S = H / E;
+function buildStep(D: number, H: number, E: number, activation: FfnActivation, train: boolean, skip: boolean): GraphBuilder {
+  const PARAMS = paramsOf(skip);
   const b = new GraphBuilder(train ? 'expert_train_step' : 'expert_eval');
   const X = b.input('X', ['n', D]);
   const M = b.input('M', ['n', E]);
   const Y = b.input('Y', ['n', D]);
-  const dims: Record<(typeof PARAMS)[number], number[]> = { W1: [D, H], B1: [H], W2: [H, D], B2: [D] };
-  const P = Object.fromEntries(PARAMS.map((p) => [p, b.input(p, dims[p])])) as Record<(typeof PARAMS)[number], ReturnType<GraphBuilder['input']>>;
+  const dims: Record<Param, number[]> = { W1: [D, H], B1: [H], W2: [H, D], B2: [D], SB: [E, D] };
+  const P = Object.fromEntries(PARAMS.map((p) => [p, b.input(p, dims[p])])) as Record<Param, ReturnType<GraphBuilder['input']>>;
   const Z = b.op('Add', [b.op('MatMul', [X, P.W1]), P.B1]);
   const A = activationOp(b, Z, activation);
-  const m = b.op('Reshape', [b.op('Expand', [b.op('Unsqueeze', [M, b.constI64([2], [1], 'axes')]), b.constI64([1, 1, S])]), b.constI64([0, H])]);
+  const m = neuronMask(b, M, H, E);
   const Hm = b.op('Mul', [A, m]);
-  const R = b.op('Sub', [b.op('Add', [b.op('MatMul', [Hm, P.W2]), P.B2]), Y]);
+  const skipped = skip ? b.op('Sub', [b.scalar(1), M]) : null;
+  const out = b.op('Add', [b.op('MatMul', [Hm, P.W2]), P.B2]);
+  const R = b.op('Sub', [skipped ? b.op('Add', [out, b.op('MatMul', [skipped, P.SB])]) : out, Y]);
   b.output(b.op('ReduceSumSquare', [R], { keepdims: 0 }), 'sse');
   if (!train) {
     b.output(b.op('ReduceSumSquare', [Y], { keepdims: 0 }), 'yy');
@@ -81,6 +85,7 @@ function buildStep(D: number, H: number, E: number, activation: FfnActivation, t
     W2: b.op('Gemm', [Hm, dP], { transA: 1 }),
     B2: b.op('ReduceSum', [dP, b.constI64([0])], { keepdims: 0 }),
   };
+  if (skipped) grads.SB = b.op('Gemm', [skipped, dP], { transA: 1 });
   const dZ = b.op('Mul', [b.op('Mul', [b.op('Gemm', [dP, P.W2], { transB: 1 }), m]), activationGrad(b, Z, activation)]);
   grads.W1 = b.op('Gemm', [X, dZ], { transA: 1 });
   grads.B1 = b.op('ReduceSum', [dZ, b.constI64([0])], { keepdims: 0 });
@@ -109,10 +114,13 @@ function rms(a: Float32Array): number {
   return Math.sqrt(s / Math.max(1, a.length)) || 1;
 }
 
-/** Trains W1, B1, W2, B2 from `inp.weights` (e.g. the closed-form repair) under the routing mask. */
-/** The repair's inputs with the dense outputs as an array (the epochs read them per batch). */
-export type TrainExpertsInputs = RepairInputs & { target: Float32Array };
+/**
+ * The repair's inputs with the dense outputs as an array (the epochs read them per batch), and the skip_bias [E, D]
+ * to train with the experts when the closed form fitted one.
+ */
+export type TrainExpertsInputs = RepairInputs & { target: Float32Array; skipBias?: Float32Array | null };
 
+/** Trains W1, B1, W2, B2 (and SB, the skip_bias, when given) from `inp.weights` (e.g. the closed-form repair) under the routing mask. */
 export async function trainExperts(inp: TrainExpertsInputs, opts: TrainExpertsOptions): Promise<TrainExpertsResult> {
   const { X, N, D, target, routing } = inp;
   const H = inp.weights.B1.length, E = routing.E;
@@ -121,8 +129,11 @@ export async function trainExperts(inp: TrainExpertsInputs, opts: TrainExpertsOp
   if (!(N >= 2) || X.length !== N * D || target.length !== N * D || routing.mask.length !== N * E || H % E !== 0) throw new MoefyError(`expert training: sizes do not match N=${N} D=${D} H=${H} E=${E}`);
   if (!(epochs >= 0 && batchSize >= 1 && lr > 0 && wd >= 0 && hf > 0 && hf < 1)) throw new MoefyError('expert training: bad options');
   const nHeld = Math.max(1, Math.floor(N * hf)), nFit = N - nHeld;
-  const start: FullFfnWeights = { W1: inp.weights.W1, B1: inp.weights.B1, W2: inp.weights.W2, B2: inp.weights.B2 ?? new Float32Array(D) };
-  const dims: Record<string, number[]> = { W1: [D, H], B1: [H], W2: [H, D], B2: [D] };
+  const skip = !!inp.skipBias;
+  if (inp.skipBias && inp.skipBias.length !== E * D) throw new MoefyError(`expert training: skip_bias has ${inp.skipBias.length} values, expected E·D = ${E * D}`);
+  const PARAMS = paramsOf(skip);
+  const start: Record<Param, Float32Array> = { W1: inp.weights.W1, B1: inp.weights.B1, W2: inp.weights.W2, B2: inp.weights.B2 ?? new Float32Array(D), SB: inp.skipBias ?? new Float32Array(0) };
+  const dims: Record<Param, number[]> = { W1: [D, H], B1: [H], W2: [H, D], B2: [D], SB: [E, D] };
   let cur: Record<string, ort.Tensor> = Object.fromEntries(PARAMS.map((p) => [p, f32(Float32Array.from(start[p]), dims[p])]));
   const orig = Object.fromEntries(PARAMS.map((p) => [`${p}0`, f32(start[p], dims[p])]));
   let moments: Record<string, ort.Tensor> = {};
@@ -136,8 +147,8 @@ export async function trainExperts(inp: TrainExpertsInputs, opts: TrainExpertsOp
     return f32(buf.subarray(0, n * E), [n, E]);
   };
   const sessOpts = opts.threads ? { intraOpNumThreads: opts.threads } : {};
-  const trainSess = await buildStep(D, H, E, inp.activation, true).session(sessOpts);
-  const evalSess = await buildStep(D, H, E, inp.activation, false).session(sessOpts);
+  const trainSess = await buildStep(D, H, E, inp.activation, true, skip).session(sessOpts);
+  const evalSess = await buildStep(D, H, E, inp.activation, false, skip).session(sessOpts);
   const evalChunk = 4096;
   const mbuf = new Float32Array(Math.max(evalChunk, batchSize) * E);
   const heldErr = async (params: Record<string, ort.Tensor>) => {

@@ -1,13 +1,16 @@
-// Per-scale thresholds. Which experts run at a threshold is the op's routing rule (src/op/routing.ts; relative:
-// pred[e] >= t_s · max_k pred[k], the argmax always).
+// Per-scale thresholds. Which experts run at a threshold is the op's routing rule (src/op/routing.ts: relative,
+// absolute or top-k; the argmax always).
 // chooseThresholds picks one threshold per MoE scale, non-decreasing toward finer scales (DMoE-VAR's τ
 // non-increasing), so that the token-weighted active fraction Σ_s tokens_s·f_s(t_s) / Σ_s tokens_s meets a FLOP
 // budget, minimising the token-weighted share of true output-norm energy (Σ norm²) of the experts that are skipped.
 // Solved exactly on a threshold grid by a DP over (scale, grid threshold, spent budget in 1/2000 buckets) with the
 // monotone constraint as a prefix minimum (a knapsack rather than a Lagrangian, so budgets in the gaps of the
 // convex hull are met too), then checked against the exact spend: least loss with spend in [budget − 0.02, budget].
+// The grid is the rule's: relative, t in [0, 1] (linear, geometric near 0); top-k, one t per k (E−1 … 1 experts);
+// absolute, quantiles of the pooled predicted norms (their scale is the router's, normalised per layer by the
+// routers stage), so that every grid step moves the active fraction by about as much.
 import { MoefyError } from '../errors';
-import { DEFAULT_ROUTING, gridRunLimits, routeToken } from '../op';
+import { DEFAULT_ROUTING, gridRunLimits, routeToken, type RoutingRule } from '../op';
 
 export interface ScaleCalibration {
   /** Tokens of this scale per sample (pn²): the scale's weight in the budget. */
@@ -22,8 +25,10 @@ export interface ScaleCalibration {
 export interface ChooseThresholdsOptions {
   /** Threshold grid step (default 0.0025; the grid always holds 0 and 1). */
   gridStep?: number;
-  /** Largest allowed threshold (default 1). */
+  /** Largest allowed threshold (default 1; relative rule only). */
   maxThreshold?: number;
+  /** The routing rule the thresholds are for (default relative). */
+  routing?: RoutingRule;
 }
 
 export interface ThresholdChoice {
@@ -46,17 +51,18 @@ export interface ThresholdChoice {
   note: string;
 }
 
-function checkThreshold(t: number, what = 'threshold'): void {
-  if (!(t >= 0 && t <= 1)) throw new MoefyError(`${what} ${t} is outside [0, 1]`);
+function checkThreshold(t: number, what = 'threshold', max = 1): void {
+  if (!(t >= 0 && t <= max)) throw new MoefyError(`${what} ${t} is outside [0, ${max}]`);
 }
 
 /** Mean over tokens of (#experts that run at threshold t)/E. norms [N, E]. */
-export function activeFraction(norms: Float32Array, N: number, E: number, t: number): number {
-  checkThreshold(t);
+export function activeFraction(norms: Float32Array, N: number, E: number, t: number, rule: RoutingRule = DEFAULT_ROUTING): number {
+  // An absolute threshold is in the norms' unit: any t >= 0 (above every norm, the argmax alone runs).
+  checkThreshold(t, 'threshold', rule === 'absolute' ? Infinity : 1);
   if (norms.length !== N * E) throw new MoefyError(`activeFraction: norms have ${norms.length} values, expected N·E = ${N}·${E}`);
   if (N === 0) return NaN;
   let on = 0;
-  for (let n = 0; n < N; n++) on += routeToken(norms, n * E, E, DEFAULT_ROUTING, t);
+  for (let n = 0; n < N; n++) on += routeToken(norms, n * E, E, rule, t);
   return on / (N * E);
 }
 
@@ -69,7 +75,7 @@ export function thresholdsFromTau(tau: number[]): number[] {
 }
 
 /** f(t) and skipped-energy share at every grid threshold for one scale (means over layers and tokens). */
-function scaleCurves(sc: ScaleCalibration, grid: Float64Array): { f: Float64Array; loss: Float64Array } {
+function scaleCurves(sc: ScaleCalibration, grid: Float64Array, rule: RoutingRule): { f: Float64Array; loss: Float64Array } {
   const G = grid.length, E = sc.E;
   const onCount = new Float64Array(G + 1); // experts whose highest satisfied grid index is j
   const energyAt = new Float64Array(G + 1); // their energy share
@@ -82,7 +88,7 @@ function scaleCurves(sc: ScaleCalibration, grid: Float64Array): { f: Float64Arra
     tokens += N;
     let tot = 0;
     // j: the largest grid index at which the expert runs (grid[0] = 0: every expert runs there).
-    gridRunLimits(norms, N, E, DEFAULT_ROUTING, gridF, (n, e, j) => {
+    gridRunLimits(norms, N, E, rule, gridF, (n, e, j) => {
       const o = n * E;
       if (e === 0) {
         tot = 0;
@@ -105,6 +111,34 @@ function scaleCurves(sc: ScaleCalibration, grid: Float64Array): { f: Float64Arra
   return { f, loss };
 }
 
+/** The ascending threshold grid of a rule, from 0 (every expert) to its least spend (see the file comment). */
+function thresholdGrid(perScale: ScaleCalibration[], rule: RoutingRule, step: number, maxT: number): Float64Array {
+  const list: number[] = [0];
+  if (rule === 'topk') {
+    // k = E − floor(t·E): t = (E − k + 0.5)/E is k in float32 whatever the rounding of t·E.
+    const E = perScale[0].E;
+    for (let k = E - 1; k >= 1; k--) list.push(Math.fround((E - k + 0.5) / E));
+  } else if (rule === 'absolute') {
+    const arrays = perScale.flatMap((sc) => sc.norms);
+    const pooled = new Float32Array(arrays.reduce((a, x) => a + x.length, 0));
+    arrays.reduce((o, x) => (pooled.set(x, o), o + x.length), 0);
+    pooled.sort();
+    const levels = Math.round(1 / step);
+    for (let q = 1; q <= levels; q++) {
+      const v = pooled[Math.min(pooled.length - 1, Math.floor((q / levels) * pooled.length))];
+      if (v > list[list.length - 1]) list.push(v);
+    }
+  } else {
+    for (let k = 1; k * step < maxT - 1e-12; k++) list.push(k * step);
+    list.push(maxT);
+    // Very sparse models put most experts' predicted norms a hair above 0: between 0 (every expert) and the first
+    // linear step the active fraction falls off a cliff, so the grid is also geometric there (1e-7 … step).
+    for (let t = 1e-7; t < step; t *= 2) if (t < maxT) list.push(t, t * 1.5);
+    list.sort((a, b) => a - b);
+  }
+  return Float64Array.from(list);
+}
+
 /**
  * Chooses one threshold per scale (coarse → fine, non-decreasing) for a budget in (0, 1]: the fraction of the dense
  * FFN FLOPs that the MoE scales may spend. Met within ±0.02 on the calibration data when feasible; budgets below
@@ -123,18 +157,12 @@ export function chooseThresholds(perScale: ScaleCalibration[], budget: number, o
     if (sc.norms.length === 0) throw new MoefyError('chooseThresholds: a scale has no norms');
     if (sc.trueNorms && sc.trueNorms.length !== sc.norms.length) throw new MoefyError('chooseThresholds: trueNorms and norms have different layer counts');
   }
-  const gridList: number[] = [];
-  for (let k = 0; k * step < maxT - 1e-12; k++) gridList.push(k * step);
-  gridList.push(maxT);
-  // Very sparse models put most experts' predicted norms a hair above 0: between 0 (every expert) and the first
-  // linear step the active fraction falls off a cliff, so the grid is also geometric there (1e-7 … step).
-  for (let t = 1e-7; t < step; t *= 2) if (t < maxT) gridList.push(t, t * 1.5);
-  gridList.sort((a, b) => a - b);
-  const grid = Float64Array.from(gridList);
+  const rule = opts.routing ?? DEFAULT_ROUTING;
+  const grid = thresholdGrid(perScale, rule, step, maxT);
   const G = grid.length, S = perScale.length;
   const wsum = perScale.reduce((a, s) => a + s.tokensPerSample, 0);
   const w = perScale.map((s) => s.tokensPerSample / wsum);
-  const curves = perScale.map((sc) => scaleCurves(sc, grid));
+  const curves = perScale.map((sc) => scaleCurves(sc, grid, rule));
   const spendOf = (idx: number[]) => idx.reduce((a, j, s) => a + w[s] * curves[s].f[j], 0);
   const lossOf = (idx: number[]) => idx.reduce((a, j, s) => a + w[s] * curves[s].loss[j], 0);
   const finish = (idx: number[], target: number, clamped?: ThresholdChoice['clamped'], note = ''): ThresholdChoice => ({
@@ -153,7 +181,7 @@ export function chooseThresholds(perScale: ScaleCalibration[], budget: number, o
   if (budget >= 1) return finish(new Array(S).fill(0), 1, 'dense', 'budget 1: every expert runs (thresholds 0)');
   if (budget <= minSpend) {
     return finish(minIdx, minSpend, budget < minSpend - 1e-12 ? 'below-minimum' : undefined,
-      budget < minSpend - 1e-12 ? `budget ${budget} is below the least achievable spend ${minSpend.toFixed(4)} (threshold ${maxT} on every scale; argmax-only is 1/E); clamped` : '');
+      budget < minSpend - 1e-12 ? `budget ${budget} is below the least achievable spend ${minSpend.toFixed(4)} (threshold ${grid[G - 1]} on every scale; argmax-only is 1/E); clamped` : '');
   }
 
   // DP: best[j][b] = least loss of scales 0..s with t_s = grid[j] and spend bucket b (spend ≤ budget).

@@ -43,7 +43,8 @@ export async function main(argv: string[]): Promise<void> {
     .fail((msg, err) => {
       if (err) throw err;
       if (argv.length === 0) throw new MoefyError('nothing to do: moefy convert <model.onnx> --experts N --from-scale S converts a model; moefy --help lists the commands');
-      throw new MoefyError(msg);
+      // yargs says some problems over several lines (an invalid choice: 'Invalid values:' then the argument): one line.
+      throw new MoefyError(msg.trim().replace(/\s*\n\s*/g, ' '));
     });
   for (const c of commands) y = y.command(c as never);
   try {

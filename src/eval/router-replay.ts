@@ -3,17 +3,17 @@
 // the MoE model, layers after the first see the MoE-perturbed residual stream, so the measured fraction drifts from
 // the expected one. Replaying the routers on the dense stream gives the conversion's number on any data.
 import { routerNorms, type RouterWeights } from '../analysis/router-graph';
-import { DEFAULT_ROUTING, routeToken } from '../op';
+import { routeToken, type RoutingRule } from '../op';
 
 export type { RouterWeights };
 
-/** Experts that run for each row of X [N, D] at threshold t (the op's routing rule, src/op/routing.ts). */
-export function replayActive(r: RouterWeights, X: Float32Array, rows: number[], t: number): Int32Array {
+/** Experts that run for each row of X [N, D] at threshold t under the node's rule (the op's, src/op/routing.ts). */
+export function replayActive(r: RouterWeights, rule: RoutingRule, X: Float32Array, rows: number[], t: number): Int32Array {
   const { E } = r;
   const normsOf = routerNorms(r);
   const out = new Int32Array(rows.length);
   rows.forEach((row, k) => {
-    out[k] = routeToken(normsOf(X, row), 0, E, DEFAULT_ROUTING, t);
+    out[k] = routeToken(normsOf(X, row), 0, E, rule, t);
   });
   return out;
 }

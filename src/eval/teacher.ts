@@ -11,7 +11,7 @@ import { floatView, toHalfTensor } from '../calib/inputs';
 import { MoefyError } from '../errors';
 import { readTensorSet, sliceSamples, TensorSet } from '../io';
 import { DataType } from '../onnx/schema';
-import { scaleOfPositions, THRESHOLD_INPUT } from '../op';
+import { RoutingRule, scaleOfPositions, THRESHOLD_INPUT } from '../op';
 import { replayActive, RouterWeights } from './router-replay';
 import { EvalSide, thresholdTensor } from './side';
 
@@ -156,13 +156,13 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
     active: Array.from({ length: nL }, () => new Float64Array(S)), activeMap: null, replay: null,
   }));
   // Router replay on the dense stream.
-  let routers: (RouterWeights | null)[] | null = null;
+  let routers: ({ weights: RouterWeights; rule: RoutingRule } | null)[] | null = null;
   if (opts.replayRouters && moe.experts.some((e) => e !== null)) {
     if (dense.ffnIn.some((x, j) => x === null && moe.experts[j] !== null)) throw new MoefyError('router replay needs the dense model\'s FFN inputs');
     routers = moe.structure.blocks.map((b) => {
       if (!b.moe) return null;
       if (!b.moe.router) throw new MoefyError(`block ${b.index}: the router is not MatMul → GELU → MatMul → Abs (→ square)`);
-      return b.moe.router;
+      return { weights: b.moe.router, rule: b.moe.routing };
     });
     accs.forEach((acc) => (acc.replay = Array.from({ length: nL }, () => new Float64Array(S))));
   }
@@ -254,7 +254,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
           for (let r = 0; r < rows; r++) {
             const sc = scaleOf[r % L];
             if (thr[sc] > 0) sel.push(r);
-            else acc.replay[j][sc] += rw.E;
+            else acc.replay[j][sc] += rw.weights.E;
           }
           // One threshold per scale: replay per scale group.
           const bySc = new Map<number, number[]>();
@@ -264,7 +264,7 @@ export async function evaluate(dense: EvalSide, moe: EvalSide, inputs: TensorSet
             bySc.get(sc)!.push(i);
           });
           for (const [sc, idx] of bySc) {
-            const a2 = replayActive(rw, X, idx.map((i) => sel[i]), thr[sc]);
+            const a2 = replayActive(rw.weights, rw.rule, X, idx.map((i) => sel[i]), thr[sc]);
             for (const v of a2) acc.replay[j][sc] += v;
           }
         }

@@ -31,7 +31,7 @@ export interface LayerReport {
   expertSize: number;
   activation: string;
   originalActivation: string;
-  /** Set when the experts were repaired. */
+  /** Set when the experts were repaired or a skip_bias fitted. */
   repair: LayerRepair | null;
 }
 

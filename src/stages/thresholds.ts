@@ -1,17 +1,19 @@
-// Stage chooseThresholds → ThresholdPlan: per-scale thresholds for scales from-scale…last: given (--threshold), from
-// DMoE-VAR's τ (--tau, threshold = 1 − τ), or chosen on the calibration data for a FLOP budget (--budget, default
-// 0.6; routers included: what the user pays), non-decreasing toward finer scales as the paper found best. Scales before from-scale get 0 (every expert:
-// the dense FFN).
+// Stage chooseThresholds → ThresholdPlan: the routing rule (--routing) and per-scale thresholds for scales
+// from-scale…last: given (--threshold), from DMoE-VAR's τ (--tau, threshold = 1 − τ), or chosen under the rule on the
+// calibration data for a FLOP budget (--budget, default 0.6; routers included: what the user pays), non-decreasing
+// toward finer scales as the paper found best (top-k: k non-increasing). Scales before from-scale get 0 (every
+// expert: the dense FFN).
 import { routerFlopsPerToken } from '../analysis/flops';
 import type { PatchLayout } from '../analysis/var-structure';
 import { activeFraction, chooseThresholds as chooseForBudget, thresholdsFromTau } from '../calib/thresholds';
 import type { Recipe } from '../convert-options';
 import { MoefyError } from '../errors';
 import { formatThreshold, scaleRange } from '../format';
+import { topkCount } from '../op';
 import { stage } from './stage';
 import { FfnInputSample, RouterSet, ThresholdPlan } from './types';
 
-export interface ThresholdOptions extends Pick<Recipe, 'experts' | 'fromScale' | 'thresholds' | 'tau' | 'budget'> {
+export interface ThresholdOptions extends Pick<Recipe, 'experts' | 'fromScale' | 'thresholds' | 'tau' | 'budget' | 'routing'> {
   /**
    * The routers' FLOPs over the dense FFN's, per token (the same on every scale): the budget is what the user pays,
    * so the experts get the budget less this.
@@ -35,7 +37,8 @@ export const thresholdsStage = stage({
     const how = 'given' in b ? 'given'
       : 'tau' in b ? `from τ ${b.tau.join(',')} (threshold = 1 − τ)`
       : `chosen for a budget of ${b.budget} of the dense FFN FLOPs on ${scaleRange(recipe.fromScale, S)}, routers included (reached ${b.reached.toFixed(3)}: experts ${b.experts.toFixed(3)} + routers ${b.routers.toFixed(3)})`;
-    return `thresholds ${plan.thresholds.slice(recipe.fromScale - 1).map(formatThreshold).join(',')} for ${scaleRange(recipe.fromScale, S)}, ${how}`;
+    const k = plan.routing === 'topk' ? ` (k ${plan.thresholds.slice(recipe.fromScale - 1).map((t) => topkCount(t, recipe.experts)).join(',')} of ${recipe.experts})` : '';
+    return `${plan.routing} thresholds ${plan.thresholds.slice(recipe.fromScale - 1).map(formatThreshold).join(',')}${k} for ${scaleRange(recipe.fromScale, S)}, ${how}`;
   },
   warnings: (plan) => plan.warnings,
   layerReport: (plan, k) => ({ activeFractionPerScale: plan.activeFractionPerLayer[k] }),
@@ -87,7 +90,7 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
     const withData = perScale.filter((p) => p.count > 0);
     if (withData.length === 0) throw new MoefyError(`the calibration data holds no tokens of ${scaleRange(o.fromScale, S)}; cannot choose thresholds for a budget (give --threshold)`);
     const share = o.routerShare ?? 0;
-    const r = chooseForBudget(withData, Math.max(budget - share, 1e-9));
+    const r = chooseForBudget(withData, Math.max(budget - share, 1e-9), { routing: o.routing });
     const reached = r.spent + share;
     if (r.clamped === 'below-minimum' || budget - share <= 0)
       warnings.push(`--budget ${budget} cannot be met: the least ${scaleRange(o.fromScale, S)} can spend is ${reached.toFixed(3)} of their dense FFN FLOPs (one expert per token: ${r.spent.toFixed(3)}, routers: ${share.toFixed(3)}); converted at that`);
@@ -107,16 +110,16 @@ export function chooseThresholds(layout: PatchLayout, sample: FfnInputSample, ro
     if (s < first) return 1;
     const p = perScale[s - first];
     if (p.count === 0) return NaN;
-    const f = p.norms.map((a) => activeFraction(a, a.length / E, E, t));
+    const f = p.norms.map((a) => activeFraction(a, a.length / E, E, t, o.routing));
     return f.reduce((x, y) => x + y, 0) / f.length;
   });
   const activeFractionPerLayer = layers.map((_, k) => {
     const m: Record<string, number> = {};
     for (let j = 0; j < n; j++) {
       const p = perScale[j];
-      if (p.count) m[String(first + j + 1)] = activeFraction(p.norms[k], p.norms[k].length / E, E, thresholds[first + j]);
+      if (p.count) m[String(first + j + 1)] = activeFraction(p.norms[k], p.norms[k].length / E, E, thresholds[first + j], o.routing);
     }
     return m;
   });
-  return { thresholds, activeFractions, activeFractionPerLayer, basis, warnings };
+  return { routing: o.routing, thresholds, activeFractions, activeFractionPerLayer, basis, warnings };
 }

@@ -6,7 +6,7 @@ import type { Lendable } from '../calib/layer-pool';
 import type { ExpertLayout } from '../calib/kmeans';
 import type { Recipe } from '../convert-options';
 import type { Model } from '../ir/model';
-import type { ActivationKind } from '../op';
+import type { ActivationKind, RoutingRule } from '../op';
 
 export type { ExpertLayout };
 
@@ -92,6 +92,8 @@ export interface ExpertWeights {
   W2: Float32Array; // [H, D], expert-contiguous rows
   B2: Float32Array | null; // [D]
   activation: ActivationKind;
+  /** [E, D]: the vector a token adds for each expert it skips (the op's skip_bias), when the repair stage fitted one. */
+  skipBias?: Float32Array;
 }
 
 /** A router trained for one layer (`squared`: it predicts √norm, the graph squares it). */
@@ -112,8 +114,9 @@ export interface RouterSet {
   norms: LayerNorms[];
 }
 
-/** chooseThresholds → one threshold per scale (0 before from-scale) and the active fractions they give. */
+/** chooseThresholds → the routing rule, one threshold per scale (0 before from-scale) and the active fractions they give. */
 export interface ThresholdPlan {
+  routing: RoutingRule;
   thresholds: number[];
   /** Per scale, mean over layers on the calibration data (1 on dense scales, NaN where no tokens were captured). */
   activeFractions: number[];
@@ -135,9 +138,14 @@ export interface LayerRepair {
   heldOutRelErrAfter: number;
   /** Best epoch of the gradient fit (0: closed form only). */
   epochs: number;
+  /** Whether a skip_bias was fitted (with the experts, or alone when they were kept). */
+  skipBias: boolean;
 }
 
-/** repair → the experts refitted to the dense FFN outputs under the plan's routing (W1, B1 changed only by the gradient fit). */
+/**
+ * repair → the experts refitted to the dense FFN outputs under the plan's routing (W1, B1 changed only by the gradient
+ * fit), with their skip_bias when fitted; or the experts as they were with a skip_bias fitted alone.
+ */
 export interface RepairedExperts {
   weights: ExpertWeights[];
   layers: LayerRepair[];

@@ -32,7 +32,7 @@ export function printInspect(r: InspectReport): string {
   out.push(`  total ${human(r.flops.total)}FLOPs per sample (dense), FFN ${pct(r.flops.totals.ffn / r.flops.total)}`);
   if (r.moe) {
     out.push('');
-    out.push(`  DynamicMoE: ${r.moe.experts} experts of ${r.moe.expertSize}, routers ${human(r.moe.routerParams)} parameters (width ${r.moe.routerWidth ?? '?'}), MoE from scale ${r.moe.fromScale ?? '-'}`);
+    out.push(`  DynamicMoE: ${r.moe.experts} experts of ${r.moe.expertSize}, routing ${r.moe.routing}${r.moe.skipBias ? ' with skip_bias' : ''}, routers ${human(r.moe.routerParams)} parameters (width ${r.moe.routerWidth ?? '?'}), MoE from scale ${r.moe.fromScale ?? '-'}`);
     const md = r.moe.metadata;
     if (md[METADATA.expectedActiveFraction]) out.push(`  expected active fraction per scale (calibration): ${md[METADATA.expectedActiveFraction]}`);
     const ex = r.moe.expected;
